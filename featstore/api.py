@@ -1,0 +1,133 @@
+"""The public Python surface: `build`, `open`, and the `FeatureSet` view of one dataset's features."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from featstore import builder
+from featstore.config import default_store
+from featstore.errors import NotFoundError, SpecError
+from featstore.featurizers import parse_spec
+from featstore.manifest import Catalog, CatalogRow
+from featstore.sources import dataset_id, load_source
+from featstore.store import Store
+
+DEFAULT_FEATURIZERS = ("stats", "svd")
+
+
+def build(
+    dataset: Any,
+    featurizers: Iterable[str] = DEFAULT_FEATURIZERS,
+    *,
+    layers: Iterable[str] = (),
+    label_column: str | None = None,
+    store: str | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> builder.BuildReport:
+    """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
+
+    `dataset` is anything `--dataset` accepts, or a `datasets.Dataset` / `DatasetDict`.
+    `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names.
+    """
+    bound = tuple({b.spec: b for b in map(parse_spec, featurizers)}.values())
+    source = load_source(dataset, tuple(layers), label_column, progress=progress)
+    build_plan = builder.plan(source, bound)
+    return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress)
+
+
+def open(dataset: Any, store: str | None = None) -> "FeatureSet":  # noqa: A001  (featstore.open)
+    """The features the store holds for `dataset` (anything `--dataset` accepts; a plain
+    `datasets.Dataset` counts as split `train`). Reads only the store, never the dataset."""
+    location = store or default_store()
+    st = Store.open(location)
+    name = dataset_id(dataset)
+    catalog = st.read_catalog(name)
+    if catalog is None:
+        known = ", ".join(c.dataset for c in st.catalogs()) or "none"
+        raise NotFoundError(f"the store {location} holds no features of {name!r}; it holds: {known}")
+    return FeatureSet(st, catalog)
+
+
+class FeatureSet:
+    """Read-only view of one dataset's catalogued features."""
+
+    def __init__(self, store: Store, catalog: Catalog):
+        self.store = store
+        self.catalog = catalog
+
+    def __repr__(self) -> str:
+        return (f"FeatureSet({self.catalog.dataset!r}, splits={self.splits}, layers={len(self.layers)}, "
+                f"featurizers={self.featurizers})")
+
+    @property
+    def dataset(self) -> str:
+        return self.catalog.dataset
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.catalog.splits)
+
+    @property
+    def layers(self) -> list[str]:
+        return sorted({r.layer for r in self.catalog.rows})
+
+    @property
+    def featurizers(self) -> list[str]:
+        return sorted({r.featurizer for r in self.catalog.rows})
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return list(self.catalog.label_names) if self.catalog.label_names else None
+
+    def row(self, layer: str, featurizer: str, split: str = "train") -> CatalogRow:
+        """The catalog row for (split, layer, featurizer); errors list what exists."""
+        self._check_split(split)
+        spec = self._match_featurizer(featurizer)
+        for r in self.catalog.rows:
+            if r.slot == (split, layer, spec):
+                return r
+        if layer not in self.layers:
+            raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {_brief(self.layers)}")
+        raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")
+
+    def load(self, layer: str, featurizer: str, split: str = "train"):
+        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape)."""
+        import torch
+
+        return torch.from_numpy(self.store.read_entry(self.row(layer, featurizer, split).key))
+
+    def labels(self, split: str = "train"):
+        """The split's label column as an int64 torch.Tensor."""
+        import torch
+
+        self._check_split(split)
+        key = self.catalog.splits[split].labels
+        if key is None:
+            raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
+        return torch.from_numpy(self.store.read_entry(key))
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.catalog.splits:
+            raise NotFoundError(f"no split {split!r} in {self.dataset!r}; splits: {', '.join(self.splits)}")
+
+    def _match_featurizer(self, spec: str) -> str:
+        """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""
+        available = self.featurizers
+        if spec in available:
+            return spec
+        try:
+            canonical = parse_spec(spec).spec
+        except SpecError:
+            canonical = None
+        if canonical in available:
+            return canonical
+        same_name = [a for a in available if a.partition(":")[0] == spec]
+        if len(same_name) == 1:
+            return same_name[0]
+        hint = "ambiguous, pass one of" if same_name else "available"
+        raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}")
+
+
+def _brief(names: list[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")

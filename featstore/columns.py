@@ -1,0 +1,145 @@
+"""Read one whole column of a `datasets.Dataset` as a numpy array, straight from the Arrow buffers.
+
+`read_column` never goes through Python lists: it checks the list offsets and validity bitmaps
+level by level (cheap: no values are touched), then views the leaf values buffer as numpy.
+One chunk and no indices mapping: a zero-copy, read-only view. Several chunks, or an indices
+mapping (after `select` / `shuffle` / `filter`): exactly one copy into a fresh array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from featstore.errors import ColumnError
+
+__all__ = ["read_column", "column_layout", "ColumnLayout"]
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """What a column holds: rows, the shape of one value, and the stored dtype."""
+
+    rows: int
+    value_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * int(np.prod(self.value_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def read_column(ds, name: str) -> np.ndarray:
+    """Return column `name` of `ds` (a `datasets.Dataset` or a `pyarrow.Table`) as an array of shape `(n_rows, *value_shape)`, stored dtype.
+
+    Raises `ColumnError` naming the column and the first bad row for ragged rows, nulls, and
+    non-numeric values. The result is read-only when it is a zero-copy view of the dataset.
+    """
+    chunks = _chunks(ds, name)
+    parts = [_chunk_values(chunk, name, first_row) for chunk, first_row in chunks]
+    layout = _join_layouts(name, [(p.shape[1:], p.dtype, len(p), r) for p, (_, r) in zip(parts, chunks)])
+    if len(parts) == 1:
+        return parts[0]
+    out = np.empty((layout.rows, *layout.value_shape), dtype=layout.dtype)
+    start = 0
+    for part in parts:
+        out[start : start + len(part)] = part
+        start += len(part)
+    return out
+
+
+def column_layout(ds, name: str) -> ColumnLayout:
+    """Check column `name` like `read_column` does, without copying its values."""
+    chunks = _chunks(ds, name)
+    shapes = []
+    for chunk, first_row in chunks:
+        values, shape = _unnest(chunk, name, first_row)
+        shapes.append((shape, _leaf_dtype(values, name, first_row), len(chunk), first_row))
+    return _join_layouts(name, shapes)
+
+
+def _chunks(ds, name: str) -> list[tuple[pa.Array, int]]:
+    """The column's Arrow chunks (extension types unwrapped), indices mapping applied, with the
+    dataset row each chunk starts at."""
+    if name not in ds.column_names:
+        raise ColumnError(f"column {name!r} not found; the dataset has columns: {', '.join(ds.column_names)}")
+    column = (ds if isinstance(ds, pa.Table) else ds.data).column(name)
+    storage_type = column.type.storage_type if isinstance(column.type, pa.ExtensionType) else column.type
+    chunks = [c.storage if isinstance(c, pa.ExtensionArray) else c for c in column.chunks]
+    chunks = chunks or [pa.array([], type=storage_type)]
+    indices = getattr(ds, "_indices", None)
+    if indices is not None:
+        # One copy of the selected rows only: Arrow gathers list values natively.
+        taken = pa.chunked_array(chunks, type=storage_type).take(indices.column(0))
+        chunks = taken.chunks or [pa.array([], type=storage_type)]
+    chunks = [c for c in chunks if len(c)] or chunks[:1]
+    starts = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
+    return list(zip(chunks, starts))
+
+
+def _unnest(arr: pa.Array, name: str, first_row: int) -> tuple[pa.Array, tuple[int, ...]]:
+    """Walk nested list levels, checking uniform lengths and nulls; return leaf values and shape."""
+    shape: list[int] = []
+    per_row = 1  # elements of the current level that make up one dataset row
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        _check_nulls(arr, name, first_row, per_row)
+        if pa.types.is_fixed_size_list(arr.type):
+            size = arr.type.list_size
+            values = arr.values.slice(arr.offset * size, len(arr) * size)
+        else:
+            offsets = arr.offsets.to_numpy()
+            lengths = np.diff(offsets)
+            size = int(lengths[0]) if len(lengths) else 0
+            bad = np.flatnonzero(lengths != size)
+            if len(bad):
+                i = int(bad[0])
+                raise ColumnError(
+                    f"column {name!r} is ragged: row {first_row + i // per_row} has a list of length "
+                    f"{lengths[i]} where earlier rows have {size}; featstore needs every row to have the "
+                    "same shape (pad or filter the rows, or exclude the column with --layers)"
+                )
+            values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        shape.append(size)
+        per_row *= size
+        arr = values
+    _check_nulls(arr, name, first_row, per_row)
+    return arr, tuple(shape)
+
+
+def _check_nulls(arr: pa.Array, name: str, first_row: int, per_row: int) -> None:
+    if arr.null_count:
+        i = int(np.flatnonzero(~arr.is_valid().to_numpy(zero_copy_only=False))[0])
+        raise ColumnError(
+            f"column {name!r} has a null at row {first_row + i // max(per_row, 1)}; "
+            "featstore needs complete numeric tensors (fill or filter the nulls first)"
+        )
+
+
+def _leaf_dtype(values: pa.Array, name: str, first_row: int) -> np.dtype:
+    t = values.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        raise ColumnError(
+            f"column {name!r} holds {t} values (first at row {first_row}); featstore reads numeric "
+            "tensors only (float16/32/64 or integers): exclude it with --layers or convert it"
+        )
+    return np.dtype(t.to_pandas_dtype())
+
+
+def _chunk_values(arr: pa.Array, name: str, first_row: int) -> np.ndarray:
+    values, shape = _unnest(arr, name, first_row)
+    dtype = _leaf_dtype(values, name, first_row)
+    flat = values.to_numpy(zero_copy_only=True) if len(values) else np.empty(0, dtype)
+    return flat.reshape((len(arr), *shape))
+
+
+def _join_layouts(name: str, parts: list[tuple[tuple[int, ...], np.dtype, int, int]]) -> ColumnLayout:
+    shape, dtype = parts[0][0], parts[0][1]
+    for part_shape, part_dtype, rows, first_row in parts[1:]:
+        if rows and (part_shape != shape or part_dtype != dtype):
+            raise ColumnError(
+                f"column {name!r} is ragged: row {first_row} has values of shape {part_shape} "
+                f"({part_dtype}) where earlier rows have {shape} ({dtype})"
+            )
+    return ColumnLayout(rows=sum(p[2] for p in parts), value_shape=tuple(shape), dtype=np.dtype(dtype))

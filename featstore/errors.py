@@ -1,0 +1,34 @@
+"""The errors featstore raises.
+
+Every error is a `FeatstoreError`; each subclass also mixes in the builtin it resembles, so callers
+can catch either. Messages name the dataset / column / row / file involved and say what to do.
+"""
+
+
+class FeatstoreError(Exception):
+    """Base class of every error featstore raises on purpose."""
+
+    exit_code = 2
+
+
+class DatasetError(FeatstoreError, ValueError):
+    """`--dataset` could not be resolved or loaded."""
+
+
+class ColumnError(FeatstoreError, ValueError):
+    """A column cannot be read as a numeric tensor (ragged, null, strings, ...)."""
+
+
+class SpecError(FeatstoreError, ValueError):
+    """A featurizer spec such as `svd:k=32` is malformed or names an unknown featurizer."""
+
+
+class NotFoundError(FeatstoreError, KeyError):
+    """The store holds no such dataset / split / layer / featurizer; the message lists what exists."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(FeatstoreError, OSError):
+    """The store on disk is unreadable, of an unknown format, or could not be written."""

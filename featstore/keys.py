@@ -1,0 +1,55 @@
+"""Content keys: pure functions from values to digests, no I/O.
+
+An array's digest is xxh3-128 over a small header (key version, dtype, shape) and its C-order
+bytes, so equal bytes give equal digests wherever the data lives and whatever it is called.
+An entry's key combines the input digest with the featurizer's identity (name, canonical params,
+version). Changing anything here changes every key: bump `KEY_VERSION` and say so in the docs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+import xxhash
+
+KEY_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no whitespace: one byte string per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def array_digest(values: np.ndarray) -> str:
+    """xxh3-128 hex digest of an array's dtype, shape and C-order bytes."""
+    values = np.ascontiguousarray(values)
+    header = canonical_json({"v": KEY_VERSION, "dtype": values.dtype.str, "shape": list(values.shape)})
+    h = xxhash.xxh3_128(b"featstore-array\0" + header + b"\0")
+    h.update(memoryview(values.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def featurizer_identity(name: str, params: dict[str, Any], version: str) -> dict[str, Any]:
+    """What makes two featurizer runs interchangeable: name, canonical params, declared version."""
+    return {"name": name, "params": json.loads(canonical_json(params)), "version": str(version)}
+
+
+def entry_key(input_digest: str, identity: dict[str, Any]) -> str:
+    """The key of the entry that holds `identity` applied to the input with `input_digest`."""
+    payload = canonical_json({"v": KEY_VERSION, "input": input_digest, "featurizer": identity})
+    return xxhash.xxh3_128(b"featstore-entry\0" + payload).hexdigest()
+
+
+def dataset_slug(dataset: str) -> str:
+    """A file name for a dataset id (a preset name, a path, a hub id): readable and collision-free."""
+    readable = re.sub(r"[^A-Za-z0-9_.\-]+", "_", dataset).strip("._")[-60:] or "dataset"
+    return f"{readable}-{xxhash.xxh3_64(dataset.encode()).hexdigest()[:12]}"
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` can appear in a store path as one component (no `/`, `..`, NUL, absurd length)."""
+    return bool(_SAFE_NAME.match(name)) and name not in {".", ".."}

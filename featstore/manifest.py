@@ -1,0 +1,122 @@
+"""What an entry and a catalog record, as frozen dataclasses serialised to JSON.
+
+Both carry `schema_version`; reading a version this code does not know is a clear error, never a
+guess. JSON only: nothing read back from a store is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from featstore.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+
+def _check_version(data: dict[str, Any], what: str) -> None:
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{what} has schema_version {version!r}; this featstore reads version {SCHEMA_VERSION}. "
+            "Upgrade featstore (or rebuild the store with this version)"
+        )
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """Provenance of one entry, kept in its Zarr attributes under `featstore`."""
+
+    key: str
+    input_digest: str
+    featurizer: dict[str, Any]  # name, params, version: keys.featurizer_identity
+    shape: tuple[int, ...]
+    dtype: str
+    output_digest: str
+    created: str
+    device: str
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> "EntryInfo":
+        _check_version(data, f"entry {where}")
+        return cls(**(data | {"shape": tuple(data["shape"])}))
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """(split, layer, featurizer) of a dataset -> the entry holding its features."""
+
+    split: str
+    layer: str
+    featurizer: str  # canonical spec, e.g. `svd:k=16`
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    created: str
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        return (self.split, self.layer, self.featurizer)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    rows: int
+    labels: str | None = None  # key of the entry holding the split's labels (int64)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything the store knows about one dataset."""
+
+    dataset: str
+    splits: dict[str, SplitInfo]
+    rows: tuple[CatalogRow, ...]
+    label_column: str | None = None
+    label_names: tuple[str, ...] | None = None
+    updated: str = ""
+
+    def merged(self, newer: "Catalog") -> "Catalog":
+        """This catalog with `newer`'s splits and rows replacing the ones they name."""
+        rows = {r.slot: r for r in self.rows} | {r.slot: r for r in newer.rows}
+        return replace(
+            newer,
+            splits=self.splits | newer.splits,
+            rows=tuple(sorted(rows.values(), key=lambda r: r.slot)),
+            label_names=newer.label_names or self.label_names,
+        )
+
+    def to_bytes(self) -> bytes:
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": self.dataset,
+            "updated": self.updated,
+            "label_column": self.label_column,
+            "label_names": list(self.label_names) if self.label_names else None,
+            "splits": {k: asdict(v) for k, v in sorted(self.splits.items())},
+            "entries": [asdict(r) | {"shape": list(r.shape)} for r in self.rows],
+        }
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str) -> "Catalog":
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise StoreError(f"catalog {where} is not valid JSON ({e}); restore it or delete it and rebuild") from e
+        _check_version(data, f"catalog {where}")
+        return cls(
+            dataset=data["dataset"],
+            splits={k: SplitInfo(**v) for k, v in data["splits"].items()},
+            rows=tuple(CatalogRow(**(r | {"shape": tuple(r["shape"])})) for r in data["entries"]),
+            label_column=data.get("label_column"),
+            label_names=tuple(data["label_names"]) if data.get("label_names") else None,
+            updated=data.get("updated", ""),
+        )

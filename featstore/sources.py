@@ -1,0 +1,266 @@
+"""Turn `--dataset` into splits of columns featstore can read.
+
+`--dataset` is, in this order: a preset name (`sanity`, `1k`, `10k`); an existing path (a
+`save_to_disk` directory of a `Dataset` or `DatasetDict`, or a directory of parquet / arrow files,
+split by file name like `datasets` does); a glob of parquet / arrow files (one split, `train`);
+otherwise a Hugging Face Hub id for `datasets.load_dataset`. Parquet is read one column at a time,
+so memory stays bounded by one column whatever the file size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from featstore import presets
+from featstore.columns import ColumnLayout, column_layout, read_column
+from featstore.errors import DatasetError
+
+DEFAULT_LABEL_COLUMN = "category_label"
+_DATA_EXTENSIONS = (".parquet", ".arrow")
+
+
+class Split:
+    """One split of a dataset: its Arrow schema, row count and column reads."""
+
+    def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None = None):
+        self._data = data  # a datasets.Dataset, or a list of parquet files read column by column
+        self.schema = schema
+        self.num_rows = num_rows
+        self.label_names = label_names
+
+    @classmethod
+    def from_dataset(cls, ds, label_column: str | None) -> "Split":
+        feature = ds.features.get(label_column) if label_column else None
+        return cls(ds, ds.data.schema, len(ds), getattr(feature, "names", None))
+
+    @classmethod
+    def from_parquet(cls, files: list[str], label_column: str | None) -> "Split":
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(files[0])
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return cls(files, schema, rows, _label_names_from_schema(schema, label_column))
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+    def _table(self, name: str):
+        if isinstance(self._data, list):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(self._data, columns=[name], memory_map=True)
+        return self._data
+
+    def read(self, name: str) -> np.ndarray:
+        return read_column(self._table(name), name)
+
+    def layout(self, name: str) -> ColumnLayout:
+        return column_layout(self._table(name), name)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved dataset: the id the catalog knows it by, its splits, and the columns to use."""
+
+    name: str
+    splits: dict[str, Split]
+    layers: list[str]
+    label_column: str | None
+
+
+def dataset_id(dataset: Any) -> str:
+    """The name a dataset is catalogued under, without loading it."""
+    if not isinstance(dataset, (str, os.PathLike)):
+        return _object_id(dataset)
+    text = str(dataset)
+    if presets.get(text) is not None:
+        return presets.get(text).name
+    if os.path.exists(text):
+        return os.path.realpath(text)
+    if glob.has_magic(text):
+        return os.path.abspath(text)
+    return text
+
+
+def load_source(
+    dataset: Any,
+    layers: list[str] | tuple[str, ...] = (),
+    label_column: str | None = None,
+    progress: bool = False,
+) -> Source:
+    """Resolve `dataset` (see module doc) and choose its layer columns (`layers` are globs)."""
+    explicit_label = label_column is not None
+    label_column = label_column or DEFAULT_LABEL_COLUMN
+    splits = _open_splits(dataset, label_column, progress)
+    if not splits:
+        raise DatasetError(f"dataset {dataset!r} has no splits")
+    first = next(iter(splits.values()))
+    if explicit_label and label_column not in first.column_names:
+        raise DatasetError(
+            f"label column {label_column!r} not in dataset {dataset!r}; columns: {', '.join(first.column_names)}"
+        )
+    chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
+    for split_name, split in splits.items():
+        missing = [c for c in chosen if c not in split.column_names]
+        if missing:
+            raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
+    has_label = label_column in first.column_names
+    return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None)
+
+
+def is_layer_type(arrow_type: pa.DataType) -> bool:
+    """A tensor-valued numeric column: nested lists (or datasets ArrayND) of ints or floats."""
+    if isinstance(arrow_type, pa.ExtensionType):
+        arrow_type = arrow_type.storage_type
+    depth = 0
+    while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        arrow_type, depth = arrow_type.value_type, depth + 1
+    return depth > 0 and (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type))
+
+
+def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str) -> list[str]:
+    names = [n for n in schema.names if n != label_column]
+    if not patterns:
+        chosen = [f.name for f in schema if f.name != label_column and is_layer_type(f.type)]
+        if not chosen:
+            raise DatasetError(
+                f"no layer columns found in {dataset!r} (numeric tensor-valued columns); columns: "
+                f"{', '.join(schema.names)}. Choose some with --layers GLOB"
+            )
+        return chosen
+    chosen = []
+    for pattern in patterns:
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}; columns: {', '.join(names)}")
+        chosen += [m for m in matched if m not in chosen]
+    return chosen
+
+
+def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, Split]:
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        return {k: Split.from_dataset(v, label_column) for k, v in dataset.items()}
+    if isinstance(dataset, datasets.Dataset):
+        return {"train": Split.from_dataset(dataset, label_column)}
+    text = str(dataset)
+    if presets.get(text) is not None:
+        return _open_saved(presets.ensure(text, progress=progress), label_column)
+    if os.path.isdir(text):
+        if (Path(text) / "dataset_dict.json").exists() or (Path(text) / "state.json").exists():
+            return _open_saved(Path(text), label_column)
+        return _open_files(_files_by_split(text), label_column)
+    if os.path.isfile(text):
+        return _open_files({"train": [text]}, label_column)
+    if glob.has_magic(text):
+        files = sorted(f for f in glob.glob(text, recursive=True) if f.endswith(_DATA_EXTENSIONS))
+        if not files:
+            raise DatasetError(f"--dataset {text!r} matches no .parquet or .arrow file")
+        return _open_files({"train": files}, label_column)
+    return _open_hub(text, label_column)
+
+
+def _open_saved(path: Path, label_column: str) -> dict[str, Split]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises several types for a damaged directory
+        raise DatasetError(f"cannot load the saved dataset at {path}: {e}") from e
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": Split.from_dataset(loaded, label_column)}
+    return {k: Split.from_dataset(v, label_column) for k, v in loaded.items()}
+
+
+def _files_by_split(directory: str) -> dict[str, list[str]]:
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(directory)
+        found = DataFilesDict.from_patterns(patterns, base_path=directory, allowed_extensions=list(_DATA_EXTENSIONS))
+    except Exception as e:  # datasets raises EmptyDatasetError / FileNotFoundError here
+        raise DatasetError(f"no .parquet or .arrow files found in {directory}: {e}") from e
+    out = {split: sorted(str(f) for f in files) for split, files in found.items() if files}
+    if not out:
+        raise DatasetError(f"no .parquet or .arrow files found in {directory}")
+    return out
+
+
+def _open_files(files_by_split: dict[str, list[str]], label_column: str) -> dict[str, Split]:
+    import datasets
+
+    out = {}
+    for split, files in files_by_split.items():
+        kinds = {os.path.splitext(f)[1] for f in files}
+        if kinds == {".parquet"}:
+            out[split] = Split.from_parquet(files, label_column)
+        elif kinds == {".arrow"}:
+            parts = [_open_arrow_file(f) for f in files]
+            ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+            out[split] = Split.from_dataset(ds, label_column)
+        else:
+            raise DatasetError(f"split {split!r} mixes file kinds {sorted(kinds)}; use one of .parquet or .arrow")
+    return out
+
+
+def _open_arrow_file(path: str):
+    """A memory-mapped Dataset over an Arrow IPC file, stream format (datasets') or file format."""
+    import datasets
+
+    try:
+        return datasets.Dataset.from_file(path)
+    except pa.ArrowInvalid:
+        pass
+    try:
+        return datasets.Dataset(pa.ipc.open_file(pa.memory_map(path)).read_all())
+    except pa.ArrowInvalid as e:
+        raise DatasetError(f"{path} is not an Arrow IPC stream or file: {e}") from e
+
+
+def _open_hub(name: str, label_column: str) -> dict[str, Split]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as e:  # offline, unknown repo, gated repo: all end here with the reason
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(
+            f"--dataset {name!r} is not a preset ({', '.join(presets.PRESETS)}), nor an existing path, "
+            f"and loading it from the Hugging Face Hub failed: {reason}. Check the name, the network, "
+            "or HF_HUB_OFFLINE; or pass a local path"
+        ) from e
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": Split.from_dataset(loaded, label_column)}
+    return {k: Split.from_dataset(v, label_column) for k, v in loaded.items()}
+
+
+def _label_names_from_schema(schema: pa.Schema, label_column: str | None) -> list[str] | None:
+    import datasets
+
+    if not label_column or label_column not in schema.names:
+        return None
+    try:
+        feature = datasets.Features.from_arrow_schema(schema).get(label_column)
+    except Exception:  # a schema datasets cannot interpret just has no class names
+        return None
+    return getattr(feature, "names", None)
+
+
+def _object_id(obj: Any) -> str:
+    import datasets
+
+    if isinstance(obj, datasets.DatasetDict):
+        return "fingerprint:" + "+".join(f"{k}={v._fingerprint}" for k, v in sorted(obj.items()))
+    if isinstance(obj, datasets.Dataset):
+        return f"fingerprint:{obj._fingerprint}"
+    raise DatasetError(f"cannot use a {type(obj).__name__} as a dataset; pass a name, a path or a datasets.Dataset")

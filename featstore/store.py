@@ -1,0 +1,132 @@
+"""Entries as content-addressed Zarr v3 arrays, plus one catalog per dataset.
+
+Layout under the store root (all access through `storage.Storage`):
+
+    featstore.json                 format marker: {"format": "featstore", "schema_version": 1}
+    entries/<key[:2]>/<key>/       one Zarr v3 array per entry, chunked along rows, no compression
+    staging/<key>.<random>/        entries being written; never read, removed by gc
+    catalog/<dataset-slug>.json    (dataset, split, layer, featurizer) -> entry key
+
+An entry is written under `staging/`, then published with one atomic create-only rename, so a
+visible entry is always complete; the catalog is written after its entries. Entries are
+immutable: the same key always holds the same bytes. This module knows nothing of featurizers
+or datasets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.keys import array_digest, dataset_slug
+from featstore.manifest import SCHEMA_VERSION, Catalog, EntryInfo
+from featstore.storage import Storage, open_storage
+
+# Float features barely compress (zstd-1 saves ~7% on raw LoRA deltas, at 3-4x the write time) and
+# ~8 MB chunks read at page-cache speed: benchmarks/bench_codec.py has the numbers.
+CHUNK_BYTES = 8 << 20
+_MARKER = "featstore.json"
+
+
+class Store:
+    def __init__(self, storage: Storage, location: str):
+        self.storage = storage
+        self.location = location
+
+    @classmethod
+    def open(cls, location: str | Path, create: bool = False) -> "Store":
+        """Open the store at `location`; with `create`, make it if it does not exist yet."""
+        storage = open_storage(location)
+        if storage.exists(_MARKER):
+            try:
+                marker = json.loads(storage.read_bytes(_MARKER))
+            except ValueError as e:
+                raise StoreError(f"{location}/{_MARKER} is damaged ({e})") from e
+            if marker.get("format") != "featstore" or marker.get("schema_version") != SCHEMA_VERSION:
+                raise StoreError(f"{location} is a featstore of another version ({marker}); upgrade featstore")
+        elif create:
+            if storage.list(""):
+                raise StoreError(f"{location} exists and is not a featstore; choose an empty or new directory")
+            storage.write_bytes(_MARKER, json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION}).encode())
+        else:
+            raise StoreError(f"no featstore at {location}; build one first (featstore build --store {location} ...)")
+        return cls(storage, str(location))
+
+    def __repr__(self) -> str:
+        return f"Store({self.location!r})"
+
+    # entries ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def entry_path(key: str) -> str:
+        return f"entries/{key[:2]}/{key}"
+
+    def has_entry(self, key: str) -> bool:
+        return self.storage.exists(f"{self.entry_path(key)}/zarr.json")
+
+    def write_entry(self, info: EntryInfo, values: np.ndarray) -> bool:
+        """Publish `values` as entry `info.key`. False if the entry already existed (a concurrent
+        writer published the same key first; its bytes are the same by construction)."""
+        import zarr
+
+        staging = self.storage.staging(info.key)
+        row_bytes = max(1, values[:1].nbytes)
+        chunk_rows = max(1, min(len(values), CHUNK_BYTES // row_bytes))
+        array = zarr.create_array(
+            self.storage.zarr_store(staging, read_only=False),
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(chunk_rows, *values.shape[1:]),
+            compressors=None,
+            fill_value=0,
+            attributes={"featstore": info.to_json()},
+        )
+        array[...] = values
+        return self.storage.publish(staging, self.entry_path(info.key))
+
+    def _array(self, key: str):
+        import zarr
+
+        if not self.has_entry(key):
+            raise StoreError(f"entry {key} is missing from {self.location}; rebuild to recreate it")
+        return zarr.open_array(self.storage.zarr_store(self.entry_path(key), read_only=True), mode="r")
+
+    def entry_info(self, key: str) -> EntryInfo:
+        return EntryInfo.from_json(dict(self._array(key).attrs["featstore"]), key)
+
+    def read_entry(self, key: str) -> np.ndarray:
+        """The entry's values, checked against the digest recorded when it was written."""
+        array = self._array(key)
+        info = EntryInfo.from_json(dict(array.attrs["featstore"]), key)
+        values = array[...]
+        if array_digest(values) != info.output_digest:
+            raise StoreError(
+                f"entry {key} in {self.location} is corrupt (its bytes do not match the digest written "
+                "with it); delete it and rebuild"
+            )
+        return values
+
+    # catalogs --------------------------------------------------------------------------------
+
+    @staticmethod
+    def catalog_path(dataset: str) -> str:
+        return f"catalog/{dataset_slug(dataset)}.json"
+
+    def read_catalog(self, dataset: str) -> Catalog | None:
+        path = self.catalog_path(dataset)
+        if not self.storage.exists(path):
+            return None
+        return Catalog.from_bytes(self.storage.read_bytes(path), f"{self.location}/{path}")
+
+    def write_catalog(self, catalog: Catalog) -> None:
+        self.storage.write_bytes(self.catalog_path(catalog.dataset), catalog.to_bytes())
+
+    def catalogs(self) -> list[Catalog]:
+        out = []
+        for name in self.storage.list("catalog"):
+            if name.endswith(".json") and not name.startswith("."):
+                out.append(Catalog.from_bytes(self.storage.read_bytes(f"catalog/{name}"), f"{self.location}/{name}"))
+        return sorted(out, key=lambda c: c.dataset)

@@ -1,16 +1,20 @@
-"""Build features: plan (check every column and featurizer), then execute layer by layer.
+"""Build features: plan what is missing, then execute layer by layer.
 
-`plan` touches no values and writes nothing, so a bad column or featurizer fails before the store
-changes. `execute` reads each (split, layer) column once, hashes it, computes only the
-featurizers whose entry key is not in the store yet, publishes each entry atomically, and writes
-the dataset's catalog last. Memory is bounded by one column plus its features.
+`plan` checks every chosen column (shape, dtype, nulls, raggedness) and every featurizer's output
+shape, and hashes each column straight from its Arrow buffers: it knows every entry key and which
+ones the store lacks before anything is written, so a bad column fails with the store untouched.
+`execute` reads (copies) only the columns with missing entries, computes only those entries,
+publishes each atomically, and writes the dataset's catalog last. Memory is bounded by one column
+plus its features: memory-mapped pages are released after each column.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,29 +22,41 @@ from datetime import datetime, timezone
 import numpy as np
 
 from featstore import device as devices
-from featstore.columns import ColumnLayout
+from featstore.columns import ColumnLayout, join_parts
 from featstore.errors import FeatstoreError
 from featstore.featurizers import BoundFeaturizer
-from featstore.keys import array_digest, entry_key, featurizer_identity
+from featstore.keys import array_digest, entry_key, featurizer_identity, parts_digest
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
 from featstore.sources import Source
 from featstore.store import Store
 
 # Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
-PHASES = ("read", "hash", "compute", "write")
+PHASES = ("hash", "read", "compute", "write")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (split, layer) column: what it holds, its digest, and the entry key per featurizer."""
+
+    split: str
+    layer: str
+    layout: ColumnLayout
+    digest: str
+    keys: dict[str, str]  # featurizer spec -> entry key
 
 
 @dataclass(frozen=True)
 class BuildPlan:
     source: Source
     featurizers: tuple[BoundFeaturizer, ...]
-    layouts: dict[tuple[str, str], ColumnLayout]  # (split, layer) -> what the column holds
+    units: tuple[Unit, ...]  # layer by layer, each layer's splits together
+    missing: frozenset[str]  # entry keys the store lacks
+    hash_seconds: float
 
     @property
-    def units(self) -> list[tuple[str, str]]:
-        """(split, layer) pairs in build order: layer by layer, each layer's splits together."""
-        return [(s, layer) for layer in self.source.layers for s in self.source.splits]
+    def to_compute(self) -> int:
+        return sum(key in self.missing for u in self.units for key in u.keys.values())
 
 
 @dataclass(frozen=True)
@@ -82,44 +98,55 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
-    """Check every chosen column of every split (shape, dtype, nulls, raggedness; no values are
-    copied) and every featurizer's output shape. Raises before anything is written."""
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store) -> BuildPlan:
+    """Check and hash every chosen column of every split; find the entries the store lacks.
+    Raises (naming the column, row or featurizer) before anything is written."""
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
-    layouts = {}
-    for split_name, split in source.splits.items():
-        for layer in source.layers:
-            layout = split.layout(layer)
-            for f in featurizers:
-                try:
-                    f.output_shape(layout.value_shape)
-                except FeatstoreError as e:
-                    raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
-            layouts[(split_name, layer)] = layout
-        if source.label_column:
+    started = time.perf_counter()
+    pairs = [(split_name, layer) for layer in source.layers for split_name in source.splits]
+    # Hashing is bound by page faults and xxhash, both outside the GIL: threads give ~1.6x on 2 cores.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        units = list(pool.map(lambda pair: _plan_unit(source, featurizers, *pair), pairs))
+    if source.label_column:
+        for split in source.splits.values():
             split.layout(source.label_column)
-    return BuildPlan(source, tuple(featurizers), layouts)
+    missing = frozenset(k for u in units for k in u.keys.values() if not store.has_entry(k))
+    return BuildPlan(source, tuple(featurizers), tuple(units), missing, time.perf_counter() - started)
+
+
+def _plan_unit(source: Source, featurizers, split_name: str, layer: str) -> Unit:
+    split = source.splits[split_name]
+    layout, parts = split.parts(layer)
+    for f in featurizers:
+        try:
+            f.output_shape(layout.value_shape)
+        except FeatstoreError as e:
+            raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
+    digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+    split.release(parts)
+    return Unit(split_name, layer, layout, digest, {f.spec: entry_key(digest, f.identity) for f in featurizers})
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False) -> BuildReport:
-    """Compute and publish what the store lacks, then update the dataset's catalog."""
+    """Compute and publish the plan's missing entries, then update the dataset's catalog."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     source = build_plan.source
-    report = BuildReport(source.name, store.location, device)  # resolved when something is computed
+    report = BuildReport(source.name, store.location, device)  # device resolved once something is computed
+    report.seconds["hash"] = build_plan.hash_seconds
     previous = store.read_catalog(source.name)
-    known = {r.key: r.created for r in previous.rows} if previous else {}
+    created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
-    units = build_plan.units
-    bar = tqdm(units, desc=f"build {source.name}", unit="column", disable=not progress or None, leave=False)
-    for split_name, layer in bar:
-        rows += _build_column(build_plan, store, report, known, split_name, layer)
+    bar = tqdm(build_plan.units, desc=f"build {source.name}", unit="column", leave=False,
+               disable=True if not progress else None)
+    for unit in bar:
+        rows += _build_unit(build_plan, unit, store, report, created)
         counts = Counter(e.status for e in report.entries)
         bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
     bar.close()
-    splits = {name: SplitInfo(split.num_rows, _labels(store, report, source, name)) for name, split in source.splits.items()}
+    splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
     catalog = Catalog(
         dataset=source.name,
@@ -130,47 +157,47 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         updated=_now(),
     )
     store.write_catalog(previous.merged(catalog) if previous else catalog)
-    report.seconds["total"] = time.perf_counter() - started
+    report.seconds["total"] = time.perf_counter() - started + build_plan.hash_seconds
     return report
 
 
-def _build_column(build_plan, store, report, known, split_name, layer) -> list[CatalogRow]:
-    split = build_plan.source.splits[split_name]
-    with _timed(report, "read"):
-        values = split.read(layer)
-    with _timed(report, "hash"):
-        digest = array_digest(values)
-    rows, tensor = [], None
+def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, created: dict) -> list[CatalogRow]:
+    split = build_plan.source.splits[unit.split]
+    tensor, rows = None, []
     for f in build_plan.featurizers:
-        key = entry_key(digest, f.identity)
-        shape = (len(values), *f.output_shape(values.shape[1:]))
+        key = unit.keys[f.spec]
+        shape = (unit.layout.rows, *f.output_shape(unit.layout.value_shape))
         status = "reused"
-        if not store.has_entry(key):
+        if key in build_plan.missing and not store.has_entry(key):  # another build may have made it since
             if tensor is None:
+                with _timed(report, "read"):
+                    layout, parts = split.parts(unit.layer)
+                    values = join_parts(layout, parts)
                 report.device = devices.resolve(report.device)
                 tensor = devices.to_tensor(values, report.device)
+                split.release(parts)
+                del values, parts
             with _timed(report, "compute"):
                 out = devices.to_numpy(f(tensor))
             if out.shape != shape or out.dtype != np.float32:
                 raise FeatstoreError(
-                    f"featurizer {f.spec} returned {out.dtype}{list(out.shape)} for column {layer!r}; "
+                    f"featurizer {f.spec} returned {out.dtype}{list(out.shape)} for column {unit.layer!r}; "
                     f"it declares float32{list(shape)}"
                 )
-            created = _now()
-            info = _entry_info(key, digest, f.identity, out, created, report.device)
+            created[key] = _now()
+            info = _entry_info(key, unit.digest, f.identity, out, created[key], report.device)
             with _timed(report, "write"):
                 if store.write_entry(info, out):
                     report.bytes_written += out.nbytes
-            known[key] = created
             status = "computed"
-        elif key not in known:
-            known[key] = store.entry_info(key).created
-        report.entries.append(EntryResult(split_name, layer, f.spec, key, status))
-        rows.append(CatalogRow(split_name, layer, f.spec, key, shape, "float32", 4 * int(np.prod(shape)), known[key]))
+        elif key not in created:  # an entry first made for another dataset
+            created[key] = store.entry_info(key).created
+        report.entries.append(EntryResult(unit.split, unit.layer, f.spec, key, status))
+        rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, "float32", 4 * int(np.prod(shape)), created[key]))
     return rows
 
 
-def _labels(store: Store, report: BuildReport, source: Source, split_name: str) -> str | None:
+def _labels(store: Store, source: Source, split_name: str) -> str | None:
     if not source.label_column:
         return None
     values = source.splits[split_name].read(source.label_column).astype(np.int64, copy=False)

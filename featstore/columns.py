@@ -8,6 +8,9 @@ mapping (after `select` / `shuffle` / `filter`): exactly one copy into a fresh a
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +18,12 @@ import pyarrow as pa
 
 from featstore.errors import ColumnError
 
-__all__ = ["read_column", "column_layout", "ColumnLayout"]
+__all__ = ["read_column", "column_layout", "column_parts", "join_parts", "release_pages", "mapped_ranges",
+           "ColumnLayout"]
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_libc = ctypes.CDLL(None) if _MADV_DONTNEED is not None and os.path.exists("/proc/self/maps") else None
 
 
 @dataclass(frozen=True)
@@ -32,16 +40,33 @@ class ColumnLayout:
 
 
 def read_column(ds, name: str) -> np.ndarray:
-    """Return column `name` of `ds` (a `datasets.Dataset` or a `pyarrow.Table`) as an array of shape `(n_rows, *value_shape)`, stored dtype.
+    """Return column `name` of `ds` (a `datasets.Dataset` or a `pyarrow.Table`) as an array of
+    shape `(n_rows, *value_shape)` with the stored dtype.
 
     Raises `ColumnError` naming the column and the first bad row for ragged rows, nulls, and
     non-numeric values. The result is read-only when it is a zero-copy view of the dataset.
     """
+    return join_parts(*column_parts(ds, name))
+
+
+def column_layout(ds, name: str) -> ColumnLayout:
+    """Check column `name` like `read_column` does, without copying its values."""
+    return column_parts(ds, name)[0]
+
+
+def column_parts(ds, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
+    """The column's layout and its values as zero-copy arrays, one per Arrow chunk, in row order.
+    Hashing the parts in order equals hashing the joined column, with no copy."""
     chunks = _chunks(ds, name)
     parts = [_chunk_values(chunk, name, first_row) for chunk, first_row in chunks]
     layout = _join_layouts(name, [(p.shape[1:], p.dtype, len(p), r) for p, (_, r) in zip(parts, chunks)])
+    return layout, [p for p in parts if len(p)] or parts[:1]
+
+
+def join_parts(layout: ColumnLayout, parts: list[np.ndarray]) -> np.ndarray:
+    """One array from `column_parts`: the part itself if there is one, else one copy."""
     if len(parts) == 1:
-        return parts[0]
+        return parts[0].reshape((layout.rows, *layout.value_shape))
     out = np.empty((layout.rows, *layout.value_shape), dtype=layout.dtype)
     start = 0
     for part in parts:
@@ -50,30 +75,53 @@ def read_column(ds, name: str) -> np.ndarray:
     return out
 
 
-def column_layout(ds, name: str) -> ColumnLayout:
-    """Check column `name` like `read_column` does, without copying its values."""
-    chunks = _chunks(ds, name)
-    shapes = []
-    for chunk, first_row in chunks:
-        values, shape = _unnest(chunk, name, first_row)
-        shapes.append((shape, _leaf_dtype(values, name, first_row), len(chunk), first_row))
-    return _join_layouts(name, shapes)
+def mapped_ranges(ds) -> list[tuple[int, int]]:
+    """Address ranges where this process maps `ds`'s own Arrow files. They stay mapped as long as
+    `ds` lives, so `release_column` can trust them for that long."""
+    files = {os.path.realpath(f["filename"]) for f in getattr(ds, "cache_files", [])}
+    if not files or _libc is None:
+        return []
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() in files:
+                lo, hi = fields[0].split("-")
+                ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+def release_pages(parts: list[np.ndarray], ranges: list[tuple[int, int]]) -> None:
+    """Drop the memory-mapped pages under `parts` (from `column_parts`) from this process's
+    resident set.
+
+    They stay in the page cache, and a later read faults them back in. Without this, reading every
+    layer of the 2 GB `1k` preset leaves 2.4 GB resident (measured). Only arrays inside `ranges`
+    (from `mapped_ranges`) are touched: MADV_DONTNEED would zero anonymous memory.
+    """
+    for part in parts:
+        start = part.ctypes.data - part.ctypes.data % _PAGE
+        end = part.ctypes.data + part.nbytes
+        if part.nbytes >= _PAGE and any(lo <= start and end <= hi for lo, hi in ranges):
+            _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 def _chunks(ds, name: str) -> list[tuple[pa.Array, int]]:
     """The column's Arrow chunks (extension types unwrapped), indices mapping applied, with the
     dataset row each chunk starts at."""
-    if name not in ds.column_names:
-        raise ColumnError(f"column {name!r} not found; the dataset has columns: {', '.join(ds.column_names)}")
-    column = (ds if isinstance(ds, pa.Table) else ds.data).column(name)
-    storage_type = column.type.storage_type if isinstance(column.type, pa.ExtensionType) else column.type
-    chunks = [c.storage if isinstance(c, pa.ExtensionArray) else c for c in column.chunks]
-    chunks = chunks or [pa.array([], type=storage_type)]
+    table = ds if isinstance(ds, pa.Table) else ds.data
+    try:
+        column = table.column(name)
+    except KeyError:
+        raise ColumnError(f"column {name!r} not found; columns: {', '.join(table.schema.names)}") from None
+    if isinstance(column.type, pa.ExtensionType):  # datasets' ArrayND: read its list storage
+        column = column.cast(column.type.storage_type)
+    storage_type = column.type
+    chunks = column.chunks or [pa.array([], type=storage_type)]
     indices = getattr(ds, "_indices", None)
     if indices is not None:
         # One copy of the selected rows only: Arrow gathers list values natively.
-        taken = pa.chunked_array(chunks, type=storage_type).take(indices.column(0))
-        chunks = taken.chunks or [pa.array([], type=storage_type)]
+        chunks = column.take(indices.column(0)).chunks or [pa.array([], type=storage_type)]
     chunks = [c for c in chunks if len(c)] or chunks[:1]
     starts = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
     return list(zip(chunks, starts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import xxhash
@@ -26,10 +26,16 @@ def canonical_json(value: Any) -> bytes:
 
 def array_digest(values: np.ndarray) -> str:
     """xxh3-128 hex digest of an array's dtype, shape and C-order bytes."""
-    values = np.ascontiguousarray(values)
-    header = canonical_json({"v": KEY_VERSION, "dtype": values.dtype.str, "shape": list(values.shape)})
+    return parts_digest([values], values.dtype, values.shape)
+
+
+def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...]) -> str:
+    """The `array_digest` of the array that joining `parts` along the first axis would give,
+    computed without joining them."""
+    header = canonical_json({"v": KEY_VERSION, "dtype": np.dtype(dtype).str, "shape": list(shape)})
     h = xxhash.xxh3_128(b"featstore-array\0" + header + b"\0")
-    h.update(memoryview(values.reshape(-1).view(np.uint8)))
+    for part in parts:
+        h.update(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))
     return h.hexdigest()
 
 

@@ -20,7 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from featstore import presets
-from featstore.columns import ColumnLayout, column_layout, read_column
+from featstore.columns import (
+    ColumnLayout,
+    column_layout,
+    column_parts,
+    mapped_ranges,
+    read_column,
+    release_pages,
+)
 from featstore.errors import DatasetError
 
 DEFAULT_LABEL_COLUMN = "category_label"
@@ -35,6 +42,7 @@ class Split:
         self.schema = schema
         self.num_rows = num_rows
         self.label_names = label_names
+        self._mapped: list[tuple[int, int]] | None = None
 
     @classmethod
     def from_dataset(cls, ds, label_column: str | None) -> "Split":
@@ -65,6 +73,17 @@ class Split:
 
     def layout(self, name: str) -> ColumnLayout:
         return column_layout(self._table(name), name)
+
+    def parts(self, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
+        return column_parts(self._table(name), name)
+
+    def release(self, parts: list[np.ndarray]) -> None:
+        """Let go of the memory-mapped pages under `parts` (see columns.release_pages)."""
+        if isinstance(self._data, list):
+            return
+        if self._mapped is None:
+            self._mapped = mapped_ranges(self._data)
+        release_pages(parts, self._mapped)
 
 
 @dataclass(frozen=True)

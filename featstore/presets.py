@@ -75,7 +75,7 @@ def class_patterns(seed: int) -> np.ndarray:
     decay, so classes differ in both overall size and shape of the spectrum."""
     rng = np.random.default_rng([seed, 0xC1A55])
     scale = 1.3 ** np.arange(N_CLASSES)
-    decay = rng.uniform(0.3, 0.9, size=N_CLASSES)
+    decay = rng.uniform(0.5, 0.9, size=N_CLASSES)
     return (scale[:, None] * decay[:, None] ** np.arange(RANK)[None, :]).astype(np.float64)
 
 

@@ -1,0 +1,71 @@
+"""Shared fixtures: a private FEATSTORE_HOME, the sanity preset on disk, an empty store location,
+and `make_dataset` for hand-made datasets of any column layout."""
+
+from __future__ import annotations
+
+import shutil
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from featstore import presets
+
+
+@pytest.fixture(autouse=True)
+def featstore_home(tmp_path, monkeypatch):
+    """Every test gets its own FEATSTORE_HOME, so nothing touches ~/.cache, and runs offline."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FEATSTORE_HOME", str(home))
+    monkeypatch.delenv("FEATSTORE_STORE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets.disable_progress_bars()
+    return home
+
+
+@pytest.fixture(scope="session")
+def _sanity_master(tmp_path_factory):
+    return presets.make("sanity", tmp_path_factory.mktemp("presets") / "sanity")
+
+
+@pytest.fixture
+def sanity_dir(_sanity_master, featstore_home):
+    """The sanity preset, generated once per session, copied where `--dataset sanity` finds it."""
+    target = featstore_home / "datasets" / "sanity"
+    shutil.copytree(_sanity_master, target)
+    return target
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    return str(tmp_path / "store")
+
+
+def matrices(rows: int, shape=(4, 4), seed: int = 0, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, *shape)).astype(dtype)
+
+
+def array2d_dataset(values: np.ndarray, labels=None, name: str = "layer_a") -> datasets.Dataset:
+    """A Dataset with one datasets.Array2D/3D column built straight from numpy."""
+    ndim = values.ndim - 1
+    kind = {2: datasets.Array2D, 3: datasets.Array3D}[ndim]
+    features = {name: kind(values.shape[1:], values.dtype.name)}
+    data = {name: values}
+    if labels is not None:
+        features["category_label"] = datasets.ClassLabel(num_classes=int(max(labels)) + 1)
+        data["category_label"] = labels
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+def list_column(values: np.ndarray, fixed: bool = False) -> pa.Array:
+    """Nested Arrow lists (variable- or fixed-size) holding `values` (n, *shape)."""
+    arr = pa.array(values.reshape(-1))
+    for size in reversed(values.shape[1:]):
+        if fixed:
+            arr = pa.FixedSizeListArray.from_arrays(arr, size)
+        else:
+            offsets = np.arange(0, len(arr) + 1, size, dtype=np.int32)
+            arr = pa.ListArray.from_arrays(pa.array(offsets), arr)
+    return arr

@@ -1,0 +1,137 @@
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import matrices
+
+import featstore
+from featstore import ColumnError, NotFoundError, read_column
+from featstore.featurizers import parse_spec
+
+
+def _snapshot(store_dir):
+    """Every file under the store with its bytes: 'the store as it was'."""
+    out = {}
+    for folder, _, files in os.walk(store_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            out[os.path.relpath(path, store_dir)] = open(path, "rb").read()
+    return out
+
+
+def test_loaded_features_equal_a_direct_computation(sanity_dir, store_dir):
+    report = featstore.build("sanity", ["raw", "stats", "svd:k=8"], store=store_dir)
+    assert (report.computed, report.reused) == (2 * 8 * 3, 0)
+    fs = featstore.open("sanity", store=store_dir)
+    assert fs.splits == ["test", "train"]
+    assert fs.layers == [f"layer_{i:03d}" for i in range(8)]
+    assert fs.featurizers == ["raw", "stats", "svd:k=8"]
+    dd = datasets.load_from_disk(str(sanity_dir))
+    for split in ("train", "test"):
+        column = read_column(dd[split], "layer_006")
+        for spec in ("raw", "stats", "svd:k=8"):
+            expected = parse_spec(spec)(torch.from_numpy(column.copy()))
+            loaded = fs.load("layer_006", spec, split=split)
+            assert isinstance(loaded, torch.Tensor)
+            torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
+        np.testing.assert_array_equal(fs.labels(split).numpy(), read_column(dd[split], "category_label"))
+    assert fs.label_names[0] == "category_0"
+    assert fs.load("layer_000", "svd").shape == (51, 8)  # the only svd spec, by name
+
+
+def test_second_build_computes_nothing_and_a_new_param_only_itself(sanity_dir, store_dir):
+    featstore.build("sanity", store=store_dir)
+    before = _snapshot(store_dir)
+    again = featstore.build("sanity", store=store_dir)
+    assert (again.computed, again.reused, again.bytes_written) == (0, 32, 0)
+    assert {k: v for k, v in _snapshot(store_dir).items() if "catalog" not in k} == \
+        {k: v for k, v in before.items() if "catalog" not in k}
+    more = featstore.build("sanity", ["stats", "svd:k=4"], store=store_dir)
+    assert {e.featurizer for e in more.entries if e.status == "computed"} == {"svd:k=4"}
+    assert more.computed == 16
+    fs = featstore.open("sanity", store=store_dir)
+    assert fs.featurizers == ["stats", "svd:k=16", "svd:k=4"]
+    assert fs.row("layer_000", "svd").featurizer == "svd:k=16"  # a bare name means its defaults
+
+
+def test_a_bare_name_without_its_defaults_is_ambiguous(sanity_dir, store_dir):
+    featstore.build("sanity", ["svd:k=4", "svd:k=8"], layers=["layer_000"], store=store_dir)
+    fs = featstore.open("sanity", store=store_dir)
+    with pytest.raises(NotFoundError, match=r"no featurizer 'svd'.*ambiguous, pass one of: svd:k=4, svd:k=8"):
+        fs.load("layer_000", "svd")
+    assert fs.load("layer_000", "svd:k=8").shape == (51, 8)
+
+
+def test_datasets_sharing_a_layer_share_its_entry(tmp_path, store_dir):
+    shared, other = matrices(30, (6, 6), seed=1), matrices(30, (6, 6), seed=2)
+    features = datasets.Features({"a": datasets.Array2D((6, 6), "float32"), "b": datasets.Array2D((6, 6), "float32")})
+    datasets.Dataset.from_dict({"a": shared, "b": other}, features=features).save_to_disk(str(tmp_path / "one"))
+    datasets.Dataset.from_dict({"a": shared, "b": other + 1}, features=features).save_to_disk(str(tmp_path / "two"))
+    featstore.build(str(tmp_path / "one"), ["svd"], store=store_dir)
+    report = featstore.build(str(tmp_path / "two"), ["svd"], store=store_dir)
+    assert {(e.layer, e.status) for e in report.entries} == {("a", "reused"), ("b", "computed")}
+    one = featstore.open(str(tmp_path / "one"), store=store_dir)
+    two = featstore.open(str(tmp_path / "two"), store=store_dir)
+    assert one.row("a", "svd").key == two.row("a", "svd").key
+    assert one.row("b", "svd").key != two.row("b", "svd").key
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([[1.0] * 4] * 5 + [[1.0] * 3], r"'bad' is ragged: row 5"),
+        ([[1.0] * 4] * 3 + [None] + [[1.0] * 4] * 2, r"'bad' has a null at row 3"),
+    ],
+)
+def test_bad_columns_fail_before_the_store_changes(tmp_path, store_dir, sanity_dir, bad, message):
+    featstore.build("sanity", ["svd"], store=store_dir)
+    before = _snapshot(store_dir)
+    good = matrices(6, (2, 2))
+    ds = datasets.Dataset.from_dict({"good": good.reshape(6, 4).tolist(), "bad": bad})
+    ds.save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ColumnError, match=message):
+        featstore.build(str(tmp_path / "bad"), ["raw"], store=store_dir)
+    assert _snapshot(store_dir) == before
+    assert featstore.open("sanity", store=store_dir).load("layer_001", "svd").shape == (51, 16)
+
+
+def test_string_columns_chosen_explicitly_are_a_named_error(tmp_path, store_dir):
+    datasets.Dataset.from_dict({"w": [[1.0, 2.0]] * 3, "s": [["a", "b"]] * 3}).save_to_disk(str(tmp_path / "d"))
+    assert featstore.build(str(tmp_path / "d"), ["raw"], store=store_dir).computed == 1  # s is skipped
+    before = _snapshot(store_dir)
+    with pytest.raises(ColumnError, match=r"column 's' holds string values \(first at row 0\)"):
+        featstore.build(str(tmp_path / "d"), ["raw"], layers=["*"], store=store_dir)
+    assert _snapshot(store_dir) == before
+
+
+def test_plain_dataset_object_is_split_train(store_dir):
+    ds = datasets.Dataset.from_dict({"w": matrices(8, (3, 3))}, features=datasets.Features(
+        {"w": datasets.Array2D((3, 3), "float32")}))
+    featstore.build(ds, ["stats"], store=store_dir)
+    fs = featstore.open(ds, store=store_dir)
+    assert fs.splits == ["train"] and fs.load("w", "stats").shape == (8, 4)
+    with pytest.raises(NotFoundError, match=r"built without a label column"):
+        fs.labels()
+
+
+def test_open_errors_list_what_exists(sanity_dir, store_dir):
+    featstore.build("sanity", ["stats"], layers=["layer_00[12]"], store=store_dir)
+    fs = featstore.open("sanity", store=store_dir)
+    with pytest.raises(NotFoundError, match=r"no layer 'layer_009'.*layers: layer_001, layer_002"):
+        fs.load("layer_009", "stats")
+    with pytest.raises(NotFoundError, match=r"no featurizer 'svd'.*available: stats"):
+        fs.load("layer_001", "svd")
+    with pytest.raises(NotFoundError, match=r"no split 'validation'.*splits: test, train"):
+        fs.load("layer_001", "stats", split="validation")
+    with pytest.raises(NotFoundError, match=r"holds no features of '1k'; it holds: sanity"):
+        featstore.open("1k", store=store_dir)
+    assert isinstance(NotFoundError("x"), KeyError)
+
+
+def test_store_location_from_environment(sanity_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATSTORE_STORE", str(tmp_path / "envstore"))
+    featstore.build("sanity", ["stats"], layers=["layer_000"])
+    assert (tmp_path / "envstore" / "featstore.json").exists()
+    assert featstore.open("sanity").layers == ["layer_000"]

@@ -1,0 +1,143 @@
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import array2d_dataset, list_column, matrices
+
+from featstore import ColumnError, read_column
+from featstore.columns import column_layout, column_parts, mapped_ranges, release_pages
+from featstore.keys import array_digest, parts_digest
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8])
+def test_array2d_roundtrip_every_dtype(dtype):
+    values = (matrices(7, (3, 5)) * 10).astype(dtype)
+    out = read_column(array2d_dataset(values), "layer_a")
+    assert out.dtype == dtype and out.shape == (7, 3, 5)
+    np.testing.assert_array_equal(out, values)
+
+
+def test_array3d():
+    values = matrices(6, (2, 3, 4))
+    np.testing.assert_array_equal(read_column(array2d_dataset(values), "layer_a"), values)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_nested_lists_fixed_and_variable(fixed):
+    values = matrices(9, (4, 3), dtype=np.float64)
+    ds = datasets.Dataset(pa.table({"w": list_column(values, fixed=fixed)}))
+    out = read_column(ds, "w")
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, values)
+
+
+def test_sliced_arrow_arrays_respect_offsets():
+    values = matrices(10, (2, 2))
+    for fixed in (False, True):
+        table = pa.table({"w": list_column(values, fixed=fixed).slice(3, 4)})
+        np.testing.assert_array_equal(read_column(table, "w"), values[3:7])
+
+
+def test_single_chunk_is_zero_copy_and_read_only():
+    values = matrices(5)
+    ds = array2d_dataset(values)
+    chunk_values = ds.data.column("layer_a").chunks[0].storage.values.values
+    out = read_column(ds, "layer_a")
+    assert not out.flags.writeable
+    assert out.ctypes.data == chunk_values.buffers()[1].address + chunk_values.offset * 4
+
+
+def test_several_chunks_are_joined_in_order(tmp_path):
+    a, b, c = matrices(3, seed=1), matrices(4, seed=2), matrices(5, seed=3)
+    ds = datasets.concatenate_datasets([array2d_dataset(x) for x in (a, b, c)])
+    assert ds.data.column("layer_a").num_chunks == 3
+    out = read_column(ds, "layer_a")
+    np.testing.assert_array_equal(out, np.concatenate([a, b, c]))
+    layout, parts = column_parts(ds, "layer_a")
+    assert len(parts) == 3
+    assert parts_digest(parts, layout.dtype, out.shape) == array_digest(out)
+
+
+def test_indices_mapping_select_shuffle_filter(tmp_path):
+    values = matrices(20)
+    labels = np.arange(20) % 3
+    ds = datasets.concatenate_datasets([array2d_dataset(values[:8], labels[:8]), array2d_dataset(values[8:], labels[8:])])
+    picked = ds.select([15, 2, 9, 9, 0])
+    np.testing.assert_array_equal(read_column(picked, "layer_a"), values[[15, 2, 9, 9, 0]])
+    shuffled = ds.shuffle(seed=4)
+    order = shuffled._indices.column(0).to_numpy()
+    np.testing.assert_array_equal(read_column(shuffled, "layer_a"), values[order])
+    kept = ds.filter(lambda y: y == 1, input_columns="category_label")
+    np.testing.assert_array_equal(read_column(kept, "layer_a"), values[labels == 1])
+    np.testing.assert_array_equal(read_column(kept, "category_label"), labels[labels == 1])
+
+
+def test_saved_dataset_reads_from_memory_map(tmp_path):
+    values = matrices(50, (8, 8))
+    array2d_dataset(values).save_to_disk(str(tmp_path / "saved"))
+    ds = datasets.load_from_disk(str(tmp_path / "saved"))
+    np.testing.assert_array_equal(read_column(ds, "layer_a"), values)
+
+
+def test_ragged_rows_name_the_column_and_first_bad_row():
+    rows = [[[1.0, 2.0], [3.0, 4.0]]] * 3 + [[[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]] + [[[1.0, 2.0], [3.0, 4.0]]]
+    ds = datasets.Dataset.from_dict({"w": rows})
+    with pytest.raises(ColumnError, match=r"'w' is ragged: row 3"):
+        read_column(ds, "w")
+    with pytest.raises(ColumnError, match=r"row 3"):
+        column_layout(ds, "w")
+
+
+def test_ragged_across_chunks_reports_the_dataset_row():
+    a = datasets.Dataset.from_dict({"w": [[1.0, 2.0]] * 4})
+    b = datasets.Dataset.from_dict({"w": [[1.0, 2.0, 3.0]] * 2})
+    with pytest.raises(ColumnError, match=r"row 4 has values of shape \(3,\)"):
+        read_column(datasets.concatenate_datasets([a, b]), "w")
+
+
+def test_ragged_rows_outside_a_selection_do_not_matter():
+    ds = datasets.Dataset.from_dict({"w": [[1.0, 2.0], [1.0], [3.0, 4.0]]})
+    np.testing.assert_array_equal(read_column(ds.select([0, 2]), "w"), [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ColumnError, match=r"row 1"):
+        read_column(ds.select([2, 1]), "w")
+
+
+@pytest.mark.parametrize(
+    "rows, where",
+    [
+        ([[1.0, 2.0], None, [3.0, 4.0]], "row 1"),
+        ([[1.0, 2.0], [3.0, 4.0], [None, 4.0]], "row 2"),
+        ([[[1.0], [2.0]], [[1.0], None]], "row 1"),
+    ],
+)
+def test_nulls_name_the_first_bad_row(rows, where):
+    ds = datasets.Dataset.from_dict({"w": rows})
+    with pytest.raises(ColumnError, match=rf"null at {where}\b"):
+        read_column(ds, "w")
+
+
+def test_strings_and_missing_columns_are_named_errors():
+    ds = datasets.Dataset.from_dict({"s": [["a", "b"], ["c", "d"]], "t": ["x", "y"]})
+    with pytest.raises(ColumnError, match=r"column 's' holds string values"):
+        read_column(ds, "s")
+    with pytest.raises(ColumnError, match=r"column 't' holds string"):
+        read_column(ds, "t")
+    with pytest.raises(ColumnError, match=r"'nope' not found; columns: s, t"):
+        read_column(ds, "nope")
+    assert isinstance(ColumnError("x"), ValueError)
+
+
+def test_release_pages_keeps_values_and_spares_heap_memory(tmp_path):
+    values = matrices(300, (32, 32))
+    array2d_dataset(values).save_to_disk(str(tmp_path / "saved"))
+    mapped = datasets.load_from_disk(str(tmp_path / "saved"))
+    ranges = mapped_ranges(mapped)
+    assert ranges, "a saved dataset is memory-mapped"
+    layout, parts = column_parts(mapped, "layer_a")
+    release_pages(parts, ranges)
+    np.testing.assert_array_equal(read_column(mapped, "layer_a"), values)  # pages fault back in
+    in_memory = array2d_dataset(values)
+    assert mapped_ranges(in_memory) == []
+    layout, parts = column_parts(in_memory, "layer_a")
+    release_pages(parts, ranges)  # heap arrays are outside the mapped ranges: untouched
+    np.testing.assert_array_equal(read_column(in_memory, "layer_a"), values)

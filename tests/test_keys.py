@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from featstore.featurizers import parse_spec
+from featstore.keys import (
+    array_digest,
+    canonical_json,
+    dataset_slug,
+    entry_key,
+    featurizer_identity,
+    is_safe_name,
+    parts_digest,
+)
+
+ARANGE = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def test_golden_keys():
+    """A fixed input's keys are pinned: if this fails, the key scheme changed, which orphans every
+    store. Change it only on purpose, bumping keys.KEY_VERSION and noting it in the README."""
+    assert array_digest(ARANGE) == "797abbb220d3ee84c5e6263bb3bc3e26"
+    identity = featurizer_identity("svd", {"k": 16}, "1")
+    assert entry_key(array_digest(ARANGE), identity) == "29b431187ca2c2d98455be3be4946c54"
+    assert dataset_slug("/data/my set/1k") == "data_my_set_1k-424fcc5c9bad"
+
+
+def test_digest_depends_on_bytes_dtype_and_shape_only():
+    assert array_digest(ARANGE.copy()) == array_digest(ARANGE)
+    assert array_digest(np.asfortranarray(ARANGE)) == array_digest(ARANGE)  # C-order bytes
+    assert array_digest(ARANGE.astype(np.float64)) != array_digest(ARANGE)
+    assert array_digest(ARANGE.reshape(4, 3)) != array_digest(ARANGE)
+    changed = ARANGE.copy()
+    changed[2, 3] = np.nextafter(changed[2, 3], np.float32(100))
+    assert array_digest(changed) != array_digest(ARANGE)
+
+
+def test_parts_digest_equals_digest_of_joined():
+    parts = [ARANGE[:1], ARANGE[1:]]
+    assert parts_digest(parts, ARANGE.dtype, ARANGE.shape) == array_digest(ARANGE)
+
+
+def test_entry_key_separates_featurizers_params_and_versions():
+    d = array_digest(ARANGE)
+    keys = {
+        entry_key(d, featurizer_identity("svd", {"k": 16}, "1")),
+        entry_key(d, featurizer_identity("svd", {"k": 32}, "1")),
+        entry_key(d, featurizer_identity("svd", {"k": 16}, "2")),
+        entry_key(d, featurizer_identity("stats", {}, "1")),
+        entry_key(array_digest(ARANGE + 1), featurizer_identity("svd", {"k": 16}, "1")),
+    }
+    assert len(keys) == 5
+
+
+def test_spec_spellings_share_a_key():
+    d = array_digest(ARANGE)
+    assert entry_key(d, parse_spec("svd").identity) == entry_key(d, parse_spec("svd:k=16").identity)
+    assert entry_key(d, parse_spec(" svd:k=16 ").identity) != entry_key(d, parse_spec("svd:k=8").identity)
+
+
+def test_canonical_json_is_order_free_and_type_tagged():
+    assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": [1, 2], "b": 1}) == b'{"a":[1,2],"b":1}'
+    assert canonical_json({"k": 1}) != canonical_json({"k": "1"})
+    with pytest.raises(ValueError):
+        canonical_json({"k": float("nan")})
+
+
+@pytest.mark.parametrize("name, ok", [("layer_017", True), ("svd.v2", True), ("..", False), ("a/b", False),
+                                      ("a\0b", False), ("", False), ("x" * 201, False)])
+def test_safe_names(name, ok):
+    assert is_safe_name(name) is ok

@@ -1,0 +1,118 @@
+import os
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import array2d_dataset, matrices
+
+from featstore import DatasetError
+from featstore.sources import dataset_id, load_source
+
+
+def _two_layer_dataset(rows=12, seed=0):
+    a, b = matrices(rows, (4, 4), seed), matrices(rows, (4, 4), seed + 1)
+    features = datasets.Features({
+        "layer_a": datasets.Array2D((4, 4), "float32"),
+        "layer_b": datasets.Array2D((4, 4), "float32"),
+        "scalar": datasets.Value("float32"),
+        "name": datasets.Value("string"),
+        "category_label": datasets.ClassLabel(names=["x", "y", "z"]),
+    })
+    data = {"layer_a": a, "layer_b": b, "scalar": np.zeros(rows, np.float32), "name": ["n"] * rows,
+            "category_label": np.arange(rows) % 3}
+    return datasets.Dataset.from_dict(data, features=features), a, b
+
+
+def test_preset_name_and_alias_generate_on_first_use(featstore_home):
+    src = load_source("sanity_check_dataset")
+    assert src.name == "sanity" and set(src.splits) == {"train", "test"}
+    assert (featstore_home / "datasets" / "sanity" / "dataset_dict.json").exists()
+    assert src.layers == [f"layer_{i:03d}" for i in range(8)] and src.label_column == "category_label"
+    assert src.splits["train"].label_names[:2] == ["category_0", "category_1"]
+
+
+def test_layer_detection_skips_scalars_strings_and_label(tmp_path):
+    ds, a, _ = _two_layer_dataset()
+    ds.save_to_disk(str(tmp_path / "one"))
+    src = load_source(str(tmp_path / "one"))
+    assert list(src.splits) == ["train"]  # a plain Dataset is split train
+    assert src.layers == ["layer_a", "layer_b"]
+    np.testing.assert_array_equal(src.splits["train"].read("layer_a"), a)
+    assert src.name == os.path.realpath(tmp_path / "one") == dataset_id(str(tmp_path / "one"))
+
+
+def test_dataset_dict_directory_has_all_splits(tmp_path):
+    ds, a, _ = _two_layer_dataset(rows=20)
+    datasets.DatasetDict(train=ds.select(range(15)), test=ds.select(range(15, 20))).save_to_disk(str(tmp_path / "dd"))
+    src = load_source(str(tmp_path / "dd"), layers=["layer_a"])
+    assert set(src.splits) == {"train", "test"}
+    np.testing.assert_array_equal(src.splits["test"].read("layer_a"), a[15:])
+
+
+def test_parquet_directory_splits_by_file_name(tmp_path):
+    ds, a, b = _two_layer_dataset(rows=20)
+    (tmp_path / "pq").mkdir()
+    ds.select(range(15)).to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    ds.select(range(15, 20)).to_parquet(str(tmp_path / "pq" / "test.parquet"))
+    src = load_source(str(tmp_path / "pq"))
+    assert set(src.splits) == {"train", "test"} and src.layers == ["layer_a", "layer_b"]
+    np.testing.assert_array_equal(src.splits["train"].read("layer_b"), b[:15])
+    assert src.splits["train"].label_names == ["x", "y", "z"]
+
+
+def test_parquet_glob_is_one_split(tmp_path):
+    (tmp_path / "g").mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"w": pa.array(list(matrices(4, (2, 2), i).reshape(4, 4)), pa.list_(pa.float32(), 4))}),
+                       tmp_path / "g" / f"part-{i}.parquet")
+    src = load_source(str(tmp_path / "g" / "part-*.parquet"))
+    assert list(src.splits) == ["train"] and src.layers == ["w"] and src.label_column is None
+    expected = np.concatenate([matrices(4, (2, 2), i).reshape(4, 4) for i in range(3)])
+    np.testing.assert_array_equal(src.splits["train"].read("w"), expected)
+
+
+def test_arrow_files_stream_and_file_format(tmp_path):
+    values = matrices(6, (3, 3))
+    ds = array2d_dataset(values)
+    (tmp_path / "arr").mkdir()
+    table = ds.data.table
+    with pa.ipc.new_stream(str(tmp_path / "arr" / "train-0.arrow"), table.schema) as w:
+        w.write_table(table)
+    with pa.ipc.new_file(str(tmp_path / "arr" / "train-1.arrow"), table.schema) as w:
+        w.write_table(table)
+    src = load_source(str(tmp_path / "arr"))
+    np.testing.assert_array_equal(src.splits["train"].read("layer_a"), np.concatenate([values, values]))
+
+
+def test_layers_globs_choose_and_complain(tmp_path):
+    ds, _, _ = _two_layer_dataset()
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert load_source(str(tmp_path / "one"), layers=["*_b", "layer_*"]).layers == ["layer_b", "layer_a"]
+    with pytest.raises(DatasetError, match=r"--layers 'attn\*' matches no column.*layer_a, layer_b"):
+        load_source(str(tmp_path / "one"), layers=["attn*"])
+    with pytest.raises(DatasetError, match=r"label column 'cls' not in dataset"):
+        load_source(str(tmp_path / "one"), label_column="cls")
+
+
+def test_no_layer_columns(tmp_path):
+    datasets.Dataset.from_dict({"t": ["a"], "v": [1.0]}).save_to_disk(str(tmp_path / "flat"))
+    with pytest.raises(DatasetError, match=r"no layer columns found.*Choose some with --layers"):
+        load_source(str(tmp_path / "flat"))
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    # HF_HUB_OFFLINE is read at import time; the CLI test checks the real environment variable.
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetError, match=r"'someone/adapters' is not a preset .* Hugging Face Hub failed"):
+        load_source("someone/adapters")
+
+
+def test_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"no .parquet or .arrow files"):
+        load_source(str(tmp_path / "empty"))

@@ -1,0 +1,92 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from featstore import StoreError
+from featstore.keys import array_digest
+from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
+from featstore.store import Store
+
+
+def _info(values, key="ab" * 16):
+    return EntryInfo(key=key, input_digest="in", featurizer={"name": "raw", "params": {}, "version": "1"},
+                     shape=values.shape, dtype=values.dtype.name, output_digest=array_digest(values),
+                     created="2026-01-01T00:00:00+00:00", device="cpu")
+
+
+def test_entry_roundtrip_on_disk(store_dir):
+    store = Store.open(store_dir, create=True)
+    values = np.random.default_rng(0).standard_normal((1000, 8, 8)).astype(np.float32)
+    info = _info(values)
+    assert not store.has_entry(info.key)
+    assert store.write_entry(info, values) is True
+    assert store.has_entry(info.key)
+    np.testing.assert_array_equal(store.read_entry(info.key), values)
+    assert store.entry_info(info.key) == info
+    entry_dir = os.path.join(store_dir, "entries", info.key[:2], info.key)
+    meta = json.load(open(os.path.join(entry_dir, "zarr.json")))
+    assert meta["zarr_format"] == 3 and meta["attributes"]["featstore"]["key"] == info.key
+    assert all(c["name"] != "zstd" for c in meta["codecs"])  # uncompressed: float data barely compresses
+    assert os.listdir(os.path.join(store_dir, "staging")) == []
+
+
+def test_publish_is_create_only(store_dir):
+    store = Store.open(store_dir, create=True)
+    values = np.ones((3, 2), np.float32)
+    assert store.write_entry(_info(values), values) is True
+    assert store.write_entry(_info(values), values) is False  # already there: nothing replaced
+    np.testing.assert_array_equal(store.read_entry(_info(values).key), values)
+    assert os.listdir(os.path.join(store_dir, "staging")) == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_corrupt_entry_is_an_error_not_wrong_numbers(store_dir, damage):
+    store = Store.open(store_dir, create=True)
+    values = np.arange(64, dtype=np.float32).reshape(8, 8) + 1
+    info = _info(values)
+    store.write_entry(info, values)
+    chunk = os.path.join(store_dir, "entries", info.key[:2], info.key, "c", "0", "0")
+    if damage == "flip":
+        raw = bytearray(open(chunk, "rb").read())
+        raw[17] ^= 0x01
+        open(chunk, "wb").write(bytes(raw))
+    else:
+        os.remove(chunk)  # zarr would read the fill value
+    with pytest.raises(StoreError, match=r"is corrupt"):
+        store.read_entry(info.key)
+
+
+def test_catalog_roundtrip_and_merge(store_dir):
+    store = Store.open(store_dir, create=True)
+    row = CatalogRow("train", "layer_a", "svd:k=16", "k1", (10, 16), "float32", 640, "t0")
+    first = Catalog("/data/x", {"train": SplitInfo(10, "lab")}, (row,), "category_label", ("a", "b"), "t0")
+    store.write_catalog(first)
+    assert store.read_catalog("/data/x") == first
+    newer = Catalog("/data/x", {"test": SplitInfo(3)},
+                    (CatalogRow("train", "layer_a", "svd:k=16", "k2", (10, 16), "float32", 640, "t1"),
+                     CatalogRow("test", "layer_a", "raw", "k3", (3, 4), "float32", 48, "t1")), None, None, "t1")
+    merged = first.merged(newer)
+    assert {r.key for r in merged.rows} == {"k2", "k3"} and set(merged.splits) == {"train", "test"}
+    assert store.catalogs() == [first]
+    assert store.read_catalog("/data/other") is None
+
+
+def test_unknown_schema_version_is_refused(store_dir):
+    store = Store.open(store_dir, create=True)
+    path = os.path.join(store_dir, store.catalog_path("d"))
+    os.makedirs(os.path.dirname(path))
+    open(path, "w").write(json.dumps({"schema_version": 99, "dataset": "d"}))
+    with pytest.raises(StoreError, match=r"schema_version 99; this featstore reads version 1"):
+        store.read_catalog("d")
+
+
+def test_open_refuses_missing_and_foreign_directories(tmp_path):
+    with pytest.raises(StoreError, match=r"no featstore at"):
+        Store.open(tmp_path / "absent")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(StoreError, match=r"exists and is not a featstore"):
+        Store.open(tmp_path / "photos", create=True)
+    assert os.listdir(tmp_path / "photos") == ["cat.jpg"]

@@ -151,7 +151,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     catalog = Catalog(
         dataset=source.name,
         splits=splits,
-        rows=tuple(rows),
+        rows=tuple(sorted(rows, key=lambda r: r.slot)),
         label_column=source.label_column,
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=_now(),

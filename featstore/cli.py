@@ -177,3 +177,7 @@ def _size(n: float) -> str:
 
 def _short_dataset(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else "..." + name[-(limit - 3):]
+
+
+if __name__ == "__main__":
+    main()

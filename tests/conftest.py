@@ -69,3 +69,13 @@ def list_column(values: np.ndarray, fixed: bool = False) -> pa.Array:
             offsets = np.arange(0, len(arr) + 1, size, dtype=np.int32)
             arr = pa.ListArray.from_arrays(pa.array(offsets), arr)
     return arr
+
+
+def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0) -> None:
+    """A save_to_disk dataset of `layers` Array2D float32 columns, built straight from numpy."""
+    features = datasets.Features({f"layer_{i:03d}": datasets.Array2D((dim, dim), "float32") for i in range(layers)})
+    schema = features.arrow_schema
+    rng = np.random.default_rng(seed)
+    columns = [presets.matrices_to_arrow(rng.standard_normal((rows, dim, dim), dtype=np.float32), schema.field(i).type)
+               for i in range(layers)]
+    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path))

@@ -1,0 +1,87 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from featstore.cli import main
+
+
+@pytest.fixture
+def run(store_dir):
+    def invoke(*args, ok=True):
+        result = CliRunner().invoke(main, [*args], env={"FEATSTORE_STORE": store_dir}, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+    return invoke
+
+
+def test_build_then_ls(run, sanity_dir):
+    out = run("build", "--dataset", "sanity", "--featurizer", "raw", "--featurizer", "svd:k=4",
+              "--layers", "layer_00[01]", "--no-progress").output
+    assert "8 computed, 0 reused" in out and "written" in out
+    table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()
+    assert table[0].split() == ["dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created"]
+    assert [line.split()[:6] for line in table[1:-1]] == [
+        ["sanity", "test", "layer_000", "svd:k=4", "13x4", "float32"],
+        ["sanity", "test", "layer_001", "svd:k=4", "13x4", "float32"],
+        ["sanity", "train", "layer_000", "svd:k=4", "51x4", "float32"],
+        ["sanity", "train", "layer_001", "svd:k=4", "51x4", "float32"],
+    ]
+    assert table[-1] == "4 entries, 2.0 KB"  # (13 + 13 + 51 + 51) rows x 4 values x 4 bytes
+
+
+def test_build_json_and_ls_json(run, sanity_dir):
+    first = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
+    assert (first["computed"], first["reused"]) == (16, 0)
+    assert set(first["seconds"]) == {"hash", "read", "compute", "write", "total"}
+    second = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
+    assert (second["computed"], second["reused"], second["bytes_written"]) == (0, 16, 0)
+    rows = json.loads(run("ls", "--json", "--layer", "layer_007", "--split", "test").output)
+    assert rows == [{"dataset": "sanity", "split": "test", "layer": "layer_007", "featurizer": "stats",
+                     "shape": [13, 4], "dtype": "float32", "nbytes": 208, "key": rows[0]["key"],
+                     "created": rows[0]["created"]}]
+    assert rows[0]["key"] == next(e["key"] for e in first["entries"] if e["layer"] == "layer_007" and e["split"] == "test")
+
+
+def test_errors_are_one_line_and_exit_2(run, tmp_path):
+    result = run("build", "-d", "sanity", "-f", "svd:k=x", ok=False)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: in featurizer spec 'svd:k=x': 'x' is not a valid int"]
+    result = run("ls", ok=False)
+    assert result.exit_code == 2 and "no featstore at" in result.output and "Traceback" not in result.output
+
+
+def test_datasets_make_and_ls(run, tmp_path, featstore_home):
+    out = run("datasets", "make", "sanity", "--out", str(tmp_path / "mine")).output
+    assert "saved to" in out and (tmp_path / "mine" / "dataset_dict.json").exists()
+    listing = json.loads(run("datasets", "ls", "--json").output)
+    assert [d["name"] for d in listing] == ["sanity", "1k", "10k"]
+    assert listing[1]["rows"] == 1000 and listing[1]["layers"] == 128 and listing[1]["signal_layers"][0] == 32
+    assert run("datasets", "make", "huge", ok=False).exit_code == 2
+
+
+def test_help_teaches(run):
+    out = run("build", "--help").output
+    for word in ("--dataset", "--featurizer", "svd:k=32", "--layers", "--label-column", "FEATSTORE_STORE"):
+        assert word in out
+
+
+def _featstore(*args, env):
+    return subprocess.run([sys.executable, "-m", "featstore.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featstore_home):
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home), HF_HUB_OFFLINE="1")
+    built = _featstore("build", "--dataset", "sanity", "--json", env=env)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["computed"] == 32
+    listed = _featstore("ls", "--json", env=env)
+    assert len(json.loads(listed.stdout)) == 32
+    hub = _featstore("build", "--dataset", "nobody/no-such-adapters", env=env)
+    assert hub.returncode == 2
+    assert "Hugging Face Hub failed" in hub.stderr and "Traceback" not in hub.stderr

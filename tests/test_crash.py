@@ -1,0 +1,55 @@
+"""A real `featstore build` killed with SIGKILL mid-way leaves no entry that looks valid but is not,
+and the next build completes from where the store is."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import pytest
+import torch
+from conftest import saved_layers_dataset
+
+import featstore
+from featstore import read_column
+from featstore.featurizers import parse_spec
+from featstore.store import Store
+
+
+def _entry_keys(store_dir):
+    root = os.path.join(store_dir, "entries")
+    if not os.path.isdir(root):
+        return []
+    return [k for shard in os.listdir(root) for k in os.listdir(os.path.join(root, shard))]
+
+
+@pytest.mark.parametrize("kill_after", [1, 6, 20])
+def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kill_after):
+    data = tmp_path / "data"
+    saved_layers_dataset(data, layers=16, rows=400, dim=64)
+    command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "raw", "-f", "svd",
+               "--store", store_dir, "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_entry_keys(store_dir)) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+
+    store = Store.open(store_dir)
+    assert store.read_catalog(os.path.realpath(data)) is None  # the catalog is written last
+    survivors = _entry_keys(store_dir)
+    assert len(survivors) >= kill_after
+    for key in survivors:
+        store.read_entry(key)  # complete and matching its digest, or this raises
+
+    report = featstore.build(str(data), ["raw", "svd"], store=store_dir)
+    assert report.reused == len(survivors) and report.computed == 32 - len(survivors)
+    fs = featstore.open(str(data), store=store_dir)
+    column = read_column(datasets.load_from_disk(str(data)), "layer_011")
+    expected = parse_spec("svd")(torch.from_numpy(column.copy()))
+    torch.testing.assert_close(fs.load("layer_011", "svd"), expected, rtol=0, atol=0)
+    assert len(_entry_keys(store_dir)) == 32

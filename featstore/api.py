@@ -55,6 +55,8 @@ class FeatureSet:
     def __init__(self, store: Store, catalog: Catalog):
         self.store = store
         self.catalog = catalog
+        self._rows = {r.slot: r for r in catalog.rows}
+        self._featurizers = sorted({r.featurizer for r in catalog.rows})
 
     def __repr__(self) -> str:
         return (f"FeatureSet({self.catalog.dataset!r}, splits={self.splits}, layers={len(self.layers)}, "
@@ -74,7 +76,7 @@ class FeatureSet:
 
     @property
     def featurizers(self) -> list[str]:
-        return sorted({r.featurizer for r in self.catalog.rows})
+        return list(self._featurizers)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -84,9 +86,8 @@ class FeatureSet:
         """The catalog row for (split, layer, featurizer); errors list what exists."""
         self._check_split(split)
         spec = self._match_featurizer(featurizer)
-        for r in self.catalog.rows:
-            if r.slot == (split, layer, spec):
-                return r
+        if (split, layer, spec) in self._rows:
+            return self._rows[(split, layer, spec)]
         if layer not in self.layers:
             raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {_brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")

@@ -25,10 +25,18 @@ from featstore.keys import array_digest, dataset_slug
 from featstore.manifest import SCHEMA_VERSION, Catalog, EntryInfo
 from featstore.storage import Storage, open_storage
 
-# Float features barely compress (zstd-1 saves ~7% on raw LoRA deltas, at 3-4x the write time) and
-# ~8 MB chunks read at page-cache speed: benchmarks/bench_codec.py has the numbers.
+# Float features barely compress: on the 1k preset zstd-1 saves 6% of raw and 11% of svd bytes at
+# ~2.5x the write and ~3x the read time of no codec; 8 MB chunks read as fast as one big chunk
+# while keeping row slices cheap. benchmarks/bench_codec.py and results/codec.txt have the numbers.
 CHUNK_BYTES = 8 << 20
 _MARKER = "featstore.json"
+
+
+def chunk_rows(rows: int, row_bytes: int, target: int = CHUNK_BYTES) -> int:
+    """Rows per chunk for chunks of about `target` bytes, balanced so that the last chunk is nearly
+    full: zarr stores an edge chunk padded to full size, so 800 rows in 512-row chunks cost 1024."""
+    n_chunks = max(1, -(-rows * max(row_bytes, 1) // target))
+    return max(1, -(-rows // n_chunks))
 
 
 class Store:
@@ -73,13 +81,11 @@ class Store:
         import zarr
 
         staging = self.storage.staging(info.key)
-        row_bytes = max(1, values[:1].nbytes)
-        chunk_rows = max(1, min(len(values), CHUNK_BYTES // row_bytes))
         array = zarr.create_array(
             self.storage.zarr_store(staging, read_only=False),
             shape=values.shape,
             dtype=values.dtype,
-            chunks=(chunk_rows, *values.shape[1:]),
+            chunks=(chunk_rows(len(values), values[:1].nbytes), *values.shape[1:]),
             compressors=None,
             fill_value=0,
             attributes={"featstore": info.to_json()},

@@ -7,7 +7,7 @@ import pytest
 from featstore import StoreError
 from featstore.keys import array_digest
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
-from featstore.store import Store
+from featstore.store import Store, chunk_rows
 
 
 def _info(values, key="ab" * 16):
@@ -90,3 +90,14 @@ def test_open_refuses_missing_and_foreign_directories(tmp_path):
     with pytest.raises(StoreError, match=r"exists and is not a featstore"):
         Store.open(tmp_path / "photos", create=True)
     assert os.listdir(tmp_path / "photos") == ["cat.jpg"]
+
+
+def test_chunks_are_balanced_so_padding_stays_small():
+    assert chunk_rows(800, 16384, 8 << 20) == 400  # two full chunks, not 512 + a padded 288
+    assert chunk_rows(800, 64, 8 << 20) == 800  # small features: one chunk, no padding
+    assert chunk_rows(0, 64) == 1
+    for rows, row_bytes in [(1000, 16384), (10_000, 16384), (7, 3), (801, 16384)]:
+        per = chunk_rows(rows, row_bytes)
+        chunks = -(-rows // per)
+        assert per * row_bytes <= (8 << 20) or per == 1
+        assert chunks * per - rows < chunks  # padding below one row per chunk

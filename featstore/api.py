@@ -33,7 +33,7 @@ def build(
     bound = tuple({b.spec: b for b in map(parse_spec, featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
     st = Store.open(store or default_store(), create=True)
-    return builder.execute(builder.plan(source, bound, st), st, device, progress)
+    return builder.execute(builder.plan(source, bound, st, progress), st, device, progress)
 
 
 def open(dataset: Any, store: str | None = None) -> "FeatureSet":  # noqa: A001  (featstore.open)

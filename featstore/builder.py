@@ -98,16 +98,20 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store) -> BuildPlan:
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store, progress: bool = False) -> BuildPlan:
     """Check and hash every chosen column of every split; find the entries the store lacks.
     Raises (naming the column, row or featurizer) before anything is written."""
+    from tqdm.auto import tqdm
+
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
     pairs = [(split_name, layer) for layer in source.layers for split_name in source.splits]
     # Hashing is bound by page faults and xxhash, both outside the GIL: threads give ~1.6x on 2 cores.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        units = list(pool.map(lambda pair: _plan_unit(source, featurizers, *pair), pairs))
+        hashed = pool.map(lambda pair: _plan_unit(source, featurizers, *pair), pairs)
+        units = list(tqdm(hashed, total=len(pairs), desc=f"hash {source.name}", unit="column", leave=False,
+                          disable=True if not progress else None))
     if source.label_column:
         for split in source.splits.values():
             split.layout(source.label_column)

@@ -75,10 +75,10 @@ def join_parts(layout: ColumnLayout, parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def mapped_ranges(ds) -> list[tuple[int, int]]:
-    """Address ranges where this process maps `ds`'s own Arrow files. They stay mapped as long as
-    `ds` lives, so `release_column` can trust them for that long."""
-    files = {os.path.realpath(f["filename"]) for f in getattr(ds, "cache_files", [])}
+def mapped_ranges(files: list[str]) -> list[tuple[int, int]]:
+    """Address ranges where this process maps `files`. While a table memory-mapped from them is
+    alive, they stay mapped, so `release_pages` can trust the ranges for that long."""
+    files = {os.path.realpath(f) for f in files}
     if not files or _libc is None:
         return []
     ranges = []

@@ -25,7 +25,6 @@ import numpy as np
 
 import featstore
 from featstore import presets, read_column
-from featstore.sources import load_source
 
 BUILD_CHILD = r"""
 import json, re, sys, time, featstore
@@ -68,7 +67,8 @@ def arrow_floor(ds, name: str) -> np.ndarray:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")),
                  platform.processor())
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}, no GPU"
@@ -88,7 +88,9 @@ def main() -> None:
     import torch
 
     path = presets.ensure(args.dataset, progress=True)
-    ds = load_source(args.dataset).splits["train"]._data  # the memory-mapped datasets.Dataset
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))["train"]  # memory-mapped, as users load it
     layers = [c for c in ds.column_names if c.startswith("layer_")]
     n = len(ds)
     dataset_bytes = sum(f.stat().st_size for f in Path(path).rglob("*.arrow"))
@@ -122,8 +124,8 @@ def main() -> None:
         npy.mkdir()
         for layer in layers:
             np.save(npy / f"{layer}.npy", fs.load(layer, "raw").numpy())
-        load_all = lambda: [fs.load(layer, "raw") for layer in layers]  # noqa: E731
-        np_all = lambda: [np.load(npy / f"{layer}.npy") for layer in layers]  # noqa: E731
+        load_all = lambda: [fs.load(layer, "raw") for layer in layers]
+        np_all = lambda: [np.load(npy / f"{layer}.npy") for layer in layers]
         load_all(), np_all()
         results["load_raw_s"] = median_time(load_all, 5)
         results["np_load_s"] = median_time(np_all, 5)
@@ -141,7 +143,7 @@ def main() -> None:
 
 
 def render(r: dict) -> str:
-    ms = lambda s: f"{s * 1e3:,.1f} ms"  # noqa: E731
+    ms = lambda s: f"{s * 1e3:,.1f} ms"
     rows = [
         ("per-layer column read (train split, 800 rows of 64x64 float32)", "", "", ""),
         ("  per-sample ds[i][layer], extrapolated", ms(r["per_sample_s"]), f"{r['per_sample_s'] / r['read_column_s']:,.0f}x slower", ""),
@@ -162,7 +164,7 @@ def render(r: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     head = ("measure", "time", "ratio", "bar")
     widths = [max(w, len(h)) for w, h in zip(widths, head)]
-    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
     return "\n".join([f"featstore bench_core on {r['dataset']}: {r['machine']}, torch {r['torch']}",
                       line(head), line(tuple("-" * w for w in widths)), *map(line, rows)])
 

@@ -9,9 +9,9 @@
 
 __version__ = "0.1.0"
 
-from featstore.api import DEFAULT_FEATURIZERS, FeatureSet, build, open  # noqa: E402,A004
-from featstore.columns import read_column  # noqa: E402
-from featstore.errors import (  # noqa: E402
+from featstore.api import DEFAULT_FEATURIZERS, FeatureSet, build, open
+from featstore.columns import read_column
+from featstore.errors import (
     ColumnError,
     DatasetError,
     FeatstoreError,
@@ -22,14 +22,14 @@ from featstore.errors import (  # noqa: E402
 
 __all__ = [
     "DEFAULT_FEATURIZERS",
-    "FeatureSet",
-    "build",
-    "open",
-    "read_column",
-    "FeatstoreError",
     "ColumnError",
     "DatasetError",
+    "FeatstoreError",
+    "FeatureSet",
     "NotFoundError",
     "SpecError",
     "StoreError",
+    "build",
+    "open",
+    "read_column",
 ]

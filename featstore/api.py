@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from featstore import builder
 from featstore.config import default_store
@@ -36,7 +37,7 @@ def build(
     return builder.execute(builder.plan(source, bound, st, progress), st, device, progress)
 
 
-def open(dataset: Any, store: str | None = None) -> "FeatureSet":  # noqa: A001  (featstore.open)
+def open(dataset: Any, store: str | None = None) -> FeatureSet:
     """The features the store holds for `dataset` (anything `--dataset` accepts; a plain
     `datasets.Dataset` counts as split `train`). Reads only the store, never the dataset."""
     location = store or default_store()

@@ -18,8 +18,15 @@ import pyarrow as pa
 
 from featstore.errors import ColumnError
 
-__all__ = ["read_column", "column_layout", "column_parts", "join_parts", "release_pages", "mapped_ranges",
-           "ColumnLayout"]
+__all__ = [
+    "ColumnLayout",
+    "column_layout",
+    "column_parts",
+    "join_parts",
+    "mapped_ranges",
+    "read_column",
+    "release_pages",
+]
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)

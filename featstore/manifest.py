@@ -43,7 +43,7 @@ class EntryInfo:
         return asdict(self) | {"shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> "EntryInfo":
+    def from_json(cls, data: dict[str, Any], where: str) -> EntryInfo:
         _check_version(data, f"entry {where}")
         return cls(**(data | {"shape": tuple(data["shape"])}))
 
@@ -83,7 +83,7 @@ class Catalog:
     label_names: tuple[str, ...] | None = None
     updated: str = ""
 
-    def merged(self, newer: "Catalog") -> "Catalog":
+    def merged(self, newer: Catalog) -> Catalog:
         """This catalog with `newer`'s splits and rows replacing the ones they name."""
         rows = {r.slot: r for r in self.rows} | {r.slot: r for r in newer.rows}
         return replace(
@@ -106,7 +106,7 @@ class Catalog:
         return json.dumps(data, indent=1).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes, where: str) -> "Catalog":
+    def from_bytes(cls, raw: bytes, where: str) -> Catalog:
         try:
             data = json.loads(raw)
         except ValueError as e:

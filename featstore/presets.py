@@ -147,7 +147,7 @@ def make(name: str, out: Path, progress: bool = False) -> Path:
     feats = features(preset)
     schema = feats.arrow_schema
     y = labels(preset)
-    n_train = int(round(preset.rows * TRAIN_FRACTION))
+    n_train = round(preset.rows * TRAIN_FRACTION)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         stream = work / "all.arrow"

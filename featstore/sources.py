@@ -52,19 +52,19 @@ class Split:
         self._mapped: list[tuple[int, int]] | None = None
 
     @classmethod
-    def from_dataset(cls, ds, label_column: str | None) -> "Split":
+    def from_dataset(cls, ds, label_column: str | None) -> Split:
         feature = ds.features.get(label_column) if label_column else None
         files = [f["filename"] for f in ds.cache_files]
         return cls(ds, ds.data.schema, len(ds), getattr(feature, "names", None), files)
 
     @classmethod
-    def from_arrow_files(cls, files: list[str], label_column: str | None) -> "Split":
+    def from_arrow_files(cls, files: list[str], label_column: str | None) -> Split:
         """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format)."""
         table = pa.concat_tables([_read_arrow(f) for f in files])
         return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files)
 
     @classmethod
-    def from_parquet(cls, files: list[str], label_column: str | None) -> "Split":
+    def from_parquet(cls, files: list[str], label_column: str | None) -> Split:
         import pyarrow.parquet as pq
 
         schema = pq.read_schema(files[0])

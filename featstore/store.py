@@ -45,7 +45,7 @@ class Store:
         self.location = location
 
     @classmethod
-    def open(cls, location: str | Path, create: bool = False) -> "Store":
+    def open(cls, location: str | Path, create: bool = False) -> Store:
         """Open the store at `location`; with `create`, make it if it does not exist yet."""
         storage = open_storage(location)
         if storage.exists(_MARKER):

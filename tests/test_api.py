@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -17,7 +18,7 @@ def _snapshot(store_dir):
     for folder, _, files in os.walk(store_dir):
         for name in files:
             path = os.path.join(folder, name)
-            out[os.path.relpath(path, store_dir)] = open(path, "rb").read()
+            out[os.path.relpath(path, store_dir)] = Path(path).read_bytes()
     return out
 
 

@@ -72,7 +72,7 @@ def test_help_teaches(run):
 
 def _featstore(*args, env):
     return subprocess.run([sys.executable, "-m", "featstore.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featstore_home):

@@ -133,11 +133,11 @@ def test_release_pages_keeps_values_and_spares_heap_memory(tmp_path):
     mapped = datasets.load_from_disk(str(tmp_path / "saved"))
     ranges = mapped_ranges([f["filename"] for f in mapped.cache_files])
     assert ranges, "a saved dataset is memory-mapped"
-    layout, parts = column_parts(mapped, "layer_a")
+    _, parts = column_parts(mapped, "layer_a")
     release_pages(parts, ranges)
     np.testing.assert_array_equal(read_column(mapped, "layer_a"), values)  # pages fault back in
     in_memory = array2d_dataset(values)
     assert in_memory.cache_files == [] and mapped_ranges([]) == []
-    layout, parts = column_parts(in_memory, "layer_a")
+    _, parts = column_parts(in_memory, "layer_a")
     release_pages(parts, ranges)  # heap arrays are outside the mapped ranges: untouched
     np.testing.assert_array_equal(read_column(in_memory, "layer_a"), values)

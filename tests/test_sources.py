@@ -52,7 +52,7 @@ def test_dataset_dict_directory_has_all_splits(tmp_path):
 
 
 def test_parquet_directory_splits_by_file_name(tmp_path):
-    ds, a, b = _two_layer_dataset(rows=20)
+    ds, _, b = _two_layer_dataset(rows=20)
     (tmp_path / "pq").mkdir()
     ds.select(range(15)).to_parquet(str(tmp_path / "pq" / "train.parquet"))
     ds.select(range(15, 20)).to_parquet(str(tmp_path / "pq" / "test.parquet"))

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def test_entry_roundtrip_on_disk(store_dir):
     np.testing.assert_array_equal(store.read_entry(info.key), values)
     assert store.entry_info(info.key) == info
     entry_dir = os.path.join(store_dir, "entries", info.key[:2], info.key)
-    meta = json.load(open(os.path.join(entry_dir, "zarr.json")))
+    meta = json.loads(Path(entry_dir, "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["attributes"]["featstore"]["key"] == info.key
     assert all(c["name"] != "zstd" for c in meta["codecs"])  # uncompressed: float data barely compresses
     assert os.listdir(os.path.join(store_dir, "staging")) == []
@@ -49,9 +50,9 @@ def test_corrupt_entry_is_an_error_not_wrong_numbers(store_dir, damage):
     store.write_entry(info, values)
     chunk = os.path.join(store_dir, "entries", info.key[:2], info.key, "c", "0", "0")
     if damage == "flip":
-        raw = bytearray(open(chunk, "rb").read())
+        raw = bytearray(Path(chunk).read_bytes())
         raw[17] ^= 0x01
-        open(chunk, "wb").write(bytes(raw))
+        Path(chunk).write_bytes(bytes(raw))
     else:
         os.remove(chunk)  # zarr would read the fill value
     with pytest.raises(StoreError, match=r"is corrupt"):
@@ -77,7 +78,7 @@ def test_unknown_schema_version_is_refused(store_dir):
     store = Store.open(store_dir, create=True)
     path = os.path.join(store_dir, store.catalog_path("d"))
     os.makedirs(os.path.dirname(path))
-    open(path, "w").write(json.dumps({"schema_version": 99, "dataset": "d"}))
+    Path(path).write_text(json.dumps({"schema_version": 99, "dataset": "d"}))
     with pytest.raises(StoreError, match=r"schema_version 99; this featstore reads version 1"):
         store.read_catalog("d")
 

@@ -7,15 +7,16 @@ float32. Built-ins register themselves on import; `register` is how new ones joi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from featstore.errors import SpecError
 from featstore.keys import featurizer_identity, is_safe_name
 
-__all__ = ["Featurizer", "BoundFeaturizer", "register", "get", "available", "parse_spec"]
+__all__ = ["BoundFeaturizer", "Featurizer", "available", "get", "parse_spec", "register"]
 
-_REGISTRY: dict[str, "Featurizer"] = {}
+_REGISTRY: dict[str, Featurizer] = {}
 
 
 @dataclass(frozen=True)

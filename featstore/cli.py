@@ -80,7 +80,8 @@ def build(dataset, featurizers, layers, label_column, device, store, as_json, pr
         click.echo(json.dumps(report.to_json(), indent=1))
         return
     s = report.seconds
-    click.echo(f"built {report.dataset} in {report.store} (device {report.device})")
+    where = f" on {report.device}" if report.computed else ""
+    click.echo(f"built {report.dataset} in {report.store}{where}")
     click.echo(f"  entries  {report.computed} computed, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
     click.echo("  seconds  " + "  ".join(f"{k} {s[k]:.2f}" for k in ("read", "hash", "compute", "write", "total")))
@@ -125,6 +126,7 @@ def ls(dataset, split, layer, featurizer, store, as_json):
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     total = sum(r["nbytes"] for r in rows)
+    sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
     click.echo(f"{len(rows)} entries, {_size(total)}", err=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the stored dtype joined the featurizer identity
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 
 
@@ -40,9 +40,10 @@ def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int,
     return h.hexdigest()
 
 
-def featurizer_identity(name: str, params: dict[str, Any], version: str) -> dict[str, Any]:
-    """What makes two featurizer runs interchangeable: name, canonical params, declared version."""
-    return {"name": name, "params": json.loads(canonical_json(params)), "version": str(version)}
+def featurizer_identity(name: str, params: dict[str, Any], version: str, dtype: str = "float32") -> dict[str, Any]:
+    """What makes two featurizer runs interchangeable: name, canonical params, version (pinned, or
+    the hash of its code) and the stored dtype."""
+    return {"name": name, "params": json.loads(canonical_json(params)), "version": str(version), "dtype": dtype}
 
 
 def entry_key(input_digest: str, identity: dict[str, Any]) -> str:

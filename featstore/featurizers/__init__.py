@@ -1,21 +1,35 @@
-"""The featurizer registry and the spec syntax (`svd:k=32`).
+"""The featurizer registry and the spec syntax (`svd:k=32`, `mypkg.mod:fn:k=3,dtype=float16`).
 
-A featurizer is a named, versioned batch function `fn(x, **params) -> Tensor` mapping a tensor of
-shape `(n_rows, *value_shape)` (stored dtype) to `(n_rows, *output_shape(value_shape, **params))`
-float32. Built-ins register themselves on import; `register` is how new ones join.
+A featurizer is a named batch function `fn(x, **params) -> Tensor`: `x` holds rows
+`(n, *value_shape)` in the stored dtype (on the build's device), the result is `(n, *out_shape)`.
+Its parameters are the keyword arguments of `fn` with defaults. Register one with
+
+    @featstore.featurizer("mine")            # identity follows the code (see featstore.identity)
+    def mine(x, k: int = 4): ...
+
+    @featstore.featurizer("mine", version="2")   # or pin the identity explicitly
+
+Built-ins register on first use; so do modules named by a `featstore.featurizers` entry point and
+functions named on the command line as `module.path:function`. Every spec also takes `dtype=`
+(float32, float16, bfloat16): the stored dtype, part of the entry's identity.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from featstore.errors import SpecError
-from featstore.keys import featurizer_identity, is_safe_name
+from featstore.keys import featurizer_identity
 
-__all__ = ["BoundFeaturizer", "Featurizer", "available", "get", "parse_spec", "register"]
+__all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "parse_spec"]
 
+STORED_DTYPES = ("float32", "float16", "bfloat16")
+_PARAM_TYPES = (bool, int, float, str)
 _REGISTRY: dict[str, Featurizer] = {}
 
 
@@ -23,18 +37,24 @@ _REGISTRY: dict[str, Featurizer] = {}
 class Featurizer:
     name: str
     fn: Callable[..., Any]
-    version: str
-    params: dict[str, Any]  # the defaults, which also fix each parameter's type
-    output_shape: Callable[..., tuple[int, ...]]
+    params: dict[str, Any]  # defaults from fn's signature; they also fix each parameter's type
+    version: str  # the pinned version, or "code:<hash of fn and its project-local helpers>"
+    output_shape: Callable[..., tuple[int, ...]] | None = None  # (value_shape, **params) -> shape
+    per_row: bool = True  # row i of the output depends on row i of the input only: batchable
     doc: str = ""
+
+    @property
+    def summary(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
 
 
 @dataclass(frozen=True)
 class BoundFeaturizer:
-    """A featurizer with every parameter set: what a spec string means."""
+    """A featurizer with every parameter and the stored dtype set: what a spec string means."""
 
     featurizer: Featurizer
     params: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
 
     @property
     def name(self) -> str:
@@ -42,59 +62,108 @@ class BoundFeaturizer:
 
     @property
     def spec(self) -> str:
-        """Canonical spec: the name, then every parameter in sorted order (`svd:k=16`)."""
-        if not self.params:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={_format(v)}" for k, v in sorted(self.params.items()))
+        """Canonical spec: name, every parameter in sorted order, dtype when not float32."""
+        items = [f"{k}={_format(v)}" for k, v in sorted(self.params.items())]
+        items += [f"dtype={self.dtype}"] if self.dtype != "float32" else []
+        return self.name + (":" + ",".join(items) if items else "")
 
     @property
     def identity(self) -> dict[str, Any]:
-        return featurizer_identity(self.name, self.params, self.featurizer.version)
+        return featurizer_identity(self.name, self.params, self.featurizer.version, self.dtype)
 
     def output_shape(self, value_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(self.featurizer.output_shape(tuple(value_shape), **self.params))
+        """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
+        if self.featurizer.output_shape is not None:
+            return tuple(self.featurizer.output_shape(tuple(value_shape), **self.params))
+        return _probe_shape(self, tuple(value_shape))
 
     def __call__(self, x):
         return self.featurizer.fn(x, **self.params)
 
 
-def register(name: str, *, version: str, output_shape: Callable[..., tuple[int, ...]], **params: Any):
-    """Decorator: register `fn` as featurizer `name` with parameter defaults `params`."""
-    if not is_safe_name(name) or ":" in name:
-        raise SpecError(f"featurizer name {name!r} must be 1-200 letters, digits, '_', '-' or '.'")
+def featurizer(name: str | None = None, *, version: str | None = None,
+               output_shape: Callable[..., tuple[int, ...]] | None = None, per_row: bool = True):
+    """Decorator: register `fn` as featurizer `name` (default: the function's name).
+
+    Without `version`, the identity hashes the function's normalised source and that of the
+    project-local helpers it calls, so editing the code makes new entries and editing comments,
+    blank lines or docstrings does not. With `version`, only that string counts.
+    """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = Featurizer(name, fn, str(version), dict(params), output_shape, (fn.__doc__ or "").strip())
+        register(fn, name or fn.__name__, version=version, output_shape=output_shape, per_row=per_row)
         return fn
 
     return decorate
 
 
+def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
+             output_shape: Callable[..., tuple[int, ...]] | None = None, per_row: bool = True) -> Featurizer:
+    from featstore.identity import code_hash
+
+    if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
+        raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
+    params = _signature_params(fn, name)
+    pinned = str(version) if version is not None else f"code:{code_hash(fn)}"
+    entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
+    _REGISTRY[name] = entry
+    return entry
+
+
 def available() -> dict[str, Featurizer]:
-    _load_builtins()
+    _load_plugins()
     return dict(sorted(_REGISTRY.items()))
 
 
 def get(name: str) -> Featurizer:
-    _load_builtins()
+    _load_plugins()
+    if name not in _REGISTRY and ":" in name:
+        _import_target(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise SpecError(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+        raise SpecError(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
+                        "(or name your own as module.path:function)") from None
 
 
-def parse_spec(spec: str) -> BoundFeaturizer:
-    """Parse `name` or `name:key=value,key=value` into a featurizer with all parameters bound."""
-    name, _, rest = spec.strip().partition(":")
-    featurizer = get(name)
-    params = dict(featurizer.params)
+def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
+    """Parse `name[:k=v,...]` or `module.path:function[:k=v,...]`; `dtype` is the default stored
+    dtype for specs that do not set one."""
+    text = spec.strip()
+    head, _, rest = text.partition(":")
+    if "." in head and rest and head not in _REGISTRY:  # module.path:function[:params]
+        function, _, rest = rest.partition(":")
+        head = f"{head}:{function}"
+    featurizer_ = get(head)
+    params = dict(featurizer_.params)
+    stored = dtype or "float32"
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, raw = item.partition("=")
-        if not eq or key not in featurizer.params:
-            accepted = ", ".join(f"{k}={_format(v)}" for k, v in featurizer.params.items()) or "none"
-            raise SpecError(f"bad parameter {item!r} in featurizer spec {spec!r}; {name} accepts: {accepted}")
-        params[key] = _coerce(raw, featurizer.params[key], spec)
-    return BoundFeaturizer(featurizer, params)
+        if eq and key == "dtype":
+            stored = raw
+            continue
+        if not eq or key not in featurizer_.params:
+            accepted = ", ".join(f"{k}={_format(v)}" for k, v in featurizer_.params.items()) or "none"
+            raise SpecError(f"bad parameter {item!r} in featurizer spec {spec!r}; {head} accepts: {accepted} "
+                            "(and dtype=float32|float16|bfloat16)")
+        params[key] = _coerce(raw, featurizer_.params[key], spec)
+    if stored not in STORED_DTYPES:
+        raise SpecError(f"dtype {stored!r} in featurizer spec {spec!r}: use one of {', '.join(STORED_DTYPES)}")
+    return BoundFeaturizer(featurizer_, params, stored)
+
+
+def _signature_params(fn: Callable[..., Any], name: str) -> dict[str, Any]:
+    parameters = list(inspect.signature(fn).parameters.values())
+    if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise SpecError(f"featurizer {name!r}: its function must take the batch tensor as first argument")
+    params = {}
+    for p in parameters[1:]:
+        if p.default is inspect.Parameter.empty or not isinstance(p.default, _PARAM_TYPES):
+            raise SpecError(f"featurizer {name!r}: parameter {p.name!r} needs a default of type bool, int, "
+                            "float or str")
+        params[p.name] = p.default
+    return params
 
 
 def _coerce(raw: str, default: Any, spec: str) -> Any:
@@ -112,5 +181,54 @@ def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _load_builtins() -> None:
-    from featstore.featurizers import basic  # noqa: F401  (registers raw, stats, svd)
+def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return _probe_shape_cached(bound.featurizer.name, bound.spec, value_shape)
+
+
+@functools.cache
+def _probe_shape_cached(name: str, spec: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+    import torch
+
+    bound = parse_spec(spec)
+    try:
+        out = bound(torch.zeros((1, *value_shape), dtype=torch.float32))
+    except Exception as e:  # a user's function may raise anything: report it with the spec
+        raise SpecError(f"featurizer {spec} failed on a probe row of shape {value_shape}: {e!r}") from e
+    return tuple(out.shape[1:])
+
+
+def _import_target(target: str) -> None:
+    """Import `module.path:function`; register the function under that name unless the module
+    registered it under its own name."""
+    module_name, _, function = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"cannot load featurizer {target!r}: {e}") from e
+    if not any(f.fn is fn for f in _REGISTRY.values()):
+        register(fn, target)
+    else:
+        _REGISTRY.setdefault(target, next(f for f in _REGISTRY.values() if f.fn is fn))
+
+
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Built-ins, then every `featstore.featurizers` entry point (a module, or a function
+    registered under the entry point's name)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    from featstore.featurizers import basic, spectral  # noqa: F401  (register the built-ins)
+
+    for ep in entry_points(group="featstore.featurizers"):
+        try:
+            loaded = ep.load()
+        except Exception as e:  # a broken plugin must say which one it is
+            raise SpecError(f"featurizer plugin {ep.name!r} ({ep.value}) failed to load: {e!r}") from e
+        if callable(loaded) and not any(f.fn is loaded for f in _REGISTRY.values()):
+            register(loaded, ep.name)

@@ -1,25 +1,27 @@
-"""The first built-in featurizers: `raw`, `stats`, `svd`.
+"""Built-in featurizers that need no decomposition: `raw`, `stats`, `norms`, `randproj`.
 
 torch is imported inside each function so that planning a build, `ls` and `--help` never pay for it.
+Accuracy against a float64 NumPy reference is tested in tests/test_featurizers.py.
 """
 
 from __future__ import annotations
 
 from featstore.errors import SpecError
-from featstore.featurizers import register
+from featstore.featurizers import featurizer
 
 
-@register("raw", version="1", output_shape=lambda shape: shape)
+@featurizer("raw", version="1", output_shape=lambda shape: shape)
 def raw(x):
-    """The values themselves, as float32: shape (n, *value_shape)."""
+    """The values themselves, as float32. Output (n, *value_shape)."""
     import torch
 
     return x.to(torch.float32)
 
 
-@register("stats", version="1", output_shape=lambda shape: (4,))
+@featurizer("stats", version="1", output_shape=lambda shape: (4,))
 def stats(x):
-    """Per-row [mean, std (population), Frobenius norm, max |x|], computed in float64: shape (n, 4)."""
+    """Per row, over all values: [mean, std (population, ddof=0), Frobenius norm sqrt(sum x^2),
+    max |x|], computed in float64. Output (n, 4)."""
     import torch
 
     flat = x.reshape(len(x), -1).to(torch.float64)
@@ -29,20 +31,52 @@ def stats(x):
     return torch.stack(columns, 1).to(torch.float32)
 
 
-def _svd_shape(shape, k):
+def matrix_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """`shape` if it is a matrix's, else the error every matrix featurizer gives."""
     if len(shape) != 2:
-        raise SpecError(f"svd needs 2-D values (a matrix per row); this column has values of shape {shape}")
-    if k < 1:
-        raise SpecError(f"svd:k must be at least 1, got {k}")
-    return (k,)
+        raise SpecError(f"{name} needs 2-D values (a matrix per row); this column has values of shape {shape}")
+    return shape
 
 
-@register("svd", version="1", output_shape=_svd_shape, k=16)
-def svd(x, k):
-    """Top-k singular values of each row's matrix, descending; zero-padded past min(m, n): shape (n, k)."""
+def _norms_shape(shape):
+    matrix_shape("norms", shape)
+    return (8,)
+
+
+@featurizer("norms", version="1", output_shape=_norms_shape)
+def norms(x):
+    """Euclidean norms of each matrix's rows r_i = ||A[i, :]|| and columns c_j = ||A[:, j]||,
+    summarised as [mean, std (ddof=0), min, max] of r then of c, in float64. Output (n, 8)."""
     import torch
 
-    values = torch.linalg.svdvals(x.to(torch.float32))
-    if values.shape[1] >= k:
-        return values[:, :k].contiguous()
-    return torch.nn.functional.pad(values, (0, k - values.shape[1]))
+    a = x.to(torch.float64)
+    out = []
+    for n in (a.norm(dim=2), a.norm(dim=1)):
+        out += [n.mean(1), n.std(1, correction=0), n.amin(1), n.amax(1)]
+    return torch.stack(out, 1).to(torch.float32)
+
+
+def projection_matrix(features: int, dim: int, seed: int):
+    """The (features, dim) Gaussian matrix of `randproj`, entries N(0, 1/dim), drawn on the CPU
+    from `seed` so it is the same on every device and machine."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((features, dim), generator=generator, dtype=torch.float32) / dim**0.5
+
+
+def _randproj_shape(shape, dim, seed):
+    if dim < 1:
+        raise SpecError(f"randproj:dim must be at least 1, got {dim}")
+    return (dim,)
+
+
+@featurizer("randproj", version="1", output_shape=_randproj_shape)
+def randproj(x, dim: int = 256, seed: int = 0):
+    """Seeded Gaussian random projection of the flattened row: y = vec(x) @ R, with R of shape
+    (prod(value_shape), dim) and entries N(0, 1/dim) (Johnson-Lindenstrauss: E||y||^2 = ||x||^2).
+    Output (n, dim)."""
+    import torch
+
+    flat = x.reshape(len(x), -1).to(torch.float32)
+    return flat @ projection_matrix(flat.shape[1], dim, seed).to(x.device)

@@ -1,0 +1,96 @@
+"""Batched singular values of LoRA-like matrices: every route, time and accuracy, side by side.
+
+    python benchmarks/bench_svdvals.py [--device cuda] [--rows 1000] [--dims 32 64 128] [--batches 5]
+
+Inputs are the 1k preset's matrices (rank 4 + noise, rank-deficient like real LoRA deltas),
+generated in memory: `--batches` different layers per size. Error = max |s - s_ref| / s_max against
+float64 NumPy. Times are medians over the batches (after one warm-up). Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featstore import presets
+from featstore.svdvals import gram_svdvals, jacobi_svdvals, singular_values
+
+
+def lora_batch(rows: int, dim: int, layer: int) -> np.ndarray:
+    p = presets.Preset("bench", rows=rows, layers=128, dim=dim, seed=1000)
+    y = presets.labels(p)
+    blocks = [presets.layer_block(p, layer, a, min(a + presets.BLOCK_ROWS, rows), y[a : a + presets.BLOCK_ROWS])
+              for a in range(0, rows, presets.BLOCK_ROWS)]
+    return np.concatenate(blocks)
+
+
+def routes(device: str) -> dict:
+    out = {
+        "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
+        "gram float64 + eigvalsh": gram_svdvals,
+        "jacobi fp32, no QR, 12 sweeps": lambda x: jacobi_svdvals(x, 12, precondition=False)[0],
+        "jacobi fp32 + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8)[0],
+        "jacobi fp64 + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8, dtype=torch.float64)[0],
+        "featstore singular_values": singular_values,
+    }
+    if device.startswith("cuda"):
+        out["svdvals driver=gesvda"] = lambda x: torch.linalg.svdvals(x, driver="gesvda")
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--dims", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    lines = [f"bench_svdvals on {args.device} ({name}), torch {torch.__version__}, ({args.rows}, d, d) "
+             f"rank-4 + noise batches, {args.batches} per d",
+             f"{'d':>4}  {'route':32} {'median ms':>10} {'max err':>9} {'failed':>7}"]
+    print("\n".join(lines), flush=True)
+    for dim in args.dims:
+        batches = [lora_batch(args.rows, dim, 32 + i) for i in range(args.batches)]
+        refs = [np.linalg.svd(b.astype(np.float64), compute_uv=False) for b in batches]
+        for route, fn in routes(args.device).items():
+            times, errors, failed = [], [], 0
+            for i, (b, ref) in enumerate([(batches[0], refs[0]), *zip(batches, refs)]):
+                x = torch.from_numpy(b).to(args.device)
+                sync(args.device)
+                start = time.perf_counter()
+                try:
+                    values = fn(x)
+                    sync(args.device)
+                except RuntimeError:
+                    failed += i > 0
+                    continue
+                if i == 0:
+                    continue  # warm-up (graph capture, cuSOLVER handles)
+                times.append(time.perf_counter() - start)
+                v = values.double().cpu().numpy()
+                errors.append(float((np.abs(v - ref).max(1) / ref[:, 0]).max()))
+            ms = f"{statistics.median(times) * 1e3:10.2f}" if times else f"{'-':>10}"
+            err = f"{max(errors):9.1e}" if errors else f"{'-':>9}"
+            lines.append(f"{dim:>4}  {route:32} {ms} {err} {failed:>4}/{args.batches}")
+            print(lines[-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = args.device.split(":")[0]
+    (out / f"svdvals-{tag}.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from featstore import presets
+from featstore.svdvals import gram_svdvals, jacobi_svdvals, singular_values
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def lora(rows: int, dim: int, layer: int = 40) -> torch.Tensor:
+    p = presets.Preset("t", rows=rows, layers=64, dim=dim, seed=3)
+    return torch.from_numpy(presets.layer_block(p, layer, 0, rows, presets.labels(p)[:rows]))
+
+
+def max_error(values: torch.Tensor, x: torch.Tensor) -> float:
+    ref = np.linalg.svd(x.double().cpu().numpy(), compute_uv=False)
+    return float((np.abs(values.double().cpu().numpy() - ref).max(1) / ref[:, 0]).max())
+
+
+@pytest.mark.parametrize("shape", [(40, 64, 40), (40, 33, 70), (40, 35, 35), (10, 5, 3)])
+def test_jacobi_matches_float64_on_random_matrices(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    values, off = jacobi_svdvals(x)
+    assert values.shape == (shape[0], min(shape[1:]))
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+
+
+def test_jacobi_on_rank_deficient_lora_deltas():
+    x = lora(64, 64)
+    values, off = jacobi_svdvals(x, dtype=torch.float64)
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
+    values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 2e-5
+
+
+def test_gram_route_is_accurate():
+    x = lora(32, 64)
+    assert max_error(gram_svdvals(x), x) < 1e-6
+
+
+def test_cpu_route_is_lapack():
+    x = lora(16, 64)
+    torch.testing.assert_close(singular_values(x), torch.linalg.svdvals(x))
+
+
+@cuda
+@pytest.mark.parametrize("dim", [16, 64, 128])
+def test_gpu_singular_values_match_float64(dim):
+    x = lora(1000, dim).cuda()
+    assert max_error(singular_values(x), x) < 2e-5
+
+
+@cuda
+def test_gpu_unconverged_batches_fall_back(monkeypatch):
+    import featstore.svdvals as sv
+
+    monkeypatch.setattr(sv, "JACOBI_SWEEPS", 1)  # cannot converge in one sweep: every matrix falls back
+    x = lora(200, 64).cuda()
+    assert max_error(sv.singular_values(x), x) < 1e-6

@@ -50,7 +50,7 @@ def gram_svdvals(x):
     return eig.flip(1).to(torch.float32)
 
 
-def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dtype=None):
+def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dtype=None, kernel: str = "triton"):
     """One-sided Jacobi: (values (n, min(r, c)) descending, off (n,) the largest change a further
     rotation could still make, relative to s_max: a convergence measure).
 
@@ -69,12 +69,19 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
     if width % 2:
         a = torch.nn.functional.pad(a, (0, 1))
     a = a.contiguous()
-    if a.device.type == "cuda":
+    if a.device.type == "cuda" and kernel == "triton":
+        from featstore.jacobi_triton import jacobi_column_norms
+
+        rows, cols = (1 << (a.shape[1] - 1).bit_length(), 1 << (a.shape[2] - 1).bit_length())
+        padded = torch.nn.functional.pad(a.to(torch.float32), (0, cols - a.shape[2], 0, rows - a.shape[1]))
+        norms, off = jacobi_column_norms(padded.contiguous(), sweeps)
+    elif a.device.type == "cuda":
         out, off = _graphed(tuple(a.shape), a.dtype, a.device, sweeps)(a)
-        out, off = out.clone(), off.clone()
+        norms, off = out.norm(dim=1), off.clone()
     else:
         out, off = _sweeps(a, _round_robin(a.shape[2], a.device), sweeps)
-    values = out.norm(dim=1).sort(dim=1, descending=True).values[:, :width]  # drops the padding column
+        norms = out.norm(dim=1)
+    values = norms.sort(dim=1, descending=True).values[:, :width]  # drops padding columns
     return values.to(torch.float32), off.to(torch.float32)
 
 
@@ -133,7 +140,7 @@ def _graphed(shape: tuple[int, ...], dtype, device, sweeps: int):
     with torch.cuda.graph(graph):
         static_out, static_off = _sweeps(static_in, perm, sweeps)
 
-    def run(a):
+    def run(a, keep=(perm, graph)):  # the graph reads perm's memory: it must outlive the graph
         static_in.copy_(a)
         graph.replay()
         return static_out, static_off

@@ -9,8 +9,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def lora(rows: int, dim: int, layer: int = 40) -> torch.Tensor:
+    """Rows of one signal layer of a preset-like dataset: rank 4 + noise."""
     p = presets.Preset("t", rows=rows, layers=64, dim=dim, seed=3)
-    return torch.from_numpy(presets.layer_block(p, layer, 0, rows, presets.labels(p)[:rows]))
+    y = presets.labels(p)
+    return torch.from_numpy(np.concatenate([
+        presets.layer_block(p, layer, a, min(a + presets.BLOCK_ROWS, rows), y[a : a + presets.BLOCK_ROWS])
+        for a in range(0, rows, presets.BLOCK_ROWS)]))
 
 
 def max_error(values: torch.Tensor, x: torch.Tensor) -> float:

@@ -1,15 +1,15 @@
 """Batched singular values of many small matrices, robust and fast on every device.
 
-`singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes:
-- CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and already the fastest there.
-- CUDA, matrices up to 32 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi, ~1 ms per 1000).
-- CUDA, wider: `jacobi_svdvals` below, a one-sided (Hestenes) Jacobi in vectorised torch: every
-  round rotates all n/2 disjoint column pairs of every matrix at once, in round-robin order, so a
-  sweep is n-1 rounds; a fixed number of sweeps is captured once as a CUDA graph and replayed.
-  The library routes are either slow on rank-deficient LoRA deltas (default svdvals: 1.1 s per
-  1000 64x64) or fail to converge on them (gesvda: 14 of 20 batches); see the featurizers issue.
-  Its result is checked (orthogonality of the rotated columns); an unconverged batch falls back
-  to float64 Gram + `eigvalsh`, which is slow but robust (error ~3e-8 of s_max).
+`singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
+measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
+- CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there.
+- CUDA, up to 32 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi): 1.5 ms per 1000.
+- CUDA, wider: cuSOLVER's `gesvda` (3 ms per 1000 64x64, error 6e-8 of s_max), *checked*: it
+  fails to converge on some rank-deficient batches (raising), and each result must match its
+  matrix's Frobenius norm. What fails goes to `jacobi_svdvals`, our one-sided Jacobi (a Triton
+  kernel, 24 ms per 1000 64x64 with QR preconditioning, error 5e-6), which reports its own
+  convergence; what that leaves unconverged goes to float64 Gram + `eigvalsh` (336 ms, 6e-8).
+  The default `torch.linalg.svdvals` takes 1.1 s per 1000 64x64 on the same GPU.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import logging
 
 log = logging.getLogger(__name__)
 
-JACOBI_MIN_WIDTH = 33  # below this, cuSOLVER's batched Jacobi (torch's default on CUDA) is fast
+LIBRARY_MAX_WIDTH = 32  # up to this width, torch's default CUDA route (batched gesvdj) is fast
+TRITON_MAX_WIDTH = 64  # the Triton kernel keeps a matrix in registers; wider ones spill (2 s at 128)
 JACOBI_SWEEPS = 8
-JACOBI_TOLERANCE = 1e-5  # max |cos| between rotated columns accepted as converged (fp32)
+JACOBI_TOLERANCE = 1e-5  # largest change a further rotation could make, relative to s_max
+FROBENIUS_TOLERANCE = 1e-4  # | sum s^2 / ||A||_F^2 - 1 | accepted from gesvda
 
 
 def singular_values(x):
@@ -29,14 +31,46 @@ def singular_values(x):
     import torch
 
     x = x.to(torch.float32)
-    if x.device.type != "cuda" or min(x.shape[1:]) < JACOBI_MIN_WIDTH or len(x) == 0:
+    if x.device.type != "cuda" or min(x.shape[1:]) <= LIBRARY_MAX_WIDTH or len(x) == 0:
         return torch.linalg.svdvals(x)
-    values, off = jacobi_svdvals(x, sweeps=JACOBI_SWEEPS)
-    bad = off > JACOBI_TOLERANCE
+    values = _checked_gesvda(x)
+    bad = torch.ones(len(x), dtype=torch.bool, device=x.device) if values is None else _frobenius_mismatch(x, values)
     if bad.any():
+        values = torch.empty((len(x), min(x.shape[1:])), device=x.device) if values is None else values
+        values[bad] = _jacobi_then_gram(x[bad])
+    return values
+
+
+def _checked_gesvda(x):
+    import torch
+
+    try:
+        values = torch.linalg.svdvals(x, driver="gesvda")
+    except RuntimeError as e:  # "failed to converge": the batch goes to the Jacobi route
+        log.info("gesvda failed on a batch of %d: %s", len(x), str(e).splitlines()[0])
+        return None
+    return values
+
+
+def _frobenius_mismatch(x, values):
+    import torch
+
+    frob = x.to(torch.float64).square().sum((1, 2))
+    got = values.to(torch.float64).square().sum(1)
+    return ~torch.isfinite(got) | ((got - frob).abs() > FROBENIUS_TOLERANCE * frob.clamp_min(1e-300))
+
+
+def _jacobi_then_gram(x):
+    import torch
+
+    if min(x.shape[1:]) > TRITON_MAX_WIDTH:
+        return gram_svdvals(x)
+    values, off = jacobi_svdvals(x, sweeps=JACOBI_SWEEPS)
+    unconverged = (off > JACOBI_TOLERANCE) | ~torch.isfinite(values).all(1)
+    if unconverged.any():
         log.warning("jacobi svdvals: %d of %d matrices unconverged; using float64 Gram + eigvalsh",
-                    int(bad.sum()), len(x))
-        values[bad] = gram_svdvals(x[bad])
+                    int(unconverged.sum()), len(x))
+        values[unconverged] = gram_svdvals(x[unconverged])
     return values
 
 

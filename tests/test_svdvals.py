@@ -56,9 +56,29 @@ def test_gpu_singular_values_match_float64(dim):
 
 
 @cuda
-def test_gpu_unconverged_batches_fall_back(monkeypatch):
+def test_gpu_gesvda_failure_goes_to_jacobi(monkeypatch):
     import featstore.svdvals as sv
 
-    monkeypatch.setattr(sv, "JACOBI_SWEEPS", 1)  # cannot converge in one sweep: every matrix falls back
+    monkeypatch.setattr(sv, "_checked_gesvda", lambda x: None)  # as if the batch failed to converge
+    x = lora(300, 64).cuda()
+    assert max_error(sv.singular_values(x), x) < 2e-5
+
+
+@cuda
+def test_gpu_unconverged_jacobi_falls_back_to_gram(monkeypatch):
+    import featstore.svdvals as sv
+
+    monkeypatch.setattr(sv, "JACOBI_SWEEPS", 1)  # cannot converge in one sweep
     x = lora(200, 64).cuda()
-    assert max_error(sv.singular_values(x), x) < 1e-6
+    assert max_error(sv._jacobi_then_gram(x), x) < 1e-6
+
+
+def test_frobenius_check_flags_wrong_values():
+    import featstore.svdvals as sv
+
+    x = lora(8, 64)
+    good = torch.linalg.svdvals(x)
+    wrong = good.clone()
+    wrong[3, 0] *= 1.01
+    assert sv._frobenius_mismatch(x, good).tolist() == [False] * 8
+    assert sv._frobenius_mismatch(x, wrong).tolist() == [i == 3 for i in range(8)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.errors import NotFoundError, SpecError
+from featstore.errors import FeatstoreError, NotFoundError
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -24,14 +24,16 @@ def build(
     label_column: str | None = None,
     store: str | None = None,
     device: str = "auto",
+    dtype: str = "float32",
     progress: bool = False,
 ) -> builder.BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
     `dataset` is anything `--dataset` accepts, or a `datasets.Dataset` / `DatasetDict`.
-    `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names.
+    `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names; `dtype` is
+    the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     """
-    bound = tuple({b.spec: b for b in map(parse_spec, featurizers)}.values())
+    bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
     st = Store.open(store or default_store(), create=True)
     return builder.execute(builder.plan(source, bound, st, progress), st, device, progress)
@@ -97,7 +99,10 @@ class FeatureSet:
         """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape)."""
         import torch
 
-        return torch.from_numpy(self.store.read_entry(self.row(layer, featurizer, split).key))
+        from featstore.device import from_stored
+
+        row = self.row(layer, featurizer, split)
+        return from_stored(self.store.read_entry(row.key), row.dtype)
 
     def labels(self, split: str = "train"):
         """The split's label column as an int64 torch.Tensor."""
@@ -120,7 +125,7 @@ class FeatureSet:
             return spec
         try:
             canonical = parse_spec(spec).spec
-        except SpecError:
+        except FeatstoreError:
             canonical = None
         if canonical in available:
             return canonical

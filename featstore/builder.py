@@ -11,6 +11,7 @@ plus its features: memory-mapped pages are released after each column.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections import Counter
@@ -23,12 +24,14 @@ import numpy as np
 
 from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.keys import array_digest, entry_key, featurizer_identity, parts_digest
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
 from featstore.sources import Source
 from featstore.store import Store
+
+log = logging.getLogger(__name__)
 
 # Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
@@ -182,14 +185,9 @@ def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRe
                 split.release(parts)
                 del values, parts
             with _timed(report, "compute"):
-                out = devices.to_numpy(f(tensor))
-            if out.shape != shape or out.dtype != np.float32:
-                raise FeatstoreError(
-                    f"featurizer {f.spec} returned {out.dtype}{list(out.shape)} for column {unit.layer!r}; "
-                    f"it declares float32{list(shape)}"
-                )
+                out = devices.to_stored(compute(f, tensor, shape, unit, report.device), f.dtype)
             created[key] = _now()
-            info = _entry_info(key, unit.digest, f.identity, out, created[key], report.device)
+            info = _entry_info(key, unit.digest, f.identity, out, created[key], report.device, f.dtype)
             with _timed(report, "write"):
                 if store.write_entry(info, out):
                     report.bytes_written += out.nbytes
@@ -197,8 +195,43 @@ def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRe
         elif key not in created:  # an entry first made for another dataset
             created[key] = store.entry_info(key).created
         report.entries.append(EntryResult(unit.split, unit.layer, f.spec, key, status))
-        rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, "float32", 4 * int(np.prod(shape)), created[key]))
+        nbytes = int(np.prod(shape)) * (4 if f.dtype == "float32" else 2)
+        rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key]))
     return rows
+
+
+def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str):
+    """`f` over the rows of `x` in batches (one call unless the featurizer is per-row and the rows
+    do not fit), checked: float32 result of `shape`, finite. Out of memory halves the batch."""
+    import torch
+
+    rows = len(x)
+    batch = devices.batch_rows(x[:1].nbytes, rows, device) if f.featurizer.per_row else rows
+    outs, start = [], 0
+    while start < rows or not outs:
+        stop = min(rows, start + batch)
+        where = f"featurizer {f.spec} on column {unit.layer!r} (split {unit.split}, rows {start}-{max(stop - 1, 0)})"
+        try:
+            out = f(x[start:stop])
+        except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
+            if devices.is_out_of_memory(e) and f.featurizer.per_row and batch > 1:
+                batch = max(1, batch // 2)
+                log.warning("%s ran out of memory; retrying with batches of %d rows", where, batch)
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            raise FeaturizerError(f"{where} failed: {e!r}") from e
+        expected = (stop - start, *shape[1:])
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
+            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape {list(expected)}")
+        finite = torch.isfinite(out.reshape(len(out), -1)).all(1)
+        if not bool(finite.all()):
+            bad = start + int((~finite).nonzero()[0, 0])
+            raise FeaturizerError(f"{where} returned NaN or inf at row {bad}; nothing of it was stored")
+        outs.append(out.to(torch.float32))
+        start = stop
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:
@@ -212,13 +245,13 @@ def _labels(store: Store, source: Source, split_name: str) -> str | None:
     return key
 
 
-def _entry_info(key, digest, identity, out: np.ndarray, created: str, device: str) -> EntryInfo:
+def _entry_info(key, digest, identity, out: np.ndarray, created: str, device: str, dtype: str = "") -> EntryInfo:
     return EntryInfo(
         key=key,
         input_digest=digest,
         featurizer=identity,
         shape=tuple(out.shape),
-        dtype=out.dtype.name,
+        dtype=dtype or out.dtype.name,
         output_digest=array_digest(out),
         created=created,
         device=device,

@@ -32,3 +32,7 @@ class NotFoundError(FeatstoreError, KeyError):
 
 class StoreError(FeatstoreError, OSError):
     """The store on disk is unreadable, of an unknown format, or could not be written."""
+
+
+class FeaturizerError(FeatstoreError, RuntimeError):
+    """A featurizer raised, returned the wrong shape or dtype, returned NaN/inf, or ran out of memory."""

@@ -54,7 +54,7 @@ class CatalogRow:
 
     split: str
     layer: str
-    featurizer: str  # canonical spec, e.g. `svd:k=16`
+    featurizer: str  # canonical spec, e.g. `svd:k=32` (parameters at their defaults left out)
     key: str
     shape: tuple[int, ...]
     dtype: str

@@ -15,8 +15,11 @@ def test_builtins_are_registered_with_docs():
 
 def test_spec_parsing_binds_every_parameter():
     svd = parse_spec("svd")
-    assert svd.params == {"k": 16} and svd.spec == "svd:k=16"
-    assert parse_spec("svd:k=32").params == {"k": 32}
+    assert svd.params == {"k": 16, "normalize": False} and svd.spec == "svd"
+    assert parse_spec("svd:k=16").spec == "svd"  # defaults are left out of the canonical spec
+    assert parse_spec("svd:normalize=true,k=32").spec == "svd:k=32,normalize=true"
+    assert parse_spec("svd:k=32", dtype="float16").spec == "svd:k=32,dtype=float16"
+    assert parse_spec("svd:dtype=bfloat16", dtype="float16").dtype == "bfloat16"
     assert parse_spec("raw").spec == "raw"
 
 

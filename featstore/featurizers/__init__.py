@@ -62,8 +62,10 @@ class BoundFeaturizer:
 
     @property
     def spec(self) -> str:
-        """Canonical spec: name, every parameter in sorted order, dtype when not float32."""
-        items = [f"{k}={_format(v)}" for k, v in sorted(self.params.items())]
+        """Canonical spec: the name, then parameters that differ from their defaults (sorted), then
+        dtype when not float32: `svd`, `svd:k=32`, `svd:k=32,dtype=bfloat16`."""
+        defaults = self.featurizer.params
+        items = [f"{k}={_format(v)}" for k, v in sorted(self.params.items()) if v != defaults[k]]
         items += [f"dtype={self.dtype}"] if self.dtype != "float32" else []
         return self.name + (":" + ",".join(items) if items else "")
 

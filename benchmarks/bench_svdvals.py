@@ -61,8 +61,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
-    lines = [f"bench_svdvals on {args.device} ({name}), torch {torch.__version__}, ({args.rows}, d, d) "
-             f"rank-4 + noise batches, {args.batches} per d",
+    title = (f"bench_svdvals on {args.device} ({name}), torch {torch.__version__}, ({args.rows}, d, d) "
+             f"rank-4 + noise batches, {args.batches} per d")
+    lines = [title,
              f"{'d':>4}  {'route':32} {'median ms':>10} {'max err':>9} {'failed':>7}"]
     print("\n".join(lines), flush=True)
     for dim in args.dims:

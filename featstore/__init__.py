@@ -15,10 +15,12 @@ from featstore.errors import (
     ColumnError,
     DatasetError,
     FeatstoreError,
+    FeaturizerError,
     NotFoundError,
     SpecError,
     StoreError,
 )
+from featstore.featurizers import featurizer
 
 __all__ = [
     "DEFAULT_FEATURIZERS",
@@ -26,10 +28,12 @@ __all__ = [
     "DatasetError",
     "FeatstoreError",
     "FeatureSet",
+    "FeaturizerError",
     "NotFoundError",
     "SpecError",
     "StoreError",
     "build",
+    "featurizer",
     "open",
     "read_column",
 ]

@@ -96,9 +96,7 @@ class FeatureSet:
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")
 
     def load(self, layer: str, featurizer: str, split: str = "train"):
-        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape)."""
-        import torch
-
+        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape), stored dtype."""
         from featstore.device import from_stored
 
         row = self.row(layer, featurizer, split)

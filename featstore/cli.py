@@ -62,10 +62,12 @@ def main(debug: bool) -> None:
                    "tensor-valued column except the label column]")
 @click.option("--label-column", default=None, help="Label column. [default: category_label, if present]")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU if torch sees one), cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Stored dtype of features whose spec sets none (computation stays float32).")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def build(dataset, featurizers, layers, label_column, device, store, as_json, progress):
+def build(dataset, featurizers, layers, label_column, device, dtype, store, as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
 
     Entries are keyed by a hash of the column's bytes and the featurizer's identity, so a second
@@ -75,7 +77,7 @@ def build(dataset, featurizers, layers, label_column, device, store, as_json, pr
     from featstore.api import build as run_build
 
     report = run_build(dataset, featurizers or DEFAULT_FEATURIZERS, layers=layers, label_column=label_column,
-                       store=store, device=device, progress=progress)
+                       store=store, device=device, dtype=dtype, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return
@@ -128,6 +130,29 @@ def ls(dataset, split, layer, featurizer, store, as_json):
     total = sum(r["nbytes"] for r in rows)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
     click.echo(f"{len(rows)} entries, {_size(total)}", err=True)
+
+
+@main.command(name="featurizers")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: name, params, version, per_row, doc.")
+def featurizers_cmd(as_json):
+    """List the featurizers: built-ins, entry-point plugins, with parameters and docs.
+
+    \b
+    Spec syntax: NAME[:key=value,...] or module.path:function[:key=value,...]; every spec also
+    takes dtype=float32|float16|bfloat16. Add your own with @featstore.featurizer("name").
+    """
+    from featstore.featurizers import available
+
+    found = available()
+    if as_json:
+        click.echo(json.dumps([{"name": f.name, "params": f.params, "version": f.version, "per_row": f.per_row,
+                                "doc": f.doc} for f in found.values()], indent=1))
+        return
+    for f in found.values():
+        params = ", ".join(f"{k}={v}" for k, v in f.params.items()) or "no parameters"
+        click.echo(f"{f.name}  ({params}; version {f.version})")
+        for line in f.doc.splitlines():
+            click.echo(f"    {line}")
 
 
 @main.group()

@@ -8,9 +8,10 @@ from featstore.featurizers import available, parse_spec
 
 
 def test_builtins_are_registered_with_docs():
+    builtins = {"raw", "stats", "svd", "spectral", "randproj", "norms"}
     found = available()
-    assert {"raw", "stats", "svd"} <= set(found)
-    assert all(f.doc for f in found.values())
+    assert builtins <= set(found)
+    assert all("Output (n," in found[name].doc for name in builtins)
 
 
 def test_spec_parsing_binds_every_parameter():
@@ -72,3 +73,93 @@ def test_svd_matches_numpy_float64_and_pads(sanity_layer, k):
     m = min(k, 16)
     np.testing.assert_allclose(out[:, :m], expected[:, :m], rtol=1e-4, atol=1e-5 * expected.max())
     assert (out[:, 16:] == 0).all()
+
+
+def test_norms_match_numpy_float64(sanity_layer):
+    a = sanity_layer.astype(np.float64)
+    r, c = np.linalg.norm(a, axis=2), np.linalg.norm(a, axis=1)
+    expected = np.stack([f(v) for v in (r, c) for f in (lambda v: v.mean(1), lambda v: v.std(1),
+                                                          lambda v: v.min(1), lambda v: v.max(1))], 1)
+    out = parse_spec("norms")(torch.from_numpy(sanity_layer.copy())).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_spectral_matches_numpy_float64(sanity_layer):
+    s = np.linalg.svd(sanity_layer.astype(np.float64), compute_uv=False)
+    p = s / s.sum(1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(1)
+    expected = np.stack([np.exp(entropy), (s**2).sum(1) / s[:, 0] ** 2, entropy,
+                         s.sum(1) / np.sqrt((s**2).sum(1))], 1)
+    out = parse_spec("spectral")(torch.from_numpy(sanity_layer.copy())).numpy()
+    np.testing.assert_allclose(out, expected, rtol=2e-4)  # tail singular values carry fp32 error
+    zero = parse_spec("spectral")(torch.zeros((2, 4, 4))).numpy()
+    assert (zero == 0).all()
+
+
+def test_svd_normalize(sanity_layer):
+    s = np.linalg.svd(sanity_layer.astype(np.float64), compute_uv=False)
+    out = parse_spec("svd:k=4,normalize=true")(torch.from_numpy(sanity_layer.copy())).numpy()
+    np.testing.assert_allclose(out, s[:, :4] / np.linalg.norm(s, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_randproj_is_a_seeded_gaussian_projection(sanity_layer):
+    from featstore.featurizers.basic import projection_matrix
+
+    x = torch.from_numpy(sanity_layer.copy())
+    out = parse_spec("randproj:dim=64,seed=3")(x)
+    r = projection_matrix(256, 64, 3).double().numpy()
+    np.testing.assert_allclose(out.numpy(), sanity_layer.reshape(len(x), -1).astype(np.float64) @ r, rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(parse_spec("randproj:dim=64,seed=3")(x), out)  # same seed, same matrix
+    assert not torch.equal(parse_spec("randproj:dim=64,seed=4")(x), out)
+    big = torch.from_numpy(np.random.default_rng(0).standard_normal((200, 4096)).astype(np.float32))
+    ratio = parse_spec("randproj")(big).norm(dim=1) / big.norm(dim=1)  # norms kept on average (JL)
+    assert abs(float(ratio.square().mean()) - 1) < 0.05
+
+
+def test_decorated_user_featurizer_params_from_signature():
+    import featstore
+
+    @featstore.featurizer("test_rowmax", version="7")
+    def rowmax(x, top: int = 2, scale: float = 1.0):
+        """Largest row maxima."""
+        return x.amax(2).topk(top, dim=1).values * scale
+
+    bound = parse_spec("test_rowmax:top=3")
+    assert bound.params == {"top": 3, "scale": 1.0} and bound.identity["version"] == "7"
+    assert bound.output_shape((5, 6)) == (3,)  # not declared: a one-row probe finds it
+    assert "test_rowmax" in available()
+
+
+def test_undecorated_function_by_module_path(tmp_path, monkeypatch):
+    (tmp_path / "labfeats.py").write_text("def colmean(x, scale: float = 1.0):\n    return x.mean(1) * scale\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bound = parse_spec("labfeats:colmean:scale=2")
+    assert bound.name == "labfeats:colmean" and bound.spec == "labfeats:colmean:scale=2.0"
+    assert bound.identity["version"].startswith("code:")
+    with pytest.raises(SpecError, match=r"cannot load featurizer 'labfeats:nothing'"):
+        parse_spec("labfeats:nothing")
+
+
+def test_entry_point_plugins_register(tmp_path, monkeypatch):
+    import featstore.featurizers as registry
+
+    site = tmp_path / "site"
+    (site / "plugfeat-1.0.dist-info").mkdir(parents=True)
+    (site / "plugfeat-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: plugfeat\nVersion: 1.0\n")
+    (site / "plugfeat-1.0.dist-info" / "entry_points.txt").write_text(
+        "[featstore.featurizers]\ntrace = plugfeat:trace\n")
+    (site / "plugfeat.py").write_text("def trace(x):\n    return x.diagonal(dim1=1, dim2=2).sum(1, keepdim=True)\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    assert "trace" in available()
+    assert parse_spec("trace")(torch.eye(3).repeat(2, 1, 1)).tolist() == [[3.0], [3.0]]
+
+
+def test_params_need_simple_defaults():
+    import featstore
+
+    with pytest.raises(SpecError, match=r"parameter 'k' needs a default"):
+        featstore.featurizer("test_bad")(lambda x, k: x)
+    with pytest.raises(SpecError, match=r"dtype 'int8'"):
+        parse_spec("svd:dtype=int8")

@@ -133,9 +133,9 @@ def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
     dtype for specs that do not set one."""
     text = spec.strip()
     head, _, rest = text.partition(":")
-    if "." in head and rest and head not in _REGISTRY:  # module.path:function[:params]
-        function, _, rest = rest.partition(":")
-        head = f"{head}:{function}"
+    function, _, after = rest.partition(":")
+    if head not in _REGISTRY and function.isidentifier():  # module.path:function[:params]
+        head, rest = f"{head}:{function}", after
     featurizer_ = get(head)
     params = dict(featurizer_.params)
     stored = dtype or "float32"

@@ -1,0 +1,99 @@
+"""Featurizer failures during a build: clear errors, nothing partial published; stored dtypes."""
+
+import os
+
+import pytest
+import torch
+
+import featstore
+from featstore import FeaturizerError, NotFoundError
+from featstore.featurizers import parse_spec
+
+
+def _entries(store_dir):
+    root = os.path.join(store_dir, "entries")
+    return sorted(k for shard in os.listdir(root) for k in os.listdir(os.path.join(root, shard))) \
+        if os.path.isdir(root) else []
+
+
+@featstore.featurizer("test_fails_on_layer_3", version="1")
+def _fails(x):
+    if float(x[0, 0, 0]) == _FIRST_VALUE_OF_LAYER_3[0]:
+        raise ValueError("boom")
+    return x.mean(2)
+
+
+_FIRST_VALUE_OF_LAYER_3 = [None]
+
+
+@featstore.featurizer("test_nan", version="1")
+def _nan(x):
+    out = x.mean(2)
+    out[min(5, len(out) - 1), 0] = float("nan")
+    return out
+
+
+@featstore.featurizer("test_wrong_shape", version="1", output_shape=lambda shape: (3,))
+def _wrong(x):
+    return x.mean(2)
+
+
+@featstore.featurizer("test_needs_small_batches", version="1")
+def _small(x):
+    if len(x) > 16:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    return x.mean(2)
+
+
+def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store_dir):
+    from featstore import read_column
+    from featstore.sources import load_source
+
+    _FIRST_VALUE_OF_LAYER_3[0] = float(read_column(load_source("sanity").splits["train"]._data, "layer_003")[0, 0, 0])
+    with pytest.raises(FeaturizerError, match=r"featurizer test_fails_on_layer_3 on column 'layer_003' \(split "
+                                              r"train, rows 0-50\) failed: ValueError\('boom'\)"):
+        featstore.build("sanity", ["test_fails_on_layer_3"], store=store_dir)
+    assert len(_entries(store_dir)) == 6  # layers 0-2 x 2 splits, each complete; nothing of layer 3
+    with pytest.raises(NotFoundError):
+        featstore.open("sanity", store=store_dir)  # the catalog is only written by a finished build
+
+
+def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
+    with pytest.raises(FeaturizerError, match=r"test_nan on column 'layer_000' \(split train, rows 0-50\) "
+                                              r"returned NaN or inf at row 5"):
+        featstore.build("sanity", ["test_nan"], store=store_dir)
+    with pytest.raises(FeaturizerError, match=r"returned torch.float32\[51, 16\]; it must return a floating "
+                                              r"tensor of shape \[51, 3\]"):
+        featstore.build("sanity", ["test_wrong_shape"], store=store_dir)
+    assert _entries(store_dir) == []
+
+
+def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplog):
+    report = featstore.build("sanity", ["test_needs_small_batches"], layers=["layer_000"], store=store_dir)
+    assert report.computed == 2
+    assert "retrying with batches of" in caplog.text
+    loaded = featstore.open("sanity", store=store_dir).load("layer_000", "test_needs_small_batches")
+    assert loaded.shape == (51, 16)
+
+
+@pytest.mark.parametrize("dtype, torch_dtype, tolerance", [("float16", torch.float16, 1e-3),
+                                                           ("bfloat16", torch.bfloat16, 8e-3)])
+def test_reduced_precision_storage(sanity_dir, store_dir, dtype, torch_dtype, tolerance):
+    full = featstore.build("sanity", ["svd"], layers=["layer_002"], store=store_dir)
+    low = featstore.build("sanity", ["svd"], layers=["layer_002"], dtype=dtype, store=store_dir)
+    assert low.computed == 2  # the stored dtype is part of the identity
+    assert {e.key for e in low.entries}.isdisjoint(e.key for e in full.entries)
+    fs = featstore.open("sanity", store=store_dir)
+    assert fs.featurizers == ["svd", f"svd:dtype={dtype}"]
+    reduced = fs.load("layer_002", f"svd:dtype={dtype}")
+    exact = fs.load("layer_002", "svd")
+    assert reduced.dtype == torch_dtype and reduced.shape == exact.shape
+    torch.testing.assert_close(reduced.float(), exact, rtol=tolerance, atol=tolerance * float(exact.max()))
+    assert fs.row("layer_002", f"svd:dtype={dtype}").nbytes == exact.numel() * 2
+
+
+def test_changing_a_parameter_only_builds_that_featurizer(sanity_dir, store_dir):
+    featstore.build("sanity", ["svd", "stats"], store=store_dir)
+    report = featstore.build("sanity", ["svd:k=32", "stats"], store=store_dir)
+    assert {(e.featurizer, e.status) for e in report.entries} == {("svd:k=32", "computed"), ("stats", "reused")}
+    assert parse_spec("svd:k=32").identity != parse_spec("svd").identity

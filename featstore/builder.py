@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -136,22 +136,51 @@ def _plan_unit(source: Source, featurizers, split_name: str, layer: str) -> Unit
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False) -> BuildReport:
-    """Compute and publish the plan's missing entries, then update the dataset's catalog."""
+    """Compute and publish the plan's missing entries, then update the dataset's catalog.
+
+    A bounded pipeline: one thread reads (copies) the next column to compute while this one is
+    computed, another publishes finished entries (at most two waiting), so reading, computing
+    and writing overlap while memory stays at a few columns.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     source = build_plan.source
-    report = BuildReport(source.name, store.location, device)  # device resolved once something is computed
+    todo = [u for u in build_plan.units if any(k in build_plan.missing for k in u.keys.values())]
+    report = BuildReport(source.name, store.location, devices.resolve(device) if todo else device)
     report.seconds["hash"] = build_plan.hash_seconds
     previous = store.read_catalog(source.name)
     created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
     bar = tqdm(build_plan.units, desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
-    for unit in bar:
-        rows += _build_unit(build_plan, unit, store, report, created)
-        counts = Counter(e.status for e in report.entries)
-        bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
+    with ThreadPoolExecutor(1, "featstore-read") as reader, ThreadPoolExecutor(1, "featstore-write") as writer:
+        reads = deque()
+        upcoming = iter(todo)
+
+        def read_ahead():
+            unit = next(upcoming, None)
+            if unit is not None:
+                reads.append((unit, reader.submit(_read_unit, build_plan, unit, report)))
+
+        writes: deque = deque()
+
+        def write(info: EntryInfo, out: np.ndarray) -> None:
+            while len(writes) >= 2:
+                report.bytes_written += writes.popleft().result()
+            writes.append(writer.submit(_write_entry, store, info, out, report))
+
+        read_ahead()
+        for unit in bar:
+            host = None
+            if reads and reads[0][0] is unit:
+                host = reads.popleft()[1].result()
+                read_ahead()
+            rows += _build_unit(build_plan, unit, store, report, created, host, write)
+            counts = Counter(e.status for e in report.entries)
+            bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
+        while writes:
+            report.bytes_written += writes.popleft().result()
     bar.close()
     splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
@@ -168,8 +197,23 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     return report
 
 
-def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, created: dict) -> list[CatalogRow]:
+def _read_unit(build_plan: BuildPlan, unit: Unit, report: BuildReport):
+    """The column as a host tensor ready for the device (pinned for a GPU); runs in the reader."""
     split = build_plan.source.splits[unit.split]
+    with _timed(report, "read"):
+        layout, parts = split.parts(unit.layer)
+        host = devices.host_tensor(join_parts(layout, parts), report.device)
+        split.release(parts)
+    return host
+
+
+def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildReport) -> int:
+    with _timed(report, "write"):
+        return out.nbytes if store.write_entry(info, out) else 0
+
+
+def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, created: dict,
+                host, write) -> list[CatalogRow]:
     tensor, rows = None, []
     for f in build_plan.featurizers:
         key = unit.keys[f.spec]
@@ -177,20 +221,11 @@ def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRe
         status = "reused"
         if key in build_plan.missing and not store.has_entry(key):  # another build may have made it since
             if tensor is None:
-                with _timed(report, "read"):
-                    layout, parts = split.parts(unit.layer)
-                    values = join_parts(layout, parts)
-                report.device = devices.resolve(report.device)
-                tensor = devices.to_tensor(values, report.device)
-                split.release(parts)
-                del values, parts
+                tensor = host.to(report.device, non_blocking=True)
             with _timed(report, "compute"):
                 out = devices.to_stored(compute(f, tensor, shape, unit, report.device), f.dtype)
             created[key] = _now()
-            info = _entry_info(key, unit.digest, f.identity, out, created[key], report.device, f.dtype)
-            with _timed(report, "write"):
-                if store.write_entry(info, out):
-                    report.bytes_written += out.nbytes
+            write(_entry_info(key, unit.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
         elif key not in created:  # an entry first made for another dataset
             created[key] = store.entry_info(key).created

@@ -27,17 +27,18 @@ def resolve(device: str = "auto") -> str:
     return device
 
 
-def to_tensor(values: np.ndarray, device: str = "cpu"):
-    """A torch tensor of `values` on `device`. Read-only (zero-copy) arrays are copied first, so a
-    featurizer that writes in place can never touch the dataset's memory-mapped files; for a GPU
-    the copy goes through pinned memory and a non-blocking transfer (52-55 GB/s vs 8-10 pageable)."""
+def host_tensor(values: np.ndarray, device: str = "cpu"):
+    """A host tensor of `values`, ready for `.to(device, non_blocking=True)`. Read-only (zero-copy)
+    arrays are copied first, so a featurizer that writes in place can never touch the dataset's
+    memory-mapped files; for a GPU the copy lands in pinned memory (52-55 GB/s to the device,
+    against 8-10 GB/s from pageable memory, measured on an H100)."""
     import torch
 
-    if device == "cpu":
+    if not device.startswith("cuda"):
         return torch.from_numpy(values if values.flags.writeable else values.copy())
     host = torch.empty(values.shape, dtype=torch.from_numpy(values[:0]).dtype, pin_memory=True)
     host.numpy()[...] = values
-    return host.to(device, non_blocking=True)
+    return host
 
 
 def to_stored(tensor, dtype: str) -> np.ndarray:

@@ -21,14 +21,22 @@ def raw(x):
 @featurizer("stats", version="1", output_shape=lambda shape: (4,))
 def stats(x):
     """Per row, over all values: [mean, std (population, ddof=0), Frobenius norm sqrt(sum x^2),
-    max |x|], computed in float64. Output (n, 4)."""
+    max |x|]; two passes (mean, then centred squares), sums accumulated in float64. Output (n, 4)."""
     import torch
 
-    flat = x.reshape(len(x), -1).to(torch.float64)
+    flat = x.reshape(len(x), -1)
     if flat.shape[1] == 0:
         return torch.zeros((len(x), 4), dtype=torch.float32, device=x.device)
-    columns = [flat.mean(1), flat.std(1, correction=0), flat.norm(dim=1), flat.abs().amax(1)]
-    return torch.stack(columns, 1).to(torch.float32)
+    flat = flat if flat.is_floating_point() else flat.to(torch.float64)
+    count = flat.shape[1]
+    mean = flat.sum(1, dtype=torch.float64) / count
+    centred = flat - mean.to(flat.dtype)[:, None]
+    # sum (x - m)^2 = sum (x - m')^2 - n (m - m')^2, where m' is mean rounded to x's dtype
+    shift = mean - mean.to(flat.dtype).to(torch.float64)
+    var = (centred * centred).sum(1, dtype=torch.float64) / count - shift * shift
+    frobenius = (flat * flat).sum(1, dtype=torch.float64).sqrt()
+    peak = flat.abs().amax(1).to(torch.float64)
+    return torch.stack([mean, var.clamp_min(0).sqrt(), frobenius, peak], 1).to(torch.float32)
 
 
 def matrix_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -36,7 +36,7 @@ def host_tensor(values: np.ndarray, device: str = "cpu"):
 
     if not device.startswith("cuda"):
         return torch.from_numpy(values if values.flags.writeable else values.copy())
-    host = torch.empty(values.shape, dtype=torch.from_numpy(values[:0]).dtype, pin_memory=True)
+    host = torch.empty(values.shape, dtype=torch.from_numpy(np.empty(0, values.dtype)).dtype, pin_memory=True)
     host.numpy()[...] = values
     return host
 

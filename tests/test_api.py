@@ -23,7 +23,7 @@ def _snapshot(store_dir):
 
 
 def test_loaded_features_equal_a_direct_computation(sanity_dir, store_dir):
-    report = featstore.build("sanity", ["raw", "stats", "svd:k=8"], store=store_dir)
+    report = featstore.build("sanity", ["raw", "stats", "svd:k=8"], store=store_dir, device="cpu")
     assert (report.computed, report.reused) == (2 * 8 * 3, 0)
     fs = featstore.open("sanity", store=store_dir)
     assert fs.splits == ["test", "train"]

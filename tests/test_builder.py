@@ -97,3 +97,16 @@ def test_changing_a_parameter_only_builds_that_featurizer(sanity_dir, store_dir)
     report = featstore.build("sanity", ["svd:k=32", "stats"], store=store_dir)
     assert {(e.featurizer, e.status) for e in report.entries} == {("svd:k=32", "computed"), ("stats", "reused")}
     assert parse_spec("svd:k=32").identity != parse_spec("svd").identity
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_build_matches_cpu_build(sanity_dir, tmp_path):
+    specs = ["stats", "svd", "spectral", "randproj:dim=32", "norms"]
+    featstore.build("sanity", specs, store=str(tmp_path / "cpu"), device="cpu")
+    featstore.build("sanity", specs, store=str(tmp_path / "gpu"), device="cuda")
+    cpu, gpu = featstore.open("sanity", store=str(tmp_path / "cpu")), featstore.open("sanity", store=str(tmp_path / "gpu"))
+    assert gpu.store.entry_info(gpu.row("layer_002", "svd").key).device.startswith("cuda")
+    for spec in specs:
+        for layer in cpu.layers:
+            a, b = cpu.load(layer, spec), gpu.load(layer, spec)
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))

@@ -101,15 +101,16 @@ def main() -> None:
     step = max(1, 128 // args.layers)
     columns = [split.read(presets.layer_name(i)) for i in range(0, 128, step)]
     tensors = [host_tensor(c, device).to(device) for c in columns]
-    lines = [f"bench_featurizers on {device} ({name}), torch {torch.__version__}, 1k preset train split "
-             f"(800 x 64 x 64), {len(columns)} layers",
+    title = (f"bench_featurizers on {device} ({name}), torch {torch.__version__}, 1k preset train split "
+             f"(800 x 64 x 64), {len(columns)} layers")
+    lines = [title,
              "", f"{'featurizer':10} {'featstore ms/layer':>19} {'plain torch ms/layer':>21} {'ratio':>6}"]
     names = ["raw", "stats", "svd", "spectral", "randproj", "norms"]
     for feat in names:
         bound, plain = parse_spec(feat), baseline(feat)
         bound(tensors[0]), plain(tensors[0])  # warm-up: graphs, kernels, handles
-        ours = statistics.median(timed(lambda t=t: bound(t), device) for t in tensors)
-        theirs = statistics.median(timed(lambda t=t: plain(t), device) for t in tensors)
+        ours = statistics.median(timed(lambda t=t, f=bound: f(t), device) for t in tensors)
+        theirs = statistics.median(timed(lambda t=t, f=plain: f(t), device) for t in tensors)
         lines.append(f"{feat:10} {ours * 1e3:19.2f} {theirs * 1e3:21.2f} {theirs / ours:5.2f}x")
         print(lines[-1], flush=True)
 

@@ -36,7 +36,7 @@ def build(
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
     st = Store.open(store or default_store(), create=True)
-    return builder.execute(builder.plan(source, bound, st, progress), st, device, progress)
+    return builder.execute(builder.plan(source, bound), st, device, progress)
 
 
 def open(dataset: Any, store: str | None = None) -> FeatureSet:

@@ -1,11 +1,12 @@
-"""Build features: plan what is missing, then execute layer by layer.
+"""Build features: plan (check everything), then execute as a bounded pipeline.
 
-`plan` checks every chosen column (shape, dtype, nulls, raggedness) and every featurizer's output
-shape, and hashes each column straight from its Arrow buffers: it knows every entry key and which
-ones the store lacks before anything is written, so a bad column fails with the store untouched.
-`execute` reads (copies) only the columns with missing entries, computes only those entries,
-publishes each atomically, and writes the dataset's catalog last. Memory is bounded by one column
-plus its features: memory-mapped pages are released after each column.
+`plan` checks every chosen column (shape, dtype, nulls, raggedness: offsets and validity bitmaps
+only) and every featurizer's output shape, so a bad column or featurizer fails before the store
+changes. `execute` streams the (split, layer) columns through threads that hash each column
+straight from its Arrow buffers and, only if the store lacks one of its entries, copy it out
+(pinned for a GPU); the main thread computes the missing entries; a writer thread publishes them,
+each atomically; the dataset's catalog is written last. A few columns are in flight at a time, so
+memory stays bounded by a few columns: memory-mapped pages are released after each one.
 """
 
 from __future__ import annotations
@@ -35,18 +36,16 @@ log = logging.getLogger(__name__)
 
 # Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
-PHASES = ("hash", "read", "compute", "write")
+PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One (split, layer) column: what it holds, its digest, and the entry key per featurizer."""
+    """One (split, layer) column of the build and what it holds."""
 
     split: str
     layer: str
     layout: ColumnLayout
-    digest: str
-    keys: dict[str, str]  # featurizer spec -> entry key
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,19 @@ class BuildPlan:
     source: Source
     featurizers: tuple[BoundFeaturizer, ...]
     units: tuple[Unit, ...]  # layer by layer, each layer's splits together
-    missing: frozenset[str]  # entry keys the store lacks
-    hash_seconds: float
+    seconds: float  # spent checking
 
-    @property
-    def to_compute(self) -> int:
-        return sum(key in self.missing for u in self.units for key in u.keys.values())
+
+@dataclass
+class _Prepared:
+    """A unit after hashing: its entry keys, the featurizers the store lacks, and (if any) the
+    column as a host tensor."""
+
+    unit: Unit
+    digest: str
+    keys: dict[str, str]  # featurizer spec -> entry key
+    missing: set[str]
+    host: object = None
 
 
 @dataclass(frozen=True)
@@ -101,67 +107,51 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store, progress: bool = False) -> BuildPlan:
-    """Check and hash every chosen column of every split; find the entries the store lacks.
-    Raises (naming the column, row or featurizer) before anything is written."""
-    from tqdm.auto import tqdm
-
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
+    """Check every chosen column of every split and every featurizer's output shape for it.
+    Raises (naming the column, row or featurizer) before anything is written; copies no values."""
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
-    pairs = [(split_name, layer) for layer in source.layers for split_name in source.splits]
-    # Hashing is bound by page faults and xxhash, both outside the GIL: threads give ~1.6x on 2 cores.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        hashed = pool.map(lambda pair: _plan_unit(source, featurizers, *pair), pairs)
-        units = list(tqdm(hashed, total=len(pairs), desc=f"hash {source.name}", unit="column", leave=False,
-                          disable=True if not progress else None))
+    units = []
+    for layer in source.layers:
+        for split_name, split in source.splits.items():
+            layout = split.layout(layer)
+            for f in featurizers:
+                try:
+                    f.output_shape(layout.value_shape)
+                except FeatstoreError as e:
+                    raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
+            units.append(Unit(split_name, layer, layout))
     if source.label_column:
         for split in source.splits.values():
             split.layout(source.label_column)
-    missing = frozenset(k for u in units for k in u.keys.values() if not store.has_entry(k))
-    return BuildPlan(source, tuple(featurizers), tuple(units), missing, time.perf_counter() - started)
-
-
-def _plan_unit(source: Source, featurizers, split_name: str, layer: str) -> Unit:
-    split = source.splits[split_name]
-    layout, parts = split.parts(layer)
-    for f in featurizers:
-        try:
-            f.output_shape(layout.value_shape)
-        except FeatstoreError as e:
-            raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
-    digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
-    split.release(parts)
-    return Unit(split_name, layer, layout, digest, {f.spec: entry_key(digest, f.identity) for f in featurizers})
+    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started)
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False) -> BuildReport:
-    """Compute and publish the plan's missing entries, then update the dataset's catalog.
-
-    A bounded pipeline: one thread reads (copies) the next column to compute while this one is
-    computed, another publishes finished entries (at most two waiting), so reading, computing
-    and writing overlap while memory stays at a few columns.
-    """
+    """Compute and publish what the store lacks, then update the dataset's catalog."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     source = build_plan.source
-    todo = [u for u in build_plan.units if any(k in build_plan.missing for k in u.keys.values())]
-    report = BuildReport(source.name, store.location, devices.resolve(device) if todo else device)
-    report.seconds["hash"] = build_plan.hash_seconds
+    report = BuildReport(source.name, store.location, device)  # resolved once something is computed
+    report.seconds["plan"] = build_plan.seconds
     previous = store.read_catalog(source.name)
     created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
-    bar = tqdm(build_plan.units, desc=f"build {source.name}", unit="column", leave=False,
+    # Hashing and copying run outside the GIL (xxhash, page faults, memcpy): one thread per core.
+    workers = os.cpu_count() or 1
+    bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
-    with ThreadPoolExecutor(1, "featstore-read") as reader, ThreadPoolExecutor(1, "featstore-write") as writer:
-        reads = deque()
-        upcoming = iter(todo)
+    with ThreadPoolExecutor(workers, "featstore-read") as readers, ThreadPoolExecutor(1, "featstore-write") as writer:
+        prepared: deque = deque()
+        upcoming = iter(build_plan.units)
 
-        def read_ahead():
+        def read_ahead() -> None:
             unit = next(upcoming, None)
             if unit is not None:
-                reads.append((unit, reader.submit(_read_unit, build_plan, unit, report)))
+                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device))
 
         writes: deque = deque()
 
@@ -170,15 +160,15 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
                 report.bytes_written += writes.popleft().result()
             writes.append(writer.submit(_write_entry, store, info, out, report))
 
-        read_ahead()
-        for unit in bar:
-            host = None
-            if reads and reads[0][0] is unit:
-                host = reads.popleft()[1].result()
-                read_ahead()
-            rows += _build_unit(build_plan, unit, store, report, created, host, write)
+        for _ in range(workers + 1):
+            read_ahead()
+        while prepared:
+            ready = prepared.popleft().result()
+            read_ahead()
+            rows += _build_unit(build_plan, ready, store, report, created, write)
             counts = Counter(e.status for e in report.entries)
             bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
+            bar.update()
         while writes:
             report.bytes_written += writes.popleft().result()
     bar.close()
@@ -193,18 +183,24 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         updated=_now(),
     )
     store.write_catalog(previous.merged(catalog) if previous else catalog)
-    report.seconds["total"] = time.perf_counter() - started + build_plan.hash_seconds
+    report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
     return report
 
 
-def _read_unit(build_plan: BuildPlan, unit: Unit, report: BuildReport):
-    """The column as a host tensor ready for the device (pinned for a GPU); runs in the reader."""
+def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str) -> _Prepared:
+    """Hash the column from its Arrow buffers; copy it out only if an entry is missing. Runs in a
+    reader thread."""
     split = build_plan.source.splits[unit.split]
-    with _timed(report, "read"):
+    with _timed(report, "hash"):
         layout, parts = split.parts(unit.layer)
-        host = devices.host_tensor(join_parts(layout, parts), report.device)
-        split.release(parts)
-    return host
+        digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+    keys = {f.spec: entry_key(digest, f.identity) for f in build_plan.featurizers}
+    ready = _Prepared(unit, digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
+    if ready.missing:
+        with _timed(report, "read"):
+            ready.host = devices.host_tensor(join_parts(layout, parts), devices.resolve(device))
+    split.release(parts)
+    return ready
 
 
 def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildReport) -> int:
@@ -212,20 +208,21 @@ def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildRe
         return out.nbytes if store.write_entry(info, out) else 0
 
 
-def _build_unit(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, created: dict,
-                host, write) -> list[CatalogRow]:
-    tensor, rows = None, []
+def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: BuildReport, created: dict,
+                write) -> list[CatalogRow]:
+    unit, tensor, rows = ready.unit, None, []
     for f in build_plan.featurizers:
-        key = unit.keys[f.spec]
+        key = ready.keys[f.spec]
         shape = (unit.layout.rows, *f.output_shape(unit.layout.value_shape))
         status = "reused"
-        if key in build_plan.missing and not store.has_entry(key):  # another build may have made it since
+        if f.spec in ready.missing and not store.has_entry(key):  # another build may have made it since
             if tensor is None:
-                tensor = host.to(report.device, non_blocking=True)
+                report.device = devices.resolve(report.device)
+                tensor = ready.host.to(report.device, non_blocking=True)
             with _timed(report, "compute"):
                 out = devices.to_stored(compute(f, tensor, shape, unit, report.device), f.dtype)
             created[key] = _now()
-            write(_entry_info(key, unit.digest, f.identity, out, created[key], report.device, f.dtype), out)
+            write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
         elif key not in created:  # an entry first made for another dataset
             created[key] = store.entry_info(key).created

@@ -86,7 +86,7 @@ def build(dataset, featurizers, layers, label_column, device, dtype, store, as_j
     click.echo(f"built {report.dataset} in {report.store}{where}")
     click.echo(f"  entries  {report.computed} computed, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
-    click.echo("  seconds  " + "  ".join(f"{k} {s[k]:.2f}" for k in ("read", "hash", "compute", "write", "total")))
+    click.echo("  seconds  " + "  ".join(f"{k} {s[k]:.2f}" for k in ("plan", "hash", "read", "compute", "write", "total")))
 
 
 @main.command(name="ls")

@@ -37,7 +37,7 @@ def test_build_then_ls(run, sanity_dir):
 def test_build_json_and_ls_json(run, sanity_dir):
     first = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
     assert (first["computed"], first["reused"]) == (16, 0)
-    assert set(first["seconds"]) == {"hash", "read", "compute", "write", "total"}
+    assert set(first["seconds"]) == {"plan", "hash", "read", "compute", "write", "total"}
     second = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
     assert (second["computed"], second["reused"], second["bytes_written"]) == (0, 16, 0)
     rows = json.loads(run("ls", "--json", "--layer", "layer_007", "--split", "test").output)

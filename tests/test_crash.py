@@ -30,7 +30,7 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
     data = tmp_path / "data"
     saved_layers_dataset(data, layers=16, rows=400, dim=64)
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "raw", "-f", "svd",
-               "--store", store_dir, "--no-progress"]
+               "--store", store_dir, "--no-progress", "--device", "cpu"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(_entry_keys(store_dir)) < kill_after and proc.poll() is None and time.monotonic() < deadline:
@@ -46,7 +46,7 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
     for key in survivors:
         store.read_entry(key)  # complete and matching its digest, or this raises
 
-    report = featstore.build(str(data), ["raw", "svd"], store=store_dir)
+    report = featstore.build(str(data), ["raw", "svd"], store=store_dir, device="cpu")
     assert report.reused == len(survivors) and report.computed == 32 - len(survivors)
     fs = featstore.open(str(data), store=store_dir)
     column = read_column(datasets.load_from_disk(str(data)), "layer_011")

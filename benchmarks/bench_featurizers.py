@@ -105,6 +105,7 @@ def main() -> None:
              f"(800 x 64 x 64), {len(columns)} layers")
     lines = [title,
              "", f"{'featurizer':10} {'featstore ms/layer':>19} {'plain torch ms/layer':>21} {'ratio':>6}"]
+    print("\n".join(lines), flush=True)
     names = ["raw", "stats", "svd", "spectral", "randproj", "norms"]
     for feat in names:
         bound, plain = parse_spec(feat), baseline(feat)
@@ -126,6 +127,8 @@ def main() -> None:
                 got = from_stored(to_stored(bound(t), dtype), dtype).double().numpy()
                 worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
             errors.append(worst)
+        if feat == names[0]:
+            print("\n".join(lines[-3:-1]), flush=True)
         lines.append(f"{feat:10} " + " ".join(f"{e:10.1e}" for e in errors))
         print(lines[-1], flush=True)
 

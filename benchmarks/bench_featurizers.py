@@ -128,7 +128,7 @@ def main() -> None:
                 worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
             errors.append(worst)
         if feat == names[0]:
-            print("\n".join(lines[-3:-1]), flush=True)
+            print("\n".join(lines[-3:]), flush=True)
         lines.append(f"{feat:10} " + " ".join(f"{e:10.1e}" for e in errors))
         print(lines[-1], flush=True)
 

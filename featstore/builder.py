@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
+PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
 
 
@@ -146,7 +147,8 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     workers = min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
-    with ThreadPoolExecutor(workers, "featstore-read") as readers, ThreadPoolExecutor(1, "featstore-write") as writer:
+    with ThreadPoolExecutor(workers, "featstore-read") as readers, \
+            ThreadPoolExecutor(workers, "featstore-write") as writers:
         prepared: deque = deque()
         upcoming = iter(build_plan.units)
 
@@ -158,9 +160,11 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         writes: deque = deque()
 
         def write(info: EntryInfo, out: np.ndarray) -> None:
-            while len(writes) >= 2:
-                report.bytes_written += writes.popleft().result()
-            writes.append(writer.submit(_write_entry, store, info, out, report))
+            # Small entries are bound by per-entry costs (fsync, rename), so several are written at
+            # once; waiting ones are capped in count and bytes.
+            while len(writes) >= 2 * workers or (writes and sum(o.nbytes for _, o in writes) > PENDING_BYTES):
+                report.bytes_written += writes.popleft()[0].result()
+            writes.append((writers.submit(_write_entry, store, info, out, report), out))
 
         for _ in range(workers + 1):
             read_ahead()
@@ -172,7 +176,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
             bar.update()
         while writes:
-            report.bytes_written += writes.popleft().result()
+            report.bytes_written += writes.popleft()[0].result()
     bar.close()
     splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
 PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
+# Writer threads; 0: as many as reader threads. Several writers made a cold 1k `stats` build 1.35x
+# faster on 2 cores (small entries are bound by fsync and rename); on an H100 host 1 and 4 writers
+# tie within noise (benchmarks/bench_gpu_build.py).
+WRITERS = 0
 PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
 
 
@@ -148,7 +152,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
     with ThreadPoolExecutor(workers, "featstore-read") as readers, \
-            ThreadPoolExecutor(workers, "featstore-write") as writers:
+            ThreadPoolExecutor(WRITERS or workers, "featstore-write") as writers:
         prepared: deque = deque()
         upcoming = iter(build_plan.units)
 

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 import featstore
-import featstore.builder as builder
+from featstore import builder
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--device", default="cuda")

@@ -34,7 +34,6 @@ def routes(device: str) -> dict:
     out = {
         "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
         "gram float64 + eigvalsh": gram_svdvals,
-        "jacobi torch fp32 + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8, kernel="torch")[0],
         "jacobi triton, no QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8, precondition=False)[0],
         "jacobi triton, no QR, 12 sweeps": lambda x: jacobi_svdvals(x, 12, precondition=False)[0],
         "jacobi triton + QR, 6 sweeps": lambda x: jacobi_svdvals(x, 6)[0],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -316,10 +317,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_timing_lock = threading.Lock()
+
+
 @contextmanager
 def _timed(report: BuildReport, phase: str):
+    """Add the block's seconds to `report.seconds[phase]` (from any thread)."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        report.seconds[phase] += time.perf_counter() - start
+        with _timing_lock:
+            report.seconds[phase] += time.perf_counter() - start

@@ -14,7 +14,6 @@ measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
 
 from __future__ import annotations
 
-import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def gram_svdvals(x):
     return eig.flip(1).to(torch.float32)
 
 
-def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dtype=None, kernel: str = "triton"):
+def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dtype=None):
     """One-sided Jacobi: (values (n, min(r, c)) descending, off (n,) the largest change a further
     rotation could still make, relative to s_max: a convergence measure).
 
@@ -103,15 +102,12 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
     if width % 2:
         a = torch.nn.functional.pad(a, (0, 1))
     a = a.contiguous()
-    if a.device.type == "cuda" and kernel == "triton":
+    if a.device.type == "cuda":  # the Triton kernel (float32); the loop below is its reference
         from featstore.jacobi_triton import jacobi_column_norms
 
         rows, cols = (1 << (a.shape[1] - 1).bit_length(), 1 << (a.shape[2] - 1).bit_length())
         padded = torch.nn.functional.pad(a.to(torch.float32), (0, cols - a.shape[2], 0, rows - a.shape[1]))
         norms, off = jacobi_column_norms(padded.contiguous(), sweeps)
-    elif a.device.type == "cuda":
-        out, off = _graphed(tuple(a.shape), a.dtype, a.device, sweeps)(a)
-        norms, off = out.norm(dim=1), off.clone()
     else:
         out, off = _sweeps(a, _round_robin(a.shape[2], a.device), sweeps)
         norms = out.norm(dim=1)
@@ -155,28 +151,3 @@ def _sweeps(a, perm, sweeps: int):
             c, s = c[:, None, :], s[:, None, :]
             a = torch.cat([c * p - s * q, s * p + c * q], dim=2)[:, :, perm]
     return a, off
-
-
-@functools.lru_cache(maxsize=8)
-def _graphed(shape: tuple[int, ...], dtype, device, sweeps: int):
-    """The sweeps for one input shape, captured as a CUDA graph: ~8 kernels x (n-1) rounds x sweeps
-    launch as one."""
-    import torch
-
-    static_in = torch.zeros(shape, device=device, dtype=dtype)
-    perm = _round_robin(shape[2], device)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        _sweeps(static_in, perm, 1)  # warm-up outside capture, as CUDA graphs require
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out, static_off = _sweeps(static_in, perm, sweeps)
-
-    def run(a, keep=(perm, graph)):  # the graph reads perm's memory: it must outlive the graph
-        static_in.copy_(a)
-        graph.replay()
-        return static_out, static_off
-
-    return run

@@ -77,7 +77,7 @@ class BoundFeaturizer:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
         if self.featurizer.output_shape is not None:
             return tuple(self.featurizer.output_shape(tuple(value_shape), **self.params))
-        return _probe_shape(self, tuple(value_shape))
+        return _probe_shape(self.spec, tuple(value_shape))
 
     def __call__(self, x):
         return self.featurizer.fn(x, **self.params)
@@ -183,12 +183,9 @@ def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return _probe_shape_cached(bound.featurizer.name, bound.spec, value_shape)
-
-
 @functools.cache
-def _probe_shape_cached(name: str, spec: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _probe_shape(spec: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output row shape of featurizer `spec` on one row of zeros (float32, CPU)."""
     import torch
 
     bound = parse_spec(spec)

@@ -35,8 +35,8 @@ def build(
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
-    st = Store.open(store or default_store(), create=True)
-    return builder.execute(builder.plan(source, bound), st, device, progress)
+    build_plan = builder.plan(source, bound)  # every check first: a failed build creates no store
+    return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress)
 
 
 def open(dataset: Any, store: str | None = None) -> FeatureSet:

@@ -17,7 +17,6 @@ import numpy as np
 import xxhash
 
 KEY_VERSION = 2  # 2: the stored dtype joined the featurizer identity
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -57,7 +56,3 @@ def dataset_slug(dataset: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.\-]+", "_", dataset).strip("._")[-60:] or "dataset"
     return f"{readable}-{xxhash.xxh3_64(dataset.encode()).hexdigest()[:12]}"
 
-
-def is_safe_name(name: str) -> bool:
-    """Whether `name` can appear in a store path as one component (no `/`, `..`, NUL, absurd length)."""
-    return bool(_SAFE_NAME.match(name)) and name not in {".", ".."}

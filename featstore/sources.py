@@ -25,8 +25,8 @@ from featstore.columns import (
     ColumnLayout,
     column_layout,
     column_parts,
+    join_parts,
     mapped_ranges,
-    read_column,
     release_pages,
 )
 from featstore.errors import DatasetError
@@ -50,6 +50,7 @@ class Split:
         self.label_names = label_names
         self._mapped_files = list(mapped_files)
         self._mapped: list[tuple[int, int]] | None = None
+        self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
 
     @classmethod
     def from_dataset(cls, ds, label_column: str | None) -> Split:
@@ -83,13 +84,19 @@ class Split:
         return self._data
 
     def read(self, name: str) -> np.ndarray:
-        return read_column(self._table(name), name)
+        return join_parts(*self.parts(name))
 
     def layout(self, name: str) -> ColumnLayout:
-        return column_layout(self._table(name), name)
+        """Check the column (see columns.column_layout). For Arrow-backed splits the zero-copy parts
+        are kept for the next `parts(name)`, so a build walks each column's chunks once."""
+        if isinstance(self._data, list):  # parquet: parts would hold the decoded column
+            return column_layout(self._table(name), name)
+        self._checked[name] = column_parts(self._data, name)
+        return self._checked[name][0]
 
     def parts(self, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
-        return column_parts(self._table(name), name)
+        checked = self._checked.pop(name, None)
+        return checked if checked is not None else column_parts(self._table(name), name)
 
     def release(self, parts: list[np.ndarray]) -> None:
         """Let go of the memory-mapped pages under `parts` (see columns.release_pages)."""

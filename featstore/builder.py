@@ -146,9 +146,9 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     previous = store.read_catalog(source.name)
     created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
-    # Hashing and copying run outside the GIL (xxhash, page faults, memcpy): a thread per core, but
-    # no more than 4: on a 16-core GPU host, 16 readers slowed the compute thread's kernel launches
-    # (1k svd build 4.2 s -> 5.4 s, measured).
+    # Hashing and copying run mostly outside the GIL (xxhash, page faults, memcpy): a thread per
+    # core, but no more than 4, since every reader also needs the GIL that the compute thread uses
+    # to launch kernels; 4 keep well ahead of an H100 (benchmarks/bench_gpu_build.py).
     workers = min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)

@@ -31,7 +31,7 @@ def host_tensor(values: np.ndarray, device: str = "cpu"):
     """A host tensor of `values`, ready for `.to(device, non_blocking=True)`. Read-only (zero-copy)
     arrays are copied first, so a featurizer that writes in place can never touch the dataset's
     memory-mapped files; for a GPU the copy lands in pinned memory (52-55 GB/s to the device,
-    against 8-10 GB/s from pageable memory, measured on an H100)."""
+    against 8-10 GB/s from pageable memory, on an H100 per the featurizers issue's note)."""
     import torch
 
     if not device.startswith("cuda"):

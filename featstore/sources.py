@@ -214,8 +214,8 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
 def _open_saved(path: Path, label_column: str) -> dict[str, Split]:
     """A `save_to_disk` directory, opened with pyarrow from the files its state.json lists.
 
-    `datasets.load_from_disk` would give the same tables, but importing and running it costs ~0.7 s,
-    a third of a no-op rebuild of `1k` (measured); save_to_disk never writes an indices mapping.
+    `datasets.load_from_disk` would give the same tables, but importing and running it cost ~0.7 s
+    (measured), most of a no-op rebuild of `1k`; save_to_disk never writes an indices mapping.
     """
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]

@@ -2,7 +2,8 @@
 
 `singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
 measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
-- CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there.
+- CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there, the batch split over
+  torch's threads (batched svdvals itself uses one).
 - CUDA, up to 32 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi): 1.5 ms per 1000.
 - CUDA, wider: cuSOLVER's `gesvda` (3 ms per 1000 64x64, error 6e-8 of s_max), *checked*: it
   fails to converge on some rank-deficient batches (raising), and each result must match its
@@ -15,6 +16,7 @@ measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ def singular_values(x):
     import torch
 
     x = x.to(torch.float32)
-    if x.device.type != "cuda" or min(x.shape[1:]) <= LIBRARY_MAX_WIDTH or len(x) == 0:
+    if x.device.type != "cuda":
+        return _cpu_svdvals(x)
+    if min(x.shape[1:]) <= LIBRARY_MAX_WIDTH or len(x) == 0:
         return torch.linalg.svdvals(x)
     values = _checked_gesvda(x)
     bad = torch.ones(len(x), dtype=torch.bool, device=x.device) if values is None else _frobenius_mismatch(x, values)
@@ -38,6 +42,24 @@ def singular_values(x):
         values = torch.empty((len(x), min(x.shape[1:])), device=x.device) if values is None else values
         values[bad] = _jacobi_then_gram(x[bad])
     return values
+
+
+def _cpu_svdvals(x):
+    """LAPACK per matrix, the batch split over torch's CPU threads: batched svdvals runs on one
+    thread however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in two
+    threads take half the time (measured on 2 cores). Each matrix's values are the same bits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads < 2 or len(x) < 2 * threads:
+        return torch.linalg.svdvals(x)
+    # Concurrent calls queue on torch's intra-op pool unless each runs single-threaded.
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return torch.cat(list(pool.map(torch.linalg.svdvals, x.chunk(threads))))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _checked_gesvda(x):

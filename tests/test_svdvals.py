@@ -43,9 +43,9 @@ def test_gram_route_is_accurate():
     assert max_error(gram_svdvals(x), x) < 1e-6
 
 
-def test_cpu_route_is_lapack():
-    x = lora(16, 64)
-    torch.testing.assert_close(singular_values(x), torch.linalg.svdvals(x))
+def test_cpu_route_is_lapack_split_over_threads():
+    x = lora(301, 64)
+    torch.testing.assert_close(singular_values(x), torch.linalg.svdvals(x), rtol=0, atol=0)  # same bits
 
 
 @cuda

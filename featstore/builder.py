@@ -19,7 +19,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -193,7 +193,9 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=_now(),
     )
-    store.write_catalog(previous.merged(catalog) if previous else catalog)
+    merged = previous.merged(catalog) if previous else catalog
+    if previous is None or replace(merged, updated=previous.updated) != previous:  # a no-op writes nothing
+        store.write_catalog(merged)
     report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
     return report
 

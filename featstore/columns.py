@@ -147,9 +147,8 @@ def _unnest(arr: pa.Array, name: str, first_row: int) -> tuple[pa.Array, tuple[i
             offsets = arr.offsets.to_numpy()
             lengths = np.diff(offsets)
             size = int(lengths[0]) if len(lengths) else 0
-            bad = np.flatnonzero(lengths != size)
-            if len(bad):
-                i = int(bad[0])
+            if (lengths != size).any():
+                i = int(np.flatnonzero(lengths != size)[0])
                 raise ColumnError(
                     f"column {name!r} is ragged: row {first_row + i // per_row} has a list of length "
                     f"{lengths[i]} where earlier rows have {size}; featstore needs every row to have the "

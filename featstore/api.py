@@ -25,6 +25,7 @@ def build(
     store: str | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    rehash: bool = False,
     progress: bool = False,
 ) -> builder.BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
@@ -32,11 +33,12 @@ def build(
     `dataset` is anything `--dataset` accepts, or a `datasets.Dataset` / `DatasetDict`.
     `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names; `dtype` is
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
+    Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
     build_plan = builder.plan(source, bound)  # every check first: a failed build creates no store
-    return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress)
+    return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress, rehash)
 
 
 def open(dataset: Any, store: str | None = None) -> FeatureSet:

@@ -135,17 +135,26 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started)
 
 
-def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False) -> BuildReport:
-    """Compute and publish what the store lacks, then update the dataset's catalog."""
+def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
+            rehash: bool = False) -> BuildReport:
+    """Compute and publish what the store lacks, then update the dataset's catalog.
+
+    Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
+    trusted only while every one matches; `rehash` ignores the cache."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     source = build_plan.source
     report = BuildReport(source.name, store.location, device)  # resolved once something is computed
     report.seconds["plan"] = build_plan.seconds
+    cached = {} if rehash else store.read_digests(source.name)
+    stats = {name: split.file_stats() for name, split in source.splits.items()}
+    trusted = {name: cached[name]["layers"] for name in source.splits
+               if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]}
     previous = store.read_catalog(source.name)
     created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
+    seen: dict[tuple[str, str], str] = {}  # (split, layer) -> input digest
     # Hashing and copying run mostly outside the GIL (xxhash, page faults, memcpy): a thread per
     # core, but no more than 4, since every reader also needs the GIL that the compute thread uses
     # to launch kernels; 4 keep well ahead of an H100 (benchmarks/bench_gpu_build.py).
@@ -160,7 +169,8 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         def read_ahead() -> None:
             unit = next(upcoming, None)
             if unit is not None:
-                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device))
+                known = trusted.get(unit.split, {}).get(unit.layer)
+                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known))
 
         writes: deque = deque()
 
@@ -175,6 +185,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             read_ahead()
         while prepared:
             ready = prepared.popleft().result()
+            seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             read_ahead()
             rows += _build_unit(build_plan, ready, store, report, created, write)
             counts = Counter(e.status for e in report.entries)
@@ -193,6 +204,13 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=_now(),
     )
+    digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {}))}
+               for name in source.splits if stats[name] is not None}
+    for (split_name, layer), digest in seen.items():
+        if split_name in digests:
+            digests[split_name]["layers"][layer] = digest
+    if digests and digests != cached:
+        store.write_digests(source.name, digests)
     merged = previous.merged(catalog) if previous else catalog
     if previous is None or replace(merged, updated=previous.updated) != previous:  # a no-op writes nothing
         store.write_catalog(merged)
@@ -200,19 +218,24 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     return report
 
 
-def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str) -> _Prepared:
-    """Hash the column from its Arrow buffers; copy it out only if an entry is missing. Runs in a
-    reader thread."""
+def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,
+             known_digest: str | None) -> _Prepared:
+    """Hash the column from its Arrow buffers (unless the digest cache vouches for it); copy it
+    out only if an entry is missing. Runs in a reader thread."""
     split = build_plan.source.splits[unit.split]
-    with _timed(report, "hash"):
-        layout, parts = split.parts(unit.layer)
-        digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
-    keys = {f.spec: entry_key(digest, f.identity) for f in build_plan.featurizers}
-    ready = _Prepared(unit, digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
+    parts = None
+    if known_digest is None:
+        with _timed(report, "hash"):
+            layout, parts = split.parts(unit.layer)
+            known_digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+    keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
+    ready = _Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
     if ready.missing:
         with _timed(report, "read"):
+            layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
             ready.host = devices.host_tensor(join_parts(layout, parts), devices.resolve(device))
-    split.release(parts)
+    if parts is not None:
+        split.release(parts)
     return ready
 
 

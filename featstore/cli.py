@@ -65,9 +65,12 @@ def main(debug: bool) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="Stored dtype of features whose spec sets none (computation stays float32).")
 @_store_option
+@click.option("--rehash", is_flag=True,
+              help="Hash every column, even where the digest cache (kept while the dataset files' inode, "
+                   "size and mtime are unchanged) vouches for it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def build(dataset, featurizers, layers, label_column, device, dtype, store, as_json, progress):
+def build(dataset, featurizers, layers, label_column, device, dtype, store, rehash, as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
 
     Entries are keyed by a hash of the column's bytes and the featurizer's identity, so a second
@@ -77,7 +80,7 @@ def build(dataset, featurizers, layers, label_column, device, dtype, store, as_j
     from featstore.api import build as run_build
 
     report = run_build(dataset, featurizers or DEFAULT_FEATURIZERS, layers=layers, label_column=label_column,
-                       store=store, device=device, dtype=dtype, progress=progress)
+                       store=store, device=device, dtype=dtype, rehash=rehash, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return

@@ -38,17 +38,17 @@ _DATA_EXTENSIONS = (".parquet", ".arrow")
 class Split:
     """One split of a dataset: its Arrow schema, row count and column reads.
 
-    `data` is a `pyarrow.Table` (memory-mapped from `mapped_files`), a `datasets.Dataset` (which may
-    carry an indices mapping), or a list of parquet files read one column at a time.
+    `data` is a `pyarrow.Table` (memory-mapped from `files`), a `datasets.Dataset` (which may carry
+    an indices mapping), or a list of parquet `files` read one column at a time.
     """
 
     def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
-                 mapped_files: list[str] = ()):
+                 files: list[str] = ()):
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
         self.label_names = label_names
-        self._mapped_files = list(mapped_files)
+        self.files = list(files)
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
 
@@ -70,7 +70,7 @@ class Split:
 
         schema = pq.read_schema(files[0])
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        return cls(files, schema, rows, _label_names(schema, label_column))
+        return cls(files, schema, rows, _label_names(schema, label_column), files)
 
     @property
     def column_names(self) -> list[str]:
@@ -98,10 +98,18 @@ class Split:
         checked = self._checked.pop(name, None)
         return checked if checked is not None else column_parts(self._table(name), name)
 
+    def file_stats(self) -> list[list] | None:
+        """(path, inode, size, mtime_ns) of each file the split reads, or None when it is not
+        read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts."""
+        if not self.files or getattr(self._data, "_indices", None) is not None:
+            return None
+        stats = [os.stat(f) for f in self.files]
+        return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in zip(self.files, stats)]
+
     def release(self, parts: list[np.ndarray]) -> None:
         """Let go of the memory-mapped pages under `parts` (see columns.release_pages)."""
         if self._mapped is None:
-            self._mapped = mapped_ranges(self._mapped_files)
+            self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
         release_pages(parts, self._mapped)
 
 

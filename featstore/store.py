@@ -6,6 +6,7 @@ Layout under the store root (all access through `storage.Storage`):
     entries/<key[:2]>/<key>/       one Zarr v3 array per entry, chunked along rows, no compression
     staging/<key>.<random>/        entries being written; never read, removed by gc
     catalog/<dataset-slug>.json    (dataset, split, layer, featurizer) -> entry key
+    digests/<dataset-slug>.json    column digests per split, trusted while its files' stats match
 
 An entry is written under `staging/`, then published with one atomic create-only rename, so a
 visible entry is always complete; the catalog is written after its entries. Entries are
@@ -129,6 +130,20 @@ class Store:
 
     def write_catalog(self, catalog: Catalog) -> None:
         self.storage.write_bytes(self.catalog_path(catalog.dataset), catalog.to_bytes())
+
+    def read_digests(self, dataset: str) -> dict:
+        """{split: {"files": [[path, inode, size, mtime_ns], ...], "layers": {layer: digest}}}, or
+        {} when absent or unreadable (a cache: the build then hashes again)."""
+        path = f"digests/{dataset_slug(dataset)}.json"
+        try:
+            data = json.loads(self.storage.read_bytes(path)) if self.storage.exists(path) else {}
+        except (OSError, ValueError):
+            return {}
+        return data.get("splits", {}) if data.get("schema_version") == SCHEMA_VERSION else {}
+
+    def write_digests(self, dataset: str, splits: dict) -> None:
+        data = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "splits": splits}
+        self.storage.write_bytes(f"digests/{dataset_slug(dataset)}.json", json.dumps(data, indent=1).encode())
 
     def catalogs(self) -> list[Catalog]:
         out = []

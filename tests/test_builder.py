@@ -110,3 +110,43 @@ def test_gpu_build_matches_cpu_build(sanity_dir, tmp_path):
         for layer in cpu.layers:
             a, b = cpu.load(layer, spec), gpu.load(layer, spec)
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+
+
+def _count_hashing(monkeypatch):
+    from featstore import builder
+
+    calls = []
+    real = builder.parts_digest
+    monkeypatch.setattr(builder, "parts_digest", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_digest_cache_skips_hashing_until_a_file_changes(sanity_dir, store_dir, monkeypatch):
+    featstore.build("sanity", ["stats"], store=store_dir)
+    calls = _count_hashing(monkeypatch)
+    again = featstore.build("sanity", ["stats"], store=store_dir)
+    assert (again.computed, len(calls)) == (0, 0)  # every file's stat matched: nothing hashed
+    assert featstore.build("sanity", ["stats"], store=store_dir, rehash=True).computed == 0
+    assert len(calls) == 16  # --rehash hashed all 8 layers x 2 splits, and found them unchanged
+
+    # Rewrite one value of the train split in place: same size, new bytes.
+    import datasets
+    import numpy as np
+
+    from featstore import read_column
+
+    ds = datasets.load_from_disk(str(sanity_dir))["train"]
+    target = read_column(ds, "layer_004")
+    data_file = next(sanity_dir.joinpath("train").glob("data-*.arrow"))
+    raw = bytearray(data_file.read_bytes())
+    needle = target[7].tobytes()
+    at = raw.find(needle)
+    assert at > 0
+    raw[at : at + 4] = np.float32(123.0).tobytes()
+    del ds
+    data_file.write_bytes(bytes(raw))
+    calls.clear()
+    report = featstore.build("sanity", ["stats"], store=store_dir)
+    assert len(calls) == 8  # only the changed split was hashed again
+    assert {(e.split, e.layer) for e in report.entries if e.status == "computed"} == {("train", "layer_004")}
+    assert float(featstore.open("sanity", store=store_dir).load("layer_004", "stats")[7, 3]) == 123.0

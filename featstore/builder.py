@@ -256,7 +256,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
                 report.device = devices.resolve(report.device)
                 tensor = ready.host.to(report.device, non_blocking=True)
             with _timed(report, "compute"):
-                out = devices.to_stored(compute(f, tensor, shape, unit, report.device), f.dtype)
+                out = compute(f, tensor, shape, unit, report.device)
             created[key] = _now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
@@ -268,17 +268,21 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
     return rows
 
 
-def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str):
+def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str) -> np.ndarray:
     """`f` over the rows of `x` in batches (one call unless the featurizer is per-row and the rows
-    do not fit), checked: float32 result of `shape`, finite. Out of memory halves the batch."""
+    do not fit), checked (a floating tensor of `shape`, finite once stored), as the array the store
+    keeps (`device.to_stored`). Out of memory halves the batch. Copying the result to the host is
+    the only wait for the GPU: the finiteness check runs on the host copy, which also catches
+    values beyond the range of a 16-bit stored dtype."""
     import torch
 
     rows = len(x)
     batch = devices.batch_rows(x[:1].nbytes, rows, device) if f.featurizer.per_row else rows
+    column = f"featurizer {f.spec} on column {unit.layer!r} (split {unit.split}"
     outs, start = [], 0
     while start < rows or not outs:
         stop = min(rows, start + batch)
-        where = f"featurizer {f.spec} on column {unit.layer!r} (split {unit.split}, rows {start}-{max(stop - 1, 0)})"
+        where = f"{column}, rows {start}-{max(stop - 1, 0)})"
         try:
             out = f(x[start:stop])
         except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
@@ -293,13 +297,14 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
             got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape {list(expected)}")
-        finite = torch.isfinite(out.reshape(len(out), -1)).all(1)
-        if not bool(finite.all()):
-            bad = start + int((~finite).nonzero()[0, 0])
-            raise FeaturizerError(f"{where} returned NaN or inf at row {bad}; nothing of it was stored")
         outs.append(out.to(torch.float32))
         start = stop
-    return torch.cat(outs) if len(outs) > 1 else outs[0]
+    stored = devices.to_stored(torch.cat(outs) if len(outs) > 1 else outs[0], f.dtype)
+    bad = devices.first_nonfinite_row(stored, f.dtype)
+    if bad is not None:
+        beyond = "" if f.dtype == "float32" else f" (stored as {f.dtype}: a value beyond its range?)"
+        raise FeaturizerError(f"{column}) returned NaN or inf at row {bad}{beyond}; nothing of it was stored")
+    return stored
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:

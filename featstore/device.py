@@ -59,6 +59,15 @@ def from_stored(values: np.ndarray, dtype: str):
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
+def first_nonfinite_row(values: np.ndarray, dtype: str) -> int | None:
+    """The first row of a stored array holding NaN or inf, or None."""
+    import torch
+
+    tensor = from_stored(values, dtype)
+    finite = torch.isfinite(tensor.reshape(len(tensor), -1)).all(1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
+
+
 def batch_rows(row_bytes: int, rows: int, device: str) -> int:
     """Rows per featurizer call: everything on the CPU (bounded at 1 GiB of input), and on a GPU
     what fits in a quarter of its free memory assuming 8x the input for workspace."""

@@ -39,6 +39,11 @@ def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int,
     return h.hexdigest()
 
 
+def bytes_digest(data: bytes | memoryview) -> str:
+    """xxh3-128 hex digest of raw bytes (an entry's chunk files)."""
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def featurizer_identity(name: str, params: dict[str, Any], version: str, dtype: str = "float32") -> dict[str, Any]:
     """What makes two featurizer runs interchangeable: name, canonical params, version (pinned, or
     the hash of its code) and the stored dtype."""

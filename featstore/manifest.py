@@ -12,7 +12,7 @@ from typing import Any
 
 from featstore.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries record a digest per chunk file
 
 
 def _check_version(data: dict[str, Any], what: str) -> None:
@@ -37,6 +37,7 @@ class EntryInfo:
     created: str
     device: str
     versions: dict[str, str] = field(default_factory=dict)
+    chunks: dict[str, str] = field(default_factory=dict)  # chunk file -> xxh3-128 of its bytes
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:

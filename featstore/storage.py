@@ -31,6 +31,10 @@ class Storage(ABC):
     def write_bytes(self, path: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def put(self, path: str, data: bytes | memoryview) -> None:
+        """Write a new file under a `staging` path: durable and visible only once published."""
+
+    @abstractmethod
     def exists(self, path: str) -> bool: ...
 
     @abstractmethod
@@ -80,6 +84,13 @@ class LocalStorage(Storage):
             finally:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(target.parent)
+
+    def put(self, path: str, data: bytes | memoryview) -> None:
+        target = self._path(path)
+        with _io_errors(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as f:
+                f.write(data)
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()

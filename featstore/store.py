@@ -2,8 +2,9 @@
 
 Layout under the store root (all access through `storage.Storage`):
 
-    featstore.json                 format marker: {"format": "featstore", "schema_version": 1}
-    entries/<key[:2]>/<key>/       one Zarr v3 array per entry, chunked along rows, no compression
+    featstore.json                 format marker: {"format": "featstore", "schema_version": 2}
+    entries/<key[:2]>/<key>/       one Zarr v3 array per entry, chunked along rows, no compression,
+                                   its provenance and chunk digests in its attributes (`featstore`)
     staging/<key>.<random>/        entries being written; never read, removed by gc
     catalog/<dataset-slug>.json    (dataset, split, layer, featurizer) -> entry key
     digests/<dataset-slug>.json    column digests per split, trusted while its files' stats match
@@ -17,12 +18,13 @@ or datasets.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.keys import array_digest, dataset_slug
+from featstore.keys import array_digest, bytes_digest, dataset_slug
 from featstore.manifest import SCHEMA_VERSION, Catalog, EntryInfo
 from featstore.storage import Storage, open_storage
 
@@ -38,6 +40,25 @@ def chunk_rows(rows: int, row_bytes: int, target: int = CHUNK_BYTES) -> int:
     full: zarr stores an edge chunk padded to full size, so 800 rows in 512-row chunks cost 1024."""
     n_chunks = max(1, -(-rows * max(row_bytes, 1) // target))
     return max(1, -(-rows // n_chunks))
+
+
+def zarr_metadata(values: np.ndarray, chunk_rows: int, attributes: dict) -> bytes:
+    """The `zarr.json` of an uncompressed little-endian Zarr v3 array of `values`' shape and dtype,
+    chunked along rows, with fill value 0: what `zarr.create_array` writes for it."""
+    zero = 0.0 if values.dtype.kind == "f" else 0
+    meta = {
+        "shape": list(values.shape),
+        "data_type": values.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *(max(1, d) for d in values.shape[1:])]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": zero,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": attributes,
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    return json.dumps(meta, indent=1).encode()
 
 
 class Store:
@@ -77,21 +98,28 @@ class Store:
         return self.storage.exists(f"{self.entry_path(key)}/zarr.json")
 
     def write_entry(self, info: EntryInfo, values: np.ndarray) -> bool:
-        """Publish `values` as entry `info.key`. False if the entry already existed (a concurrent
-        writer published the same key first; its bytes are the same by construction)."""
-        import zarr
+        """Publish `values` as entry `info.key`, a Zarr v3 array chunked along rows, with the
+        xxh3 digest of every chunk file recorded in its attributes (`featstore verify` checks
+        them). False if the entry already existed (a concurrent writer published the same key
+        first; its bytes are the same by construction).
 
+        The files are written here rather than through zarr's async machinery: a small entry costs
+        ~1 ms instead of ~3.5 ms of Python that competes with the compute thread for the GIL. Their
+        format is pinned against zarr's own by tests/test_store.py, and zarr reads them."""
+        values = values.astype(values.dtype.newbyteorder("<"), copy=False)
+        rows = chunk_rows(len(values), values[:1].nbytes)
         staging = self.storage.staging(info.key)
-        array = zarr.create_array(
-            self.storage.zarr_store(staging, read_only=False),
-            shape=values.shape,
-            dtype=values.dtype,
-            chunks=(chunk_rows(len(values), values[:1].nbytes), *values.shape[1:]),
-            compressors=None,
-            fill_value=0,
-            attributes={"featstore": info.to_json()},
-        )
-        array[...] = values
+        chunks = {}
+        for i, start in enumerate(range(0, len(values), rows)):
+            block = np.ascontiguousarray(values[start : start + rows])
+            data = memoryview(block).cast("B")
+            if len(block) < rows:  # zarr stores an edge chunk padded to full size with the fill value, 0
+                data = data.tobytes() + bytes((rows - len(block)) * block[:1].nbytes)
+            name = "/".join(["c", str(i)] + ["0"] * (values.ndim - 1))
+            self.storage.put(f"{staging}/{name}", data)
+            chunks[name] = bytes_digest(data)
+        info = replace(info, chunks=chunks)
+        self.storage.put(f"{staging}/zarr.json", zarr_metadata(values, rows, {"featstore": info.to_json()}))
         return self.storage.publish(staging, self.entry_path(info.key))
 
     def _array(self, key: str):

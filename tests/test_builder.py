@@ -33,6 +33,11 @@ def _nan(x):
     return out
 
 
+@featstore.featurizer("test_huge", version="1")
+def _huge(x):
+    return x.mean(2) * 0 + 1e6  # fine in float32, inf in float16
+
+
 @featstore.featurizer("test_wrong_shape", version="1", output_shape=lambda shape: (3,))
 def _wrong(x):
     return x.mean(2)
@@ -59,9 +64,13 @@ def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store
 
 
 def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
-    with pytest.raises(FeaturizerError, match=r"test_nan on column 'layer_000' \(split train, rows 0-50\) "
-                                              r"returned NaN or inf at row 5"):
+    with pytest.raises(FeaturizerError, match=r"test_nan on column 'layer_000' \(split train\) "
+                                              r"returned NaN or inf at row 5; nothing of it was stored"):
         featstore.build("sanity", ["test_nan"], store=store_dir)
+    with pytest.raises(FeaturizerError, match=r"test_huge:dtype=float16 on column 'layer_000' \(split train\) returned NaN or "
+                                              r"inf at row 0 \(stored as float16: a value beyond its range\?\)"):
+        featstore.build("sanity", ["test_huge:dtype=float16"], store=store_dir)
+    assert featstore.build("sanity", ["test_huge"], layers=["layer_000"], store=f"{store_dir}-ok").computed == 2
     with pytest.raises(FeaturizerError, match=r"returned torch.float32\[51, 16\]; it must return a floating "
                                               r"tensor of shape \[51, 3\]"):
         featstore.build("sanity", ["test_wrong_shape"], store=store_dir)

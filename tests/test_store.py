@@ -1,5 +1,6 @@
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from featstore import StoreError
 from featstore.keys import array_digest
-from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
+from featstore.manifest import SCHEMA_VERSION, Catalog, CatalogRow, EntryInfo, SplitInfo
 from featstore.store import Store, chunk_rows
 
 
@@ -25,12 +26,38 @@ def test_entry_roundtrip_on_disk(store_dir):
     assert store.write_entry(info, values) is True
     assert store.has_entry(info.key)
     np.testing.assert_array_equal(store.read_entry(info.key), values)
-    assert store.entry_info(info.key) == info
+    stored = store.entry_info(info.key)
+    assert stored == replace(info, chunks=stored.chunks) and stored.chunks.keys() == {"c/0/0/0"}
     entry_dir = os.path.join(store_dir, "entries", info.key[:2], info.key)
     meta = json.loads(Path(entry_dir, "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["attributes"]["featstore"]["key"] == info.key
     assert all(c["name"] != "zstd" for c in meta["codecs"])  # uncompressed: float data barely compresses
     assert os.listdir(os.path.join(store_dir, "staging")) == []
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((800, 16), "float32"), ((3000, 64, 64), "float16"),
+                                               ((5, 7), "uint16"), ((1001,), "int64"), ((0, 4), "float32")])
+def test_entries_are_the_zarr_arrays_zarr_itself_would_write(tmp_path, shape, dtype):
+    """We write the files ourselves (cheaper than zarr's async path); zarr must read them as its own."""
+    import zarr
+
+    store = Store.open(tmp_path / "s", create=True)
+    values = (np.arange(int(np.prod(shape))) % 251).astype(dtype).reshape(shape)
+    info = _info(values)
+    store.write_entry(info, values)
+    entry = tmp_path / "s" / "entries" / info.key[:2] / info.key
+    rows = chunk_rows(len(values), values[:1].nbytes)
+    theirs = zarr.create_array(zarr.storage.LocalStore(tmp_path / "z"), shape=shape, dtype=dtype,
+                               chunks=(rows, *shape[1:]) if shape[0] else (1, *shape[1:]),
+                               compressors=None, fill_value=0, attributes={"featstore": store.entry_info(info.key).to_json()})
+    theirs[...] = values
+    assert json.loads((entry / "zarr.json").read_bytes()) == json.loads((tmp_path / "z" / "zarr.json").read_bytes())
+    ours = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file())
+    assert ours == sorted(p.relative_to(tmp_path / "z").as_posix() for p in (tmp_path / "z").rglob("*") if p.is_file())
+    for name in ours[:-1]:  # the chunks (zarr.json sorts last): same bytes, the padded edge chunk included
+        assert (entry / name).read_bytes() == (tmp_path / "z" / name).read_bytes(), name
+    np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(entry), mode="r")[...], values)
+    np.testing.assert_array_equal(store.read_entry(info.key), values)
 
 
 def test_publish_is_create_only(store_dir):
@@ -79,7 +106,7 @@ def test_unknown_schema_version_is_refused(store_dir):
     path = os.path.join(store_dir, store.catalog_path("d"))
     os.makedirs(os.path.dirname(path))
     Path(path).write_text(json.dumps({"schema_version": 99, "dataset": "d"}))
-    with pytest.raises(StoreError, match=r"schema_version 99; this featstore reads version 1"):
+    with pytest.raises(StoreError, match=rf"schema_version 99; this featstore reads version {SCHEMA_VERSION}"):
         store.read_catalog("d")
 
 

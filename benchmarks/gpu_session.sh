@@ -7,7 +7,5 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome O
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -x 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
 python3 -m featstore.cli datasets make 1k > /dev/null
-python3 benchmarks/bench_featurizers.py --device cuda --layers 128 --out "$OUT" 2>&1 | tail -30
-
-python3 -m featstore.cli build --dataset 1k -f svd --device cpu --store /tmp/cpu-store --no-progress | tee "$OUT/cpu-build.txt"
-
+python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"
+for script in ${EXTRA:-}; do python3 "$script" --out "$OUT"; done

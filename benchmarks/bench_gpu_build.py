@@ -72,8 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve(args.device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
-    lines = [f"bench_gpu_build: 1k preset, svd, 128 layers x 2 splits; {device} ({name}), "
-             f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"]
+    lines = [(f"bench_gpu_build: 1k preset, svd, 128 layers x 2 splits; {device} ({name}), "
+             f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")]
     print(lines[0], flush=True)
     build(device)  # start-up and page cache
     medians = {}

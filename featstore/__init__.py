@@ -9,7 +9,17 @@
 
 __version__ = "0.1.0"
 
-from featstore.api import DEFAULT_FEATURIZERS, FeatureSet, build, open
+from featstore.api import (
+    DEFAULT_FEATURIZERS,
+    FeatureSet,
+    build,
+    gc,
+    lock,
+    open,
+    status,
+    status_against_lock,
+    verify,
+)
 from featstore.columns import read_column
 from featstore.errors import (
     ColumnError,
@@ -34,6 +44,11 @@ __all__ = [
     "StoreError",
     "build",
     "featurizer",
+    "gc",
+    "lock",
     "open",
     "read_column",
+    "status",
+    "status_against_lock",
+    "verify",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from featstore import builder
 from featstore.config import default_store
@@ -12,6 +14,8 @@ from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
 from featstore.store import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FEATURIZERS = ("stats", "svd")
 
@@ -47,21 +51,41 @@ def open(dataset: Any, store: str | None = None) -> FeatureSet:
     location = store or default_store()
     st = Store.open(location)
     name = dataset_id(dataset)
-    catalog = st.read_catalog(name)
-    if catalog is None:
-        known = ", ".join(c.dataset for c in st.catalogs()) or "none"
-        raise NotFoundError(f"the store {location} holds no features of {name!r}; it holds: {known}")
-    return FeatureSet(st, catalog)
+    with st.storage.lock("store", shared=True, timeout=builder.LOCK_TIMEOUT):  # not while gc runs
+        catalog = st.read_catalog(name)
+        if catalog is None:
+            known = ", ".join(c.dataset for c in st.catalogs()) or "none"
+            raise NotFoundError(f"the store {location} holds no features of {name!r}; it holds: {known}")
+        keys = {r.key for r in catalog.rows} | {s.labels for s in catalog.splits.values() if s.labels}
+        try:
+            lease = st.lease(keys)  # gc leaves these entries alone while this process lives
+        except OSError as e:
+            log.warning("cannot lease entries in %s (%s): a concurrent gc could remove them", location, e)
+            lease = None
+    return FeatureSet(st, catalog, lease)
 
 
 class FeatureSet:
     """Read-only view of one dataset's catalogued features."""
 
-    def __init__(self, store: Store, catalog: Catalog):
+    def __init__(self, store: Store, catalog: Catalog, lease: str | None = None):
         self.store = store
         self.catalog = catalog
         self._rows = {r.slot: r for r in catalog.rows}
         self._featurizers = sorted({r.featurizer for r in catalog.rows})
+        self._release = weakref.finalize(self, store.release, lease) if lease else None
+
+    def close(self) -> None:
+        """Give up this view's lease on its entries (also done when it is garbage collected or
+        the process exits); loading still works, but gc may then remove what it reads."""
+        if self._release:
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (f"FeatureSet({self.catalog.dataset!r}, splits={self.splits}, layers={len(self.layers)}, "
@@ -138,3 +162,66 @@ class FeatureSet:
 
 def _brief(names: list[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None) -> tuple:
+    """The featurizers asked for; else the ones the store's catalog of `name` holds; else build's default."""
+    specs = tuple(featurizers)
+    if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
+        specs = tuple(sorted({r.featurizer for r in catalog.rows}))
+    return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
+
+
+def status(dataset: Any, featurizers: Iterable[str] = (), *, layers: Iterable[str] = (), store: str | None = None):
+    """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
+    (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
+    or missing. Featurizers default to those the store holds for the dataset."""
+    from featstore import freshness
+
+    st = Store.open(store or default_store())
+    source = load_source(dataset, tuple(layers))
+    return freshness.status(source, _featurizers_for(source.name, featurizers, st), st)
+
+
+def lock(dataset: Any, featurizers: Iterable[str] = (), *, layers: Iterable[str] = (), store: str | None = None) -> dict:
+    """The lockfile contents for `dataset` (see `featstore lock`); uses the store, if there is one,
+    for the digest cache and the default featurizers."""
+    from featstore import freshness
+
+    location = store or default_store()
+    try:
+        st = Store.open(location)
+    except FeatstoreError:
+        st = None
+    source = load_source(dataset, tuple(layers))
+    return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st)
+
+
+def status_against_lock(lock_path: str, dataset: Any = None, *, layers: Iterable[str] = ()):
+    """`status` against a lockfile instead of a store (see `featstore status --lock`)."""
+    from pathlib import Path
+
+    from featstore import freshness
+
+    try:
+        raw = Path(lock_path).read_bytes()
+    except OSError as e:
+        raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
+    lock = freshness.read_lock(raw, lock_path)
+    source = load_source(lock["dataset"] if dataset is None else dataset, tuple(layers))
+    return freshness.status_against_lock(source, lock)
+
+
+def verify(store: str | None = None, *, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
+           seed: int | None = None):
+    """Check the store's entries chunk by chunk (see `featstore verify`); an `integrity.VerifyReport`."""
+    from featstore import integrity
+
+    return integrity.verify(Store.open(store or default_store()), sample, recompute, repair, seed)
+
+
+def gc(store: str | None = None, *, dry_run: bool = False, max_size: int | None = None, keep_days: float = 0.0):
+    """Remove unreferenced, then least recently used entries (see `featstore gc`); a `garbage.GcReport`."""
+    from featstore import garbage
+
+    return garbage.gc(Store.open(store or default_store()), dry_run, max_size, keep_days)

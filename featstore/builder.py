@@ -28,7 +28,14 @@ from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
 from featstore.errors import FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
-from featstore.keys import array_digest, entry_key, featurizer_identity, parts_digest
+from featstore.keys import (
+    KEY_VERSION,
+    array_digest,
+    dataset_slug,
+    entry_key,
+    featurizer_identity,
+    parts_digest,
+)
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
 from featstore.sources import Source
 from featstore.store import Store
@@ -42,6 +49,7 @@ PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 # faster on 2 cores (small entries are bound by fsync and rename); on an H100 host 1 and 4 writers
 # tie within noise (benchmarks/bench_gpu_build.py).
 WRITERS = 0
+LOCK_TIMEOUT = 600  # seconds a build waits for a running gc
 PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
 
 
@@ -81,6 +89,7 @@ class EntryResult:
     featurizer: str
     key: str
     status: str  # "computed" | "reused"
+    reason: str = ""  # why it was computed: why_stale, "new", "entry missing"
 
 
 @dataclass
@@ -100,6 +109,11 @@ class BuildReport:
     def reused(self) -> int:
         return sum(e.status == "reused" for e in self.entries)
 
+    @property
+    def reasons(self) -> Counter:
+        """How many entries were computed for each reason."""
+        return Counter(e.reason for e in self.entries if e.status == "computed")
+
     def to_json(self) -> dict:
         return {
             "dataset": self.dataset,
@@ -107,6 +121,7 @@ class BuildReport:
             "device": self.device,
             "computed": self.computed,
             "reused": self.reused,
+            "reasons": dict(self.reasons),
             "bytes_written": self.bytes_written,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "entries": [asdict(e) for e in self.entries],
@@ -141,17 +156,41 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
 
     Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
     trusted only while every one matches; `rehash` ignores the cache."""
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
-    source = build_plan.source
-    report = BuildReport(source.name, store.location, device)  # resolved once something is computed
-    report.seconds["plan"] = build_plan.seconds
-    cached = {} if rehash else store.read_digests(source.name)
+    with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT):  # no gc while a build runs
+        report = _execute(build_plan, store, device, progress, rehash)
+    report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
+    return report
+
+
+def cached_digests(store: Store | None, source: Source, rehash: bool = False) -> tuple[dict, dict, dict]:
+    """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
+    that the cache vouches for: the splits whose files all kept path, inode, size and mtime_ns)."""
+    cached = {} if rehash or store is None else store.read_digests(source.name)
     stats = {name: split.file_stats() for name, split in source.splits.items()}
     trusted = {name: cached[name]["layers"] for name in source.splits
                if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]}
+    return cached, stats, trusted
+
+
+def column_digest(split, layer: str) -> str:
+    """Hash one column straight from its Arrow buffers."""
+    layout, parts = split.parts(layer)
+    try:
+        return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+    finally:
+        split.release(parts)
+
+
+def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, rehash: bool) -> BuildReport:
+    from tqdm.auto import tqdm
+
+    source = build_plan.source
+    report = BuildReport(source.name, store.location, device)  # resolved once something is computed
+    report.seconds["plan"] = build_plan.seconds
+    cached, stats, trusted = cached_digests(store, source, rehash)
     previous = store.read_catalog(source.name)
+    before = {r.slot: r for r in previous.rows} if previous else {}
     created = {r.key: r.created for r in previous.rows} if previous else {}
     rows: list[CatalogRow] = []
     seen: dict[tuple[str, str], str] = {}  # (split, layer) -> input digest
@@ -187,7 +226,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             ready = prepared.popleft().result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             read_ahead()
-            rows += _build_unit(build_plan, ready, store, report, created, write)
+            rows += _build_unit(build_plan, ready, store, report, created, before, write)
             counts = Counter(e.status for e in report.entries)
             bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
             bar.update()
@@ -211,11 +250,31 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             digests[split_name]["layers"][layer] = digest
     if digests and digests != cached:
         store.write_digests(source.name, digests)
-    merged = previous.merged(catalog) if previous else catalog
-    if previous is None or replace(merged, updated=previous.updated) != previous:  # a no-op writes nothing
-        store.write_catalog(merged)
-    report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
+    with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):
+        latest = store.read_catalog(source.name)  # a concurrent build may have added rows since we began
+        merged = latest.merged(catalog) if latest else catalog
+        if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
+            store.write_catalog(merged)
     return report
+
+
+def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:
+    """Why the catalogued `old` entry is not the one for `input_digest` and `identity`: the changes,
+    joined with "; " (input bytes, featurizer code, params, version, format), or "" if it is."""
+    if old.key == entry_key(input_digest, identity):
+        return ""
+    reasons = []
+    if old.input_digest != input_digest:
+        reasons.append("input bytes changed")
+    then = old.identity
+    if then.get("params") != identity["params"]:
+        reasons.append("params changed")
+    if then.get("version") != identity["version"]:
+        code = str(then.get("version", "")).startswith("code:") and identity["version"].startswith("code:")
+        reasons.append("featurizer code changed" if code else "version changed")
+    if not reasons:  # the same input and identity under another key: the key scheme itself changed
+        reasons.append(f"format changed (key version {KEY_VERSION})")
+    return "; ".join(reasons)
 
 
 def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,
@@ -245,27 +304,49 @@ def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildRe
 
 
 def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: BuildReport, created: dict,
-                write) -> list[CatalogRow]:
+                before: dict, write) -> list[CatalogRow]:
     unit, tensor, rows = ready.unit, None, []
     for f in build_plan.featurizers:
         key = ready.keys[f.spec]
         shape = (unit.layout.rows, *f.output_shape(unit.layout.value_shape))
-        status = "reused"
+        status, reason = "reused", ""
         if f.spec in ready.missing and not store.has_entry(key):  # another build may have made it since
             if tensor is None:
                 report.device = devices.resolve(report.device)
                 tensor = ready.host.to(report.device, non_blocking=True)
+            old = before.get((unit.split, unit.layer, f.spec))
+            reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "entry missing"
+            kept = _appended_to(old, ready, f, store)
             with _timed(report, "compute"):
-                out = compute(f, tensor, shape, unit, report.device)
+                out = compute(f, tensor[len(kept) :] if kept is not None else tensor, shape, unit, report.device)
+            if kept is not None:
+                out = np.concatenate([kept, out])
+                reason = f"{len(out) - len(kept)} rows appended ({len(kept)} reused)"
             created[key] = _now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
         elif key not in created:  # an entry first made for another dataset
             created[key] = store.entry_info(key).created
-        report.entries.append(EntryResult(unit.split, unit.layer, f.spec, key, status))
+        report.entries.append(EntryResult(unit.split, unit.layer, f.spec, key, status, reason))
         nbytes = int(np.prod(shape)) * (4 if f.dtype == "float32" else 2)
-        rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key]))
+        rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
+                               ready.digest, f.identity))
     return rows
+
+
+def _appended_to(old: CatalogRow | None, ready: _Prepared, f: BoundFeaturizer, store: Store) -> np.ndarray | None:
+    """The stored features of `old` when the column now extends the one they were computed from
+    (its first rows are byte-identical to it) and `f` is per-row and unchanged: only the new rows
+    then need computing. None otherwise."""
+    rows = old.shape[0] if old and old.shape else 0
+    if (old is None or not f.featurizer.per_row or old.identity != f.identity or not 0 < rows < ready.unit.layout.rows
+            or not store.has_entry(old.key)):
+        return None
+    layout = ready.unit.layout
+    prefix = ready.host[:rows].numpy()
+    if parts_digest([prefix], layout.dtype, (rows, *layout.value_shape)) != old.input_digest:
+        return None
+    return store.read_entry(old.key)
 
 
 def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str) -> np.ndarray:

@@ -29,6 +29,13 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug or an unforeseen failure: still exit 2, never 1 ("stale")
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: {e!r} (unexpected: rerun with --debug for the traceback)", err=True)
+            sys.exit(2)
 
 
 def _store_option(f):
@@ -87,7 +94,8 @@ def build(dataset, featurizers, layers, label_column, device, dtype, store, reha
     s = report.seconds
     where = f" on {report.device}" if report.computed else ""
     click.echo(f"built {report.dataset} in {report.store}{where}")
-    click.echo(f"  entries  {report.computed} computed, {report.reused} reused")
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(report.reasons.items()))
+    click.echo(f"  entries  {report.computed} computed{f' ({why})' if why else ''}, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
     click.echo("  seconds  " + "  ".join(f"{k} {s[k]:.2f}" for k in ("plan", "hash", "read", "compute", "write", "total")))
 
@@ -133,6 +141,137 @@ def ls(dataset, split, layer, featurizer, store, as_json):
     total = sum(r["nbytes"] for r in rows)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
     click.echo(f"{len(rows)} entries, {_size(total)}", err=True)
+
+
+DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "
+                "files, or a Hugging Face Hub id.")
+
+
+@main.command()
+@click.option("--dataset", "-d", default=None, help=DATASET_HELP + " [default: every dataset the store holds]")
+@click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
+              help="Featurizer spec, repeatable. [default: those the store holds for the dataset]")
+@click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
+@click.option("--lock", "lock_path", default=None, type=click.Path(dir_okay=False),
+              help="Compare with this lockfile (see `featstore lock`) instead of a store: no store needed.")
+@_store_option
+@click.option("--all", "show_all", is_flag=True, help="List fresh entries too.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
+def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
+    """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
+    the store's features are fresh, stale (and why) or missing, and what a build would do.
+
+    \b
+    Exit status: 0 all fresh, 1 something stale or missing, 2 error. In CI:
+      featstore status --dataset 1k || exit 1           # with the store at hand
+      featstore status --lock featstore.lock             # without one: compare with the lockfile
+    """
+    from featstore import api
+    from featstore.store import Store
+
+    if lock_path:
+        if featurizers:
+            raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer")
+        reports = [api.status_against_lock(lock_path, dataset, layers=layers)]
+    else:
+        names = [dataset] if dataset else [c.dataset for c in Store.open(store or default_store()).catalogs()]
+        reports = [api.status(name, featurizers, layers=layers, store=store) for name in names]
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=1))
+    for r in reports if not as_json else []:
+        shown = [s for s in r.slots if show_all or s.state != "fresh"]
+        for s in shown:
+            click.echo(f"{s.state:8} {s.split:6} {s.layer:12} {s.featurizer:14} {s.reason}".rstrip())
+        counts, work = r.counts, r.work()
+        click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
+                   f"{counts['missing']} missing" + (f"; a build would compute {work['entries']} entries from "
+                   f"{work['columns']} columns ({_size(work['input_bytes'])})" if work["entries"] else ""))
+    sys.exit(0 if all(r.fresh for r in reports) else 1)
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help=DATASET_HELP)
+@click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
+              help="Featurizer spec, repeatable. [default: those the store holds for the dataset, else stats, svd]")
+@click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
+@click.option("--output", "-o", default="featstore.lock", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the lockfile ('-' for stdout).")
+@_store_option
+def lock(dataset, featurizers, layers, output, store):
+    """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
+    entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
+    or code change invalidates, on a machine without the store (a PR check)."""
+    from featstore import api
+    from featstore.freshness import lock_bytes
+
+    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store))
+    if output == "-":
+        click.echo(data.decode(), nl=False)
+        return
+    from featstore.storage import LocalStorage
+
+    LocalStorage(".").write_bytes(output, data)  # atomic: a reader never sees half a lockfile
+    entries = sum(len(f) for layers_ in json.loads(data)["entries"].values() for f in layers_.values())
+    click.echo(f"wrote {output}: {entries} entries", err=True)
+
+
+@main.command()
+@click.option("--sample", default=1.0, show_default=True, type=float, metavar="FRACTION",
+              help="Check this fraction of the entries (chosen at random).")
+@click.option("--recompute", default=0.0, show_default=True, type=float, metavar="FRACTION",
+              help="Also recompute this fraction of the catalogued features from their datasets (CPU) and "
+                   "compare within tolerance.")
+@click.option("--repair", is_flag=True, help="Drop corrupt entries, so that the next build recomputes them.")
+@click.option("--seed", type=int, default=None, help="Seed of the random samples.")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(sample, recompute, repair, seed, store, as_json):
+    """Check every entry's chunk files against the digests written when it was published (bit
+    flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
+    from featstore import api
+
+    report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        for key, problem in sorted(report.corrupt.items()):
+            click.echo(f"corrupt  {key}  {problem}" + ("  (dropped)" if key in report.repaired else ""))
+        for key, problem in sorted(report.mismatched.items()):
+            click.echo(f"mismatch {key}  {problem}")
+        rate = report.bytes_read / report.seconds / 1e9 if report.seconds else 0.0
+        click.echo(f"checked {report.checked} entries ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
+                   f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
+                   f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
+                   + (f", {len(report.skipped)} not recomputable (stale or unloadable)" if report.skipped else ""))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--max-size", default=None, metavar="SIZE",
+              help="After unreferenced entries, remove least recently used ones until entries fit in SIZE "
+                   "(e.g. 500MB, 20GB).")
+@click.option("--keep", "keep_days", default=0.0, type=float, metavar="DAYS", show_default=True,
+              help="Never remove entries built or loaded in the last DAYS days.")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(dry_run, max_size, keep_days, store, as_json):
+    """Remove entries no catalog references, then (with --max-size) the least recently used ones,
+    and the leftovers of crashed builds. Never removes what an open `featstore.open` view leases;
+    waits for running builds."""
+    from featstore import api
+
+    report = api.gc(store, dry_run=dry_run, max_size=_parse_size(max_size) if max_size else None,
+                    keep_days=keep_days)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for key, size, why in report.removed:
+        click.echo(f"{verb} {key}  {_size(size)}  {why}")
+    click.echo(f"{verb} {len(report.removed)} entries, freeing {_size(report.freed)} of {_size(report.size_before)}"
+               f"; kept {report.held} leased by open readers; {len(report.leftovers)} leftovers of crashed builds, "
+               f"{len(report.stale_leases)} stale leases")
 
 
 @main.command(name="featurizers")
@@ -203,6 +342,17 @@ def _size(n: float) -> str:
         if n < 1000 or unit == "TB":
             return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+             "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+    number = text.strip().upper().rstrip("BKMGTI") or "x"
+    unit = text.strip().upper()[len(number):]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500MB, 20GB, 1.5TiB", param_hint="--max-size") from None
 
 
 def _short_dataset(name: str, limit: int = 40) -> str:

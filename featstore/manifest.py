@@ -61,6 +61,8 @@ class CatalogRow:
     dtype: str
     nbytes: int
     created: str
+    input_digest: str = ""  # what the entry was computed from ...
+    identity: dict[str, Any] = field(default_factory=dict)  # ... and by (keys.featurizer_identity)
 
     @property
     def slot(self) -> tuple[str, str, str]:

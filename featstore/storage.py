@@ -6,15 +6,26 @@ these few primitives. Guarantees of `LocalStorage`:
   the new content, never a mix; a crash leaves the old one.
 - `publish` moves a fully written, fsynced staging directory to its final name in one rename, and
   only if nothing is there yet (create-only): a crash before it leaves nothing visible.
+- `delete` of a directory first renames it out of sight (under `trash/`), so it vanishes at once.
+- `lock` is an advisory lock (flock) that the kernel releases when its process dies, however it
+  dies: a killed build never leaves the store locked.
+
+`FEATSTORE_CRASH_AT=N` (tests only) SIGKILLs the process at its Nth storage operation, between
+the steps of each one too, so crash tests can stop a real build at every point that matters.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
+import signal
+import stat
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +34,10 @@ from featstore.errors import StoreError
 
 class Storage(ABC):
     """Paths are '/'-separated, relative to the store root."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Make the store's root where the backend has one."""
 
     @abstractmethod
     def read_bytes(self, path: str) -> bytes: ...
@@ -56,6 +71,24 @@ class Storage(ABC):
     def zarr_store(self, path: str, read_only: bool):
         """A zarr v3 store rooted at `path`."""
 
+    @abstractmethod
+    def size(self, path: str) -> int:
+        """Bytes under `path` (a file, or everything in a directory)."""
+
+    @abstractmethod
+    def mtime(self, path: str) -> float:
+        """Last modification (or `touch`) of `path`, seconds since the epoch."""
+
+    @abstractmethod
+    def touch(self, path: str) -> None:
+        """Mark `path` as just used (gc removes least recently used entries first)."""
+
+    @abstractmethod
+    @contextmanager
+    def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock `name`, shared or exclusive; wait up to `timeout` seconds (None: forever)
+        and raise StoreError after that."""
+
 
 class LocalStorage(Storage):
     def __init__(self, root: str | Path):
@@ -67,12 +100,17 @@ class LocalStorage(Storage):
     def _path(self, path: str) -> Path:
         return self.root / path
 
+    def create(self) -> None:
+        with _io_errors(self.root):
+            make_root(self.root)
+
     def read_bytes(self, path: str) -> bytes:
         return self._path(path).read_bytes()
 
     def write_bytes(self, path: str, data: bytes) -> None:
         target = self._path(path)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        crash_point()
         with _io_errors(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -80,6 +118,7 @@ class LocalStorage(Storage):
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
+                crash_point()
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -87,6 +126,7 @@ class LocalStorage(Storage):
 
     def put(self, path: str, data: bytes | memoryview) -> None:
         target = self._path(path)
+        crash_point()
         with _io_errors(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "xb") as f:
@@ -106,6 +146,7 @@ class LocalStorage(Storage):
 
     def publish(self, staging: str, final: str) -> bool:
         src, dst = self._path(staging), self._path(final)
+        crash_point()
         with _io_errors(dst):
             for folder, _, files in os.walk(src):
                 for name in files:
@@ -115,6 +156,7 @@ class LocalStorage(Storage):
                     finally:
                         os.close(fd)
             dst.parent.mkdir(parents=True, exist_ok=True)
+            crash_point()
             try:
                 os.rename(src, dst)  # a directory rename fails if dst exists and is not empty
             except OSError as e:
@@ -127,15 +169,78 @@ class LocalStorage(Storage):
 
     def delete(self, path: str) -> None:
         target = self._path(path)
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+        crash_point()
+        with _io_errors(target):
+            if target.is_dir():
+                trash = self.root / "trash" / f"{target.name}.{uuid.uuid4().hex}"
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(target, trash)  # gone from sight at once; the removal below may take a while
+                crash_point()
+                shutil.rmtree(trash)
+            else:
+                target.unlink(missing_ok=True)
 
     def zarr_store(self, path: str, read_only: bool):
         from zarr.storage import LocalStore
 
         return LocalStore(self._path(path), read_only=read_only)
+
+    def size(self, path: str) -> int:
+        target = self._path(path)
+        if not target.is_dir():
+            return target.stat().st_size
+        return sum(os.stat(os.path.join(folder, f)).st_size for folder, _, files in os.walk(target) for f in files)
+
+    def mtime(self, path: str) -> float:
+        return self._path(path).stat().st_mtime
+
+    def touch(self, path: str) -> None:
+        try:
+            os.utime(self._path(path))
+        except OSError:  # a read-only store is still readable: usage is a hint for gc, not a must
+            pass
+
+    @contextmanager
+    def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
+        path = self._path(f"locks/{name}")
+        with _io_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        what = "a build or gc" if shared else "builds or readers"
+                        raise StoreError(f"{self.root} is locked by {what} still running ({path}); "
+                                         "retry when it finishes") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def make_root(root: Path) -> None:
+    """Create a store root with the user's umask, but never writable by everyone."""
+    root.mkdir(parents=True, exist_ok=True)
+    mode = root.stat().st_mode
+    if mode & stat.S_IWOTH:
+        root.chmod(stat.S_IMODE(mode) & ~stat.S_IWOTH)
+
+
+_crash = {"at": int(os.environ.get("FEATSTORE_CRASH_AT", "0") or 0), "count": 0}
+
+
+def crash_point() -> None:
+    """SIGKILL this process at the FEATSTORE_CRASH_AT-th call (tests only; off when unset)."""
+    if _crash["at"]:
+        _crash["count"] += 1
+        if _crash["count"] == _crash["at"]:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:

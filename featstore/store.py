@@ -6,6 +6,9 @@ Layout under the store root (all access through `storage.Storage`):
     entries/<key[:2]>/<key>/       one Zarr v3 array per entry, chunked along rows, no compression,
                                    its provenance and chunk digests in its attributes (`featstore`)
     staging/<key>.<random>/        entries being written; never read, removed by gc
+    trash/                         entries being deleted (renamed here first, then removed)
+    locks/                         flock files: builds share `store`, gc holds it alone
+    leases/<host>-<pid>-<id>.json  entry keys an open reader uses; gc keeps them while the pid lives
     catalog/<dataset-slug>.json    (dataset, split, layer, featurizer) -> entry key
     digests/<dataset-slug>.json    column digests per split, trusted while its files' stats match
 
@@ -18,6 +21,10 @@ or datasets.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,11 +82,19 @@ class Store:
                 marker = json.loads(storage.read_bytes(_MARKER))
             except ValueError as e:
                 raise StoreError(f"{location}/{_MARKER} is damaged ({e})") from e
-            if marker.get("format") != "featstore" or marker.get("schema_version") != SCHEMA_VERSION:
-                raise StoreError(f"{location} is a featstore of another version ({marker}); upgrade featstore")
+            version = marker.get("schema_version")
+            if marker.get("format") != "featstore" or not isinstance(version, int):
+                raise StoreError(f"{location}/{_MARKER} is not a featstore marker ({marker})")
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{location} was written by a newer featstore (schema {version}; this one "
+                                 f"reads {SCHEMA_VERSION}); upgrade featstore")
+            if version < SCHEMA_VERSION:
+                raise StoreError(f"{location} was written by an older featstore (schema {version}; this one "
+                                 f"reads {SCHEMA_VERSION}); build into a new store, or delete this one and rebuild")
         elif create:
             if storage.list(""):
                 raise StoreError(f"{location} exists and is not a featstore; choose an empty or new directory")
+            storage.create()
             storage.write_bytes(_MARKER, json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION}).encode())
         else:
             raise StoreError(f"no featstore at {location}; build one first (featstore build --store {location} ...)")
@@ -109,18 +124,59 @@ class Store:
         values = values.astype(values.dtype.newbyteorder("<"), copy=False)
         rows = chunk_rows(len(values), values[:1].nbytes)
         staging = self.storage.staging(info.key)
-        chunks = {}
-        for i, start in enumerate(range(0, len(values), rows)):
-            block = np.ascontiguousarray(values[start : start + rows])
-            data = memoryview(block).cast("B")
-            if len(block) < rows:  # zarr stores an edge chunk padded to full size with the fill value, 0
-                data = data.tobytes() + bytes((rows - len(block)) * block[:1].nbytes)
-            name = "/".join(["c", str(i)] + ["0"] * (values.ndim - 1))
-            self.storage.put(f"{staging}/{name}", data)
-            chunks[name] = bytes_digest(data)
-        info = replace(info, chunks=chunks)
-        self.storage.put(f"{staging}/zarr.json", zarr_metadata(values, rows, {"featstore": info.to_json()}))
-        return self.storage.publish(staging, self.entry_path(info.key))
+        try:
+            chunks = {}
+            for i, start in enumerate(range(0, len(values), rows)):
+                block = np.ascontiguousarray(values[start : start + rows])
+                data = memoryview(block).cast("B")
+                if len(block) < rows:  # zarr stores an edge chunk padded to full size with the fill value, 0
+                    data = data.tobytes() + bytes((rows - len(block)) * block[:1].nbytes)
+                name = "/".join(["c", str(i)] + ["0"] * (values.ndim - 1))
+                self.storage.put(f"{staging}/{name}", data)
+                chunks[name] = bytes_digest(data)
+            info = replace(info, chunks=chunks)
+            self.storage.put(f"{staging}/zarr.json", zarr_metadata(values, rows, {"featstore": info.to_json()}))
+            return self.storage.publish(staging, self.entry_path(info.key))
+        except BaseException:
+            _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind
+            raise
+
+    def entry_keys(self) -> list[str]:
+        """Every published entry's key."""
+        return [key for shard in self.storage.list("entries") for key in self.storage.list(f"entries/{shard}")
+                if not key.startswith(".")]
+
+    def delete_entry(self, key: str) -> None:
+        """Remove an entry; it disappears at once (one rename), then its files go."""
+        self.storage.delete(self.entry_path(key))
+
+    def check_entry(self, key: str) -> tuple[str | None, int]:
+        """(what is wrong with entry `key`, or None; bytes read): its metadata must name it, and
+        every chunk file its shape implies must exist with the size and digest recorded at publish
+        (zarr would read a missing chunk as zeros, so presence is checked explicitly)."""
+        path = self.entry_path(key)
+        try:
+            meta = json.loads(self.storage.read_bytes(f"{path}/zarr.json"))
+            info = EntryInfo.from_json(meta["attributes"]["featstore"], key)
+            rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
+            return f"unreadable metadata ({type(e).__name__}: {e})", 0
+        if info.key != key:
+            return f"holds the metadata of entry {info.key}", 0
+        expected = {"/".join(["c", str(i)] + ["0"] * (len(info.shape) - 1))
+                    for i in range(-(-info.shape[0] // rows) if info.shape and rows else 0)}
+        if set(info.chunks) != expected:
+            return f"records chunks {sorted(info.chunks)}, its shape implies {sorted(expected)}", 0
+        read = 0
+        for name, digest in sorted(info.chunks.items()):
+            try:
+                data = self.storage.read_bytes(f"{path}/{name}")
+            except OSError:
+                return f"chunk {name} is missing", read
+            read += len(data)
+            if bytes_digest(data) != digest:
+                return f"chunk {name} does not match its digest (damaged or truncated: {len(data)} bytes)", read
+        return None, read
 
     def _array(self, key: str):
         import zarr
@@ -137,6 +193,7 @@ class Store:
         array = self._array(key)
         info = EntryInfo.from_json(dict(array.attrs["featstore"]), key)
         values = array[...]
+        self.storage.touch(self.entry_path(key))
         if array_digest(values) != info.output_digest:
             raise StoreError(
                 f"entry {key} in {self.location} is corrupt (its bytes do not match the digest written "
@@ -173,9 +230,42 @@ class Store:
         data = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "splits": splits}
         self.storage.write_bytes(f"digests/{dataset_slug(dataset)}.json", json.dumps(data, indent=1).encode())
 
+    def delete_catalog(self, dataset: str) -> None:
+        self.storage.delete(self.catalog_path(dataset))
+
+    # leases: what open readers hold, so that gc leaves it alone ---------------------------------
+
+    def lease(self, keys: set[str]) -> str:
+        """Record that this process uses `keys`; returns the lease's path, for `release`."""
+        path = f"leases/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "created": time.time(), "keys": sorted(keys)}
+        self.storage.write_bytes(path, json.dumps(record).encode())
+        return path
+
+    def release(self, path: str) -> None:
+        _quietly(self.storage.delete, path)
+
+    def leases(self) -> dict[str, dict]:
+        """{path: lease} of every lease file; an unreadable one counts as holding nothing."""
+        out = {}
+        for name in self.storage.list("leases"):
+            if name.endswith(".json") and not name.startswith("."):
+                try:
+                    out[f"leases/{name}"] = json.loads(self.storage.read_bytes(f"leases/{name}"))
+                except (OSError, ValueError):
+                    out[f"leases/{name}"] = {}
+        return out
+
     def catalogs(self) -> list[Catalog]:
         out = []
         for name in self.storage.list("catalog"):
             if name.endswith(".json") and not name.startswith("."):
                 out.append(Catalog.from_bytes(self.storage.read_bytes(f"catalog/{name}"), f"{self.location}/{name}"))
         return sorted(out, key=lambda c: c.dataset)
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass

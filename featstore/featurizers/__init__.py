@@ -16,7 +16,6 @@ functions named on the command line as `module.path:function`. Every spec also t
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featstore.errors import SpecError
-from featstore.keys import featurizer_identity
+from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "parse_spec"]
 
@@ -77,7 +76,10 @@ class BoundFeaturizer:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
         if self.featurizer.output_shape is not None:
             return tuple(self.featurizer.output_shape(tuple(value_shape), **self.params))
-        return _probe_shape(self.spec, tuple(value_shape))
+        key = (canonical_json(self.identity), tuple(value_shape))  # re-registering a name changes the identity
+        if key not in _PROBED:
+            _PROBED[key] = _probe_shape(self, tuple(value_shape))
+        return _PROBED[key]
 
     def __call__(self, x):
         return self.featurizer.fn(x, **self.params)
@@ -183,12 +185,14 @@ def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-@functools.cache
-def _probe_shape(spec: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The output row shape of featurizer `spec` on one row of zeros (float32, CPU)."""
+_PROBED: dict[tuple[bytes, tuple[int, ...]], tuple[int, ...]] = {}
+
+
+def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output row shape of a featurizer on one row of zeros (float32, CPU)."""
     import torch
 
-    bound = parse_spec(spec)
+    spec = bound.spec
     try:
         out = bound(torch.zeros((1, *value_shape), dtype=torch.float32))
     except Exception as e:  # a user's function may raise anything: report it with the spec

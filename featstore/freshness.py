@@ -1,0 +1,175 @@
+"""What a build would do, and why, without doing it: `featstore status` and `featstore lock`.
+
+For every (split, layer, featurizer) of the current data and the current featurizer code, the
+entry key a build would want is `entry_key(column digest, identity)`. A slot is `fresh` when the
+catalog already serves that key and the store holds it, `stale` when the catalog serves another
+key (the reason says what changed: input bytes, featurizer code, params, version, format), and
+`missing` when nothing is catalogued or the entry is gone. Column digests come from the store's
+digest cache while the dataset files' stats match, else from hashing the columns.
+
+A lockfile records the same expected keys (per split and layer its input digest, per featurizer
+its identity), so `status --lock` can say what a change invalidates on a machine without a store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from featstore.builder import cached_digests, column_digest, why_stale
+from featstore.errors import FeatstoreError
+from featstore.featurizers import BoundFeaturizer, parse_spec
+from featstore.keys import KEY_VERSION, entry_key
+from featstore.manifest import CatalogRow
+from featstore.sources import Source
+from featstore.store import Store
+
+LOCK_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    split: str
+    layer: str
+    featurizer: str
+    state: str  # "fresh" | "stale" | "missing"
+    reason: str  # "" when fresh
+    key: str  # the entry a build would want
+    input_bytes: int  # the column's bytes (what a build would read to compute it)
+
+
+@dataclass
+class StatusReport:
+    dataset: str
+    slots: list[SlotStatus] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(s.state for s in self.slots)
+
+    @property
+    def fresh(self) -> bool:
+        return all(s.state == "fresh" for s in self.slots)
+
+    def work(self) -> dict[str, int]:
+        """What a build would do: entries to compute, columns to read and their bytes."""
+        todo = [s for s in self.slots if s.state != "fresh"]
+        columns = {(s.split, s.layer): s.input_bytes for s in todo}
+        return {"entries": len(todo), "columns": len(columns), "input_bytes": sum(columns.values())}
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "fresh": self.fresh, "counts": dict(self.counts), "work": self.work(),
+                "seconds": round(self.seconds, 4), "slots": [asdict(s) for s in self.slots]}
+
+
+def _digests(source: Source, store: Store | None) -> dict[tuple[str, str], str]:
+    """Every chosen column's digest: from the digest cache where it vouches, else hashed (in threads)."""
+    _, _, trusted = cached_digests(store, source)
+    todo = [(s, layer) for layer in source.layers for s in source.splits if layer not in trusted.get(s, {})]
+    with ThreadPoolExecutor(4) as pool:
+        hashed = pool.map(lambda unit: column_digest(source.splits[unit[0]], unit[1]), todo)
+        out = dict(zip(todo, hashed))
+    for split, layers in trusted.items():
+        out.update({(split, layer): d for layer, d in layers.items() if layer in source.layers})
+    return out
+
+
+def _input_bytes(source: Source, split: str, layer: str) -> int:
+    layout = source.splits[split].layout(layer)
+    n = layout.rows
+    for d in layout.value_shape:
+        n *= d
+    return n * layout.dtype.itemsize
+
+
+def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store) -> StatusReport:
+    """The state of every (split, layer, featurizer) of `source` in `store`; reads, never writes."""
+    started = time.perf_counter()
+    digests = _digests(source, store)
+    catalog = store.read_catalog(source.name)
+    served = {r.slot: r for r in catalog.rows} if catalog else {}
+    report = StatusReport(source.name)
+    for layer in source.layers:
+        for split in source.splits:
+            digest, size = digests[(split, layer)], _input_bytes(source, split, layer)
+            for f in featurizers:
+                key = entry_key(digest, f.identity)
+                old = served.get((split, layer, f.spec))
+                if old is None:
+                    state, reason = "missing", "not built"
+                elif old.key != key:
+                    state, reason = "stale", why_stale(old, digest, f.identity)
+                elif not store.has_entry(key):
+                    state, reason = "missing", "entry removed (by gc or verify --repair)"
+                else:
+                    state, reason = "fresh", ""
+                report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None) -> dict:
+    """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
+    featurizer its identity, and the entry keys they give. JSON, sorted, one value per line."""
+    digests = _digests(source, store)
+    return {
+        "featstore_lock": LOCK_FORMAT,
+        "key_version": KEY_VERSION,
+        "dataset": source.name,
+        "featurizers": {f.spec: f.identity for f in featurizers},
+        "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},
+        "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
+                        for layer in source.layers} for s in source.splits},
+    }
+
+
+def lock_bytes(lock: dict) -> bytes:
+    return (json.dumps(lock, indent=1, sort_keys=True) + "\n").encode()
+
+
+def read_lock(raw: bytes, where: str) -> dict:
+    try:
+        lock = json.loads(raw)
+    except ValueError as e:
+        raise FeatstoreError(f"{where} is not a featstore lockfile ({e}); write one with `featstore lock`") from e
+    if not isinstance(lock, dict) or lock.get("featstore_lock") != LOCK_FORMAT:
+        raise FeatstoreError(f"{where} is not a featstore lockfile of format {LOCK_FORMAT}; "
+                             "write one with `featstore lock`")
+    return lock
+
+
+def status_against_lock(source: Source, lock: dict) -> StatusReport:
+    """Compare the current data and featurizer code with a lockfile, without a store: every entry
+    key that differs from the locked one is stale (with the reason), every slot the lock lacks is
+    missing, every locked layer the data lacks is stale ("layer gone")."""
+    started = time.perf_counter()
+    featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
+    digests = _digests(source, None)
+    report = StatusReport(source.name)
+    locked_columns, locked_entries = lock["columns"], lock["entries"]
+    for split in sorted(set(source.splits) | set(locked_columns)):
+        layers = source.layers if split in source.splits else []
+        for layer in sorted(set(layers) | set(locked_columns.get(split, {}))):
+            here = layer in layers
+            digest = digests[(split, layer)] if here else ""
+            size = _input_bytes(source, split, layer) if here else 0
+            for f in featurizers:
+                key = entry_key(digest, f.identity) if here else ""
+                then = locked_entries.get(split, {}).get(layer, {}).get(f.spec)
+                if then is None:
+                    state, reason = "missing", "not in the lockfile"
+                elif not here:
+                    state, reason = "stale", "layer gone from the dataset"
+                elif then == key:
+                    state, reason = "fresh", ""
+                else:
+                    old = CatalogRow(split, layer, f.spec, then, (), "", 0, "", locked_columns[split][layer],
+                                     lock["featurizers"][f.spec])
+                    state, reason = "stale", why_stale(old, digest, f.identity)
+                report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size))
+    report.seconds = time.perf_counter() - started
+    return report

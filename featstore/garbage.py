@@ -1,0 +1,98 @@
+"""`featstore gc`: remove what no catalog references, then the least recently used entries over a
+size budget; never what a running build or an open reader holds.
+
+gc holds the store's lock alone, so it waits for running builds (which share it) and builds wait
+for it: no build can reuse an entry that gc is removing. Readers (`featstore.open`) lease the
+keys of their catalog while they live; a lease whose process is gone (same host, dead pid) is
+stale and removed. An entry disappears in one rename before its files are deleted, so a reader
+never sees half an entry. Staging leftovers of crashed builds go too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from featstore.store import Store
+
+LOCK_TIMEOUT = 600  # seconds gc waits for running builds
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    removed: list[tuple[str, int, str]] = field(default_factory=list)  # (key, bytes, why)
+    held: int = 0  # entries kept because an open reader leases them
+    leftovers: list[str] = field(default_factory=list)  # staging/trash directories of crashed builds
+    stale_leases: list[str] = field(default_factory=list)
+    size_before: int = 0
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _, size, _ in self.removed)
+
+    def to_json(self) -> dict:
+        return {"dry_run": self.dry_run, "freed": self.freed, "size_before": self.size_before,
+                "size_after": self.size_before - self.freed, "held": self.held,
+                "removed": [{"key": k, "bytes": b, "why": w} for k, b, w in self.removed],
+                "leftovers": self.leftovers, "stale_leases": self.stale_leases}
+
+
+def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_days: float = 0.0,
+       timeout: float | None = LOCK_TIMEOUT) -> GcReport:
+    """Remove unreferenced entries, then least recently used ones until the entries fit in
+    `max_size` bytes; keep anything used in the last `keep_days` days and anything leased."""
+    report = GcReport(dry_run)
+    with store.storage.lock("store", shared=False, timeout=timeout):
+        held: set[str] = set()
+        for path, lease in store.leases().items():
+            if _alive(lease):
+                held.update(lease.get("keys", []))
+            else:
+                report.stale_leases.append(path)
+        referenced = {r.key for c in store.catalogs() for r in c.rows}
+        referenced |= {s.labels for c in store.catalogs() for s in c.splits.values() if s.labels}
+        now, keep = time.time(), keep_days * 86400
+        entries = []  # (last used, key, bytes)
+        for key in store.entry_keys():
+            path = store.entry_path(key)
+            entries.append((store.storage.mtime(path), key, store.storage.size(path)))
+        report.size_before = total = sum(size for _, _, size in entries)
+        for used, key, size in sorted(entries):
+            if key in held:
+                report.held += 1
+            elif now - used >= keep and key not in referenced:
+                report.removed.append((key, size, "unreferenced"))
+                total -= size
+        if max_size is not None:
+            gone = {key for key, _, _ in report.removed}
+            for used, key, size in sorted(entries):  # least recently used first
+                if total <= max_size:
+                    break
+                if key not in gone and key not in held and now - used >= keep:
+                    report.removed.append((key, size, "over the size budget (least recently used)"))
+                    total -= size
+        report.leftovers = [f"{folder}/{name}" for folder in ("staging", "trash") for name in store.storage.list(folder)]
+        if not dry_run:
+            for path in report.stale_leases:
+                store.release(path)
+            for key, _, _ in report.removed:
+                store.delete_entry(key)
+            for path in report.leftovers:
+                store.storage.delete(path)
+    return report
+
+
+def _alive(lease: dict) -> bool:
+    """A lease counts while its process may live: another host's always, this host's while its pid does."""
+    if lease.get("host") != socket.gethostname():
+        return bool(lease)
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return "pid" in lease
+    return True

@@ -1,0 +1,183 @@
+"""Exact invalidation: what changed is rebuilt, nothing else; `status` and lockfiles say so."""
+
+import json
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import featstore
+from featstore import presets
+from featstore.featurizers import register
+
+ROWS, DIM = 40, 4
+
+
+def save_layers(path, layers: dict[str, np.ndarray]) -> str:
+    """A save_to_disk dataset with one Array2D float32 column per entry of `layers`."""
+    features = datasets.Features({name: datasets.Array2D((DIM, DIM), "float32") for name in layers})
+    schema = features.arrow_schema
+    columns = [presets.matrices_to_arrow(values, schema.field(i).type) for i, values in enumerate(layers.values())]
+    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path))
+    return str(path)
+
+
+def layers_of(n: int, rows: int = ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"layer_{i}": rng.standard_normal((rows, DIM, DIM), dtype=np.float32) for i in range(n)}
+
+
+def computed(report) -> set[tuple[str, str]]:
+    return {(e.layer, e.featurizer) for e in report.entries if e.status == "computed"}
+
+
+def test_one_changed_layer_rebuilds_only_its_entries(tmp_path, store_dir):
+    data = layers_of(3)
+    path = save_layers(tmp_path / "d", data)
+    assert featstore.build(path, ["raw", "stats"], store=store_dir).computed == 6
+    assert featstore.status(path, store=store_dir).fresh
+
+    data["layer_1"][7, 0, 0] += 1.0
+    save_layers(tmp_path / "d", data)
+    report = featstore.status(path, store=store_dir)
+    stale = {(s.layer, s.featurizer): s.reason for s in report.slots if s.state != "fresh"}
+    assert stale == {("layer_1", "raw"): "input bytes changed", ("layer_1", "stats"): "input bytes changed"}
+    assert report.work() == {"entries": 2, "columns": 1, "input_bytes": ROWS * DIM * DIM * 4}
+
+    rebuilt = featstore.build(path, ["raw", "stats"], store=store_dir)
+    assert computed(rebuilt) == {("layer_1", "raw"), ("layer_1", "stats")}
+    assert rebuilt.reasons == {"input bytes changed": 2}
+    assert featstore.status(path, store=store_dir).fresh
+    np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_1", "raw").numpy(), data["layer_1"])
+
+
+def test_an_added_layer_builds_only_itself(tmp_path, store_dir):
+    data = layers_of(3)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    data["layer_new"] = np.ones((ROWS, DIM, DIM), np.float32)
+    save_layers(tmp_path / "d", data)
+    slots = featstore.status(path, store=store_dir).slots
+    assert [(s.layer, s.state, s.reason) for s in slots if s.state != "fresh"] == [("layer_new", "missing", "not built")]
+    assert computed(featstore.build(path, ["stats"], store=store_dir)) == {("layer_new", "stats")}
+
+
+def _register_variant(version, default_k, body):
+    def variant(x, k: int = default_k):
+        return body(x)[:, :k] if k else body(x)
+    # The code identity hashes the source of `variant` and `body` (a project-local helper).
+    return register(variant, "test_variant", version=version)
+
+
+def _first_rows(x):
+    return x.reshape(len(x), -1)
+
+
+def _first_rows_doubled(x):
+    return 2 * x.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize(("before", "after", "reason"), [
+    (("1", 2, _first_rows), ("2", 2, _first_rows), "version changed"),
+    (("1", 2, _first_rows), ("1", 3, _first_rows), "params changed"),
+    ((None, 2, _first_rows), (None, 2, _first_rows_doubled), "featurizer code changed"),
+])
+def test_status_names_why_a_featurizer_change_made_entries_stale(tmp_path, store_dir, before, after, reason):
+    path = save_layers(tmp_path / "d", layers_of(2))
+    _register_variant(*before)
+    featstore.build(path, ["test_variant", "stats"], store=store_dir)
+    _register_variant(*after)
+    slots = featstore.status(path, store=store_dir).slots
+    assert {(s.featurizer, s.state, s.reason) for s in slots} == {("test_variant", "stale", reason),
+                                                                 ("stats", "fresh", "")}
+    report = featstore.build(path, ["test_variant", "stats"], store=store_dir)
+    assert report.reasons == {reason: 2} and report.reused == 2
+
+
+_CALLS = []
+
+
+@featstore.featurizer("test_counting", version="1")
+def _counting(x):
+    _CALLS.append(len(x))
+    return x.reshape(len(x), -1)[:, :3] * 2
+
+
+def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
+    data = layers_of(2, rows=100)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["test_counting", "raw"], store=store_dir)
+    more = {name: np.concatenate([v, np.full((10, DIM, DIM), 3.0, np.float32)]) for name, v in data.items()}
+    save_layers(tmp_path / "d", more)
+    _CALLS.clear()
+    report = featstore.build(path, ["test_counting", "raw"], store=store_dir)
+    assert report.reasons == {"10 rows appended (100 reused)": 4}
+    assert _CALLS == [10, 10]  # one call per layer, on the new rows only
+    fs = featstore.open(path, store=store_dir)
+    cold = featstore.build(path, ["test_counting"], store=f"{store_dir}-cold")
+    assert cold.computed == 2
+    for name, values in more.items():
+        torch.testing.assert_close(fs.load(name, "test_counting"), torch.from_numpy(values.reshape(110, -1)[:, :3] * 2),
+                                   rtol=0, atol=0)
+        np.testing.assert_array_equal(fs.load(name, "raw").numpy(), values)
+    # an edit inside the old rows is no append: everything is recomputed
+    more["layer_0"][3] += 1
+    save_layers(tmp_path / "d", more)
+    _CALLS.clear()
+    again = featstore.build(path, ["test_counting"], store=store_dir)
+    assert again.reasons == {"input bytes changed": 1} and _CALLS == [110]
+
+
+def test_in_place_rewrite_of_the_same_size_is_detected(tmp_path, store_dir):
+    data = layers_of(1)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["raw"], store=store_dir)
+    data["layer_0"] = data["layer_0"][::-1].copy()  # same bytes count, same file size
+    save_layers(tmp_path / "d", data)
+    assert [s.reason for s in featstore.status(path, store=store_dir).slots] == ["input bytes changed"]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "featstore.cli", *args], check=False, capture_output=True, text=True, cwd=cwd)
+
+
+def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, store_dir):
+    data = layers_of(2)
+    path = save_layers(tmp_path / "d", data)
+    lock = tmp_path / "featstore.lock"
+    assert _cli("lock", "-d", path, "-f", "stats", "-f", "svd:k=2", "-o", str(lock), "--store", store_dir).returncode == 0
+    locked = json.loads(lock.read_text())
+    assert set(locked["featurizers"]) == {"stats", "svd:k=2"} and set(locked["entries"]["train"]) == {"layer_0", "layer_1"}
+    assert lock.read_text() == json.dumps(locked, indent=1, sort_keys=True) + "\n"  # stable, diff-friendly
+
+    clean = _cli("status", "--lock", str(lock), "-d", path)
+    assert clean.returncode == 0, clean.stderr
+    assert "4 fresh, 0 stale, 0 missing" in clean.stdout
+
+    data["layer_0"][0] *= 2
+    save_layers(tmp_path / "d", data)
+    changed = _cli("status", "--lock", str(lock), "-d", path, "--json")
+    assert changed.returncode == 1
+    slots = json.loads(changed.stdout)[0]["slots"]
+    assert {(s["layer"], s["featurizer"], s["reason"]) for s in slots if s["state"] != "fresh"} == {
+        ("layer_0", "stats", "input bytes changed"), ("layer_0", "svd:k=2", "input bytes changed")}
+
+    broken = _cli("status", "--lock", str(tmp_path / "nope.lock"), "-d", path)
+    assert broken.returncode == 2 and "nope.lock" in broken.stderr
+
+
+def test_status_exit_codes_gate_ci(tmp_path, store_dir):
+    path = save_layers(tmp_path / "d", layers_of(2))
+    assert _cli("build", "-d", path, "-f", "stats", "--store", store_dir, "--no-progress").returncode == 0
+    fresh = _cli("status", "-d", path, "--store", store_dir)
+    assert fresh.returncode == 0 and "2 fresh, 0 stale, 0 missing" in fresh.stdout
+    missing = _cli("status", "-d", path, "-f", "stats", "-f", "norms", "--store", store_dir)
+    assert missing.returncode == 1
+    assert "missing  train  layer_0      norms          not built" in missing.stdout
+    assert "2 fresh, 0 stale, 2 missing; a build would compute 2 entries from 2 columns" in missing.stdout
+    error = _cli("status", "-d", str(tmp_path / "nowhere"), "--store", store_dir)
+    assert error.returncode == 2 and "nowhere" in error.stderr

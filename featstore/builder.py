@@ -26,11 +26,12 @@ import numpy as np
 
 from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
-from featstore.errors import FeatstoreError, FeaturizerError
+from featstore.errors import ColumnError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.keys import (
     KEY_VERSION,
     array_digest,
+    check_name,
     dataset_slug,
     entry_key,
     featurizer_identity,
@@ -135,6 +136,12 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
     units = []
+    for kind, names in (("split", source.splits), ("layer", source.layers)):
+        for name in names:
+            try:
+                check_name(kind, name)
+            except ValueError as e:
+                raise ColumnError(str(e)) from None
     for layer in source.layers:
         for split_name, split in source.splits.items():
             layout = split.layout(layer)

@@ -56,6 +56,15 @@ def entry_key(input_digest: str, identity: dict[str, Any]) -> str:
     return xxhash.xxh3_128(b"featstore-entry\0" + payload).hexdigest()
 
 
+def check_name(kind: str, name: str) -> str:
+    """`name` if it is safe to record and show (1-200 characters, no NUL, slash or backslash, not
+    `.` or `..`); a ValueError naming it otherwise."""
+    if not isinstance(name, str) or not 0 < len(name) <= 200 or any(c in name for c in "/\\\0") or name in (".", ".."):
+        raise ValueError(f"{kind} name {name!r:.80} is not allowed: use 1-200 characters, no '/', '\\' or NUL, "
+                         "not '.' or '..'; rename the column or split")
+    return name
+
+
 def dataset_slug(dataset: str) -> str:
     """A file name for a dataset id (a preset name, a path, a hub id): readable and collision-free."""
     readable = re.sub(r"[^A-Za-z0-9_.\-]+", "_", dataset).strip("._")[-60:] or "dataset"

@@ -192,12 +192,16 @@ class Store:
         """The entry's values, checked against the digest recorded when it was written."""
         array = self._array(key)
         info = EntryInfo.from_json(dict(array.attrs["featstore"]), key)
-        values = array[...]
+        try:
+            values = array[...]
+        except (ValueError, OSError) as e:  # a truncated chunk no longer decodes
+            raise StoreError(f"entry {key} in {self.location} is corrupt ({e}); run `featstore verify --repair` "
+                             "and rebuild") from e
         self.storage.touch(self.entry_path(key))
         if array_digest(values) != info.output_digest:
             raise StoreError(
                 f"entry {key} in {self.location} is corrupt (its bytes do not match the digest written "
-                "with it); delete it and rebuild"
+                "with it); run `featstore verify --repair` and rebuild"
             )
         return values
 

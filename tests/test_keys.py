@@ -63,3 +63,17 @@ def test_canonical_json_is_order_free_and_type_tagged():
     with pytest.raises(ValueError):
         canonical_json({"k": float("nan")})
 
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "a\\b", "nul\0byte", ".", "..", "", "x" * 201])
+def test_names_that_could_escape_a_path_are_refused(name):
+    from featstore.keys import check_name
+
+    with pytest.raises(ValueError, match=r"layer name .* is not allowed"):
+        check_name("layer", name)
+
+
+def test_ordinary_names_pass():
+    from featstore.keys import check_name
+
+    assert check_name("layer", "model.layers.17.self_attn.q_proj (lora_A)") == "model.layers.17.self_attn.q_proj (lora_A)"

@@ -1,0 +1,290 @@
+"""The store is never silently wrong: crashes at every storage step, I/O faults, corruption, racing
+builders and gc under readers, each with real processes where it matters."""
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import saved_layers_dataset
+
+import featstore
+from featstore import StoreError
+from featstore import storage as storage_module
+from featstore.store import Store
+
+FEATURIZERS = ["raw", "stats", "svd:k=2"]
+
+
+def _cli(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "featstore.cli", *args], check=False, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def _contents(store_dir, dataset) -> dict:
+    """Every catalogued feature of `dataset`, as bytes: what "bit-identical" compares."""
+    fs = featstore.open(dataset, store=store_dir)
+    with fs:
+        return {r.slot: (r.key, fs.load(r.layer, r.featurizer, r.split).numpy().tobytes()) for r in fs.catalog.rows}
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "data"
+    saved_layers_dataset(path, layers=4, rows=30, dim=8)
+    return str(path)
+
+
+def test_sigkill_at_every_storage_step_leaves_a_clean_store_and_resumes_bit_identical(tmp_path, small):
+    reference = str(tmp_path / "reference")
+    featstore.build(small, FEATURIZERS, store=reference, device="cpu")
+    expected = _contents(reference, small)
+
+    def crash(point: int):
+        store_dir = str(tmp_path / f"store-{point}")
+        run = _cli("build", "-d", small, *[a for f in FEATURIZERS for a in ("-f", f)], "--store", store_dir,
+                   "--no-progress", "--device", "cpu", env={"FEATSTORE_CRASH_AT": str(point)})
+        return point, store_dir, run.returncode
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(crash, range(1, 61)))
+    killed = [(point, store_dir) for point, store_dir, rc in runs if rc == -signal.SIGKILL]
+    assert all(rc in (0, -signal.SIGKILL) for _, _, rc in runs)
+    assert len(killed) >= 50, f"only {len(killed)} kill points fell inside the build"
+    for point, store_dir in killed:
+        if not os.path.exists(os.path.join(store_dir, "featstore.json")):
+            continue  # killed before the store existed
+        store = Store.open(store_dir)
+        report = featstore.verify(store_dir)
+        assert report.ok, (point, report.corrupt)
+        assert all(store.check_entry(k)[0] is None for k in store.entry_keys())  # no partial entry is visible
+        featstore.build(small, FEATURIZERS, store=store_dir, device="cpu")  # resume
+        assert _contents(store_dir, small) == expected, point
+        assert featstore.gc(store_dir).removed == []  # nothing unreferenced: only staging leftovers go
+        assert os.listdir(os.path.join(store_dir, "staging")) == [] if os.path.isdir(os.path.join(store_dir, "staging")) else True
+
+
+def test_an_io_error_names_the_file_and_leaves_the_store_as_it_was(tmp_path, small, monkeypatch):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw"], store=store_dir)
+    before = _contents(store_dir, small)
+    catalog = next(Path(store_dir, "catalog").glob("*.json")).read_bytes()
+    keys = set(Store.open(store_dir).entry_keys())
+    calls = {"n": 0}
+
+    def failing_open(path, mode="r", *args, **kwargs):  # the disk fills up at the 5th file written
+        if "x" in mode or "w" in mode:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(storage_module, "open", failing_open, raising=False)
+    with pytest.raises(StoreError, match=r"cannot write .*/staging/.*: No space left on device"):
+        featstore.build(small, ["raw", "stats"], store=store_dir)
+    monkeypatch.undo()
+    assert next(Path(store_dir, "catalog").glob("*.json")).read_bytes() == catalog
+    assert _contents(store_dir, small) == before
+    assert featstore.verify(store_dir).ok
+    assert set(Store.open(store_dir).entry_keys()) >= keys
+    assert os.listdir(os.path.join(store_dir, "staging")) == []  # the failed entry's files are gone
+    assert featstore.build(small, ["raw", "stats"], store=store_dir).reused >= 4
+
+
+def _entry_dir(store_dir, key) -> Path:
+    return Path(store_dir, "entries", key[:2], key)
+
+
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, FEATURIZERS, store=store_dir)
+    store = Store.open(store_dir)
+    keys = sorted(store.entry_keys())
+    raws = sorted(k for k in keys if store.entry_info(k).featurizer["name"] == "raw")
+    def chunk(key) -> Path:
+        return _entry_dir(store_dir, key) / next(iter(store.entry_info(key).chunks))
+
+    others = [k for k in keys if k not in raws]
+    damaged = {}
+    _flip(chunk(others[0]))
+    damaged[others[0]] = "does not match its digest"
+    chunk(others[1]).write_bytes(chunk(others[1]).read_bytes()[:-7])
+    damaged[others[1]] = "does not match its digest"
+    missing = chunk(others[2])
+    missing.unlink()
+    damaged[others[2]] = f"chunk {missing.relative_to(_entry_dir(store_dir, others[2])).as_posix()} is missing"
+    a, b = raws[:2]  # two entries of the same shape swap their chunks...
+    ca, cb = chunk(a), chunk(b)
+    data_a = ca.read_bytes()
+    ca.write_bytes(cb.read_bytes())
+    cb.write_bytes(data_a)
+    damaged[a] = damaged[b] = "does not match its digest"
+    c, d = raws[2:4]  # ...or their metadata
+    za, zb = _entry_dir(store_dir, c) / "zarr.json", _entry_dir(store_dir, d) / "zarr.json"
+    za_bytes = za.read_bytes()
+    za.write_bytes(zb.read_bytes())
+    zb.write_bytes(za_bytes)
+    damaged[c], damaged[d] = f"holds the metadata of entry {d}", f"holds the metadata of entry {c}"
+
+    report = featstore.verify(store_dir)
+    assert set(report.corrupt) == set(damaged)  # 100% detected, nothing else flagged
+    for key, problem in damaged.items():
+        assert problem in report.corrupt[key], (key, report.corrupt[key])
+    fs = featstore.open(small, store=store_dir)
+    for row in fs.catalog.rows:
+        if row.key in damaged:
+            with pytest.raises(StoreError):
+                fs.load(row.layer, row.featurizer, row.split)  # never wrong numbers
+    cli = _cli("verify", "--store", store_dir)
+    assert cli.returncode == 1 and cli.stdout.count("corrupt ") == len(damaged)
+
+    assert set(featstore.verify(store_dir, repair=True).repaired) == set(damaged)
+    assert featstore.verify(store_dir).ok
+    status = featstore.status(small, store=store_dir)
+    assert {s.key for s in status.slots if s.state == "missing"} == set(damaged)
+    assert featstore.build(small, FEATURIZERS, store=store_dir).computed == len(damaged)
+    assert featstore.verify(store_dir, recompute=1.0).recomputed == len(keys)
+
+
+def test_racing_builders_both_succeed_and_lose_nothing(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    procs = [subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", small, *args, "--store",
+                               store_dir, "--no-progress", "--device", "cpu"], stderr=subprocess.PIPE)
+             for args in (["-f", "raw", "-f", "stats"], ["-f", "stats", "-f", "svd:k=2"], ["-f", "raw", "-f", "svd:k=2"])]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
+    reference = str(tmp_path / "reference")
+    featstore.build(small, FEATURIZERS, store=reference)
+    assert _contents(store_dir, small) == _contents(reference, small)  # every builder's rows are in the catalog
+    assert featstore.verify(store_dir).ok
+
+
+def test_gc_removes_the_unreferenced_keeps_what_readers_lease_and_recovers_stale_leases(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw"], store=store_dir)
+    old_keys = set(Store.open(store_dir).entry_keys())
+    # a reader in another process leases the current entries, then the data changes under it
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import featstore, sys, time\n"
+        f"fs = featstore.open({small!r}, store={store_dir!r})\n"
+        "print('open', flush=True)\n"
+        "while True:\n"
+        "    for r in fs.catalog.rows: fs.load(r.layer, r.featurizer, r.split)\n"
+        "    time.sleep(0.01)\n")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    saved_layers_dataset(Path(small), layers=4, rows=30, dim=8, seed=1)  # new bytes: old entries unreferenced
+    featstore.build(small, ["raw"], store=store_dir)
+    for _ in range(3):
+        report = featstore.gc(store_dir)
+        assert report.removed == [] and report.held == len(old_keys)
+    assert reader.poll() is None, reader.stderr.read()  # still reading happily
+    assert featstore.gc(store_dir, dry_run=True).removed == []
+
+    reader.send_signal(signal.SIGKILL)  # its lease is now stale
+    reader.wait()
+    dry = featstore.gc(store_dir, dry_run=True)
+    assert {k for k, _, _ in dry.removed} == old_keys and set(Store.open(store_dir).entry_keys()) >= old_keys
+    report = featstore.gc(store_dir)
+    assert {k for k, _, why in report.removed if why == "unreferenced"} == old_keys
+    assert len(report.stale_leases) == 1 and report.freed > 0
+    assert not set(Store.open(store_dir).entry_keys()) & old_keys
+    assert featstore.status(small, store=store_dir).fresh and featstore.verify(store_dir).ok
+
+
+def test_gc_size_budget_removes_least_recently_used_first(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw", "stats"], store=store_dir)
+    store = Store.open(store_dir)
+    fs = featstore.open(small, store=store_dir)
+    fs.close()  # no lease: everything may go
+    stats_keys = {r.key for r in fs.catalog.rows if r.featurizer == "stats"}
+    raw_keys = {r.key for r in fs.catalog.rows if r.featurizer == "raw"}
+    old = time.time() - 3600
+    for key in store.entry_keys():
+        os.utime(_entry_dir(store_dir, key), (old, old))
+    for row in fs.catalog.rows:
+        if row.featurizer == "stats":
+            fs.load(row.layer, "stats")  # used just now
+    raw_size = sum(store.storage.size(store.entry_path(k)) for k in raw_keys)
+    total = sum(store.storage.size(store.entry_path(k)) for k in store.entry_keys())
+    report = featstore.gc(store_dir, max_size=total - raw_size)
+    assert {k for k, _, _ in report.removed} == raw_keys and set(store.entry_keys()) == stats_keys
+    assert featstore.gc(store_dir, max_size=0, keep_days=1).removed == []  # all used within a day
+    listing = _cli("gc", "--max-size", "lots", "--store", store_dir)
+    assert listing.returncode == 2 and "not a size" in listing.stderr
+
+
+def test_a_killed_build_never_leaves_the_store_locked(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw"], store=store_dir)
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import featstore, os, signal\n"
+        f"store = featstore.store.Store.open({store_dir!r})\n"
+        "with store.storage.lock('store', shared=True):\n"
+        "    print('locked', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    proc.wait()
+    start = time.monotonic()
+    featstore.garbage.gc(Store.open(store_dir), timeout=5)
+    assert time.monotonic() - start < 5
+
+
+def test_a_running_build_makes_gc_wait_with_a_clear_error(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw"], store=store_dir)
+    store = Store.open(store_dir)
+    with store.storage.lock("store", shared=True), pytest.raises(StoreError, match=r"locked by .* still running"):
+        featstore.garbage.gc(store, timeout=0.2)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "x" * 300, ".."])
+def test_names_that_could_escape_the_store_are_refused(tmp_path, name, store_dir):
+    from conftest import array2d_dataset, matrices
+
+    ds = array2d_dataset(matrices(5), name=name)
+    with pytest.raises(featstore.ColumnError, match=r"layer name .* is not allowed"):
+        featstore.build(ds, ["raw"], store=store_dir)
+    assert not os.path.exists(store_dir)
+
+
+def test_store_files_follow_the_umask_and_the_root_is_never_world_writable(tmp_path, small):
+    old = os.umask(0)
+    try:
+        featstore.build(small, ["raw"], store=str(tmp_path / "open"))
+    finally:
+        os.umask(old)
+    assert not stat.S_IMODE(os.stat(tmp_path / "open").st_mode) & stat.S_IWOTH
+    old = os.umask(0o077)
+    try:
+        featstore.build(small, ["raw"], store=str(tmp_path / "private"))
+    finally:
+        os.umask(old)
+    for folder, _, files in os.walk(tmp_path / "private"):
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) & 0o077 == 0, name
+    shutil.rmtree(tmp_path / "private")
+
+
+def test_no_pickle_anywhere_in_a_store(tmp_path, small):
+    store_dir = tmp_path / "store"
+    featstore.build(small, FEATURIZERS, store=str(store_dir))
+    featstore.open(small, store=str(store_dir)).close()
+    for path in store_dir.rglob("*"):
+        if path.is_file() and not path.parent.name.isdigit() and "/c/" not in path.as_posix():
+            assert path.read_bytes()[:1] in (b"{", b""), path  # JSON, or an empty lock file
+    assert np.all([b"\x80\x04" not in p.read_bytes()[:2] for p in store_dir.rglob("*") if p.is_file()])

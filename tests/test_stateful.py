@@ -1,0 +1,85 @@
+"""Random sequences of build / edit data / edit featurizer / gc / verify against a model of what
+should be fresh: `status` always agrees with the model, and a build recomputes exactly the slots
+the model says are not fresh."""
+
+import shutil
+import tempfile
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from test_incremental import layers_of, save_layers
+
+import featstore
+from featstore.featurizers import register
+from featstore.store import Store
+
+LAYERS = 3
+
+
+def _scaled(x, scale: float = 1.0):
+    return x.reshape(len(x), -1)[:, :2] * scale
+
+
+class StoreModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.tmp = tempfile.mkdtemp()
+        self.data = layers_of(LAYERS, rows=12)
+        self.path = save_layers(f"{self.tmp}/data", self.data)
+        self.store = f"{self.tmp}/store"
+        Store.open(self.store, create=True)
+        self.version = 0
+        register(_scaled, "test_model", version=str(self.version))
+        self.featurizers = ["raw", "test_model"]
+        self.fresh = {(f"layer_{i}", f): False for i in range(LAYERS) for f in self.featurizers}
+        self.edits = 0
+
+    def teardown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @rule()
+    def build(self):
+        report = featstore.build(self.path, self.featurizers, store=self.store, device="cpu")
+        computed = {(e.layer, e.featurizer) for e in report.entries if e.status == "computed"}
+        assert computed == {slot for slot, fresh in self.fresh.items() if not fresh}
+        self.fresh = dict.fromkeys(self.fresh, True)
+
+    @rule(layer=st.integers(0, LAYERS - 1), row=st.integers(0, 11))
+    def edit_data(self, layer, row):
+        self.edits += 1  # every edit makes bytes never seen before
+        self.data[f"layer_{layer}"][row, 0, 0] += self.edits
+        save_layers(f"{self.tmp}/data", self.data)
+        for f in self.featurizers:
+            self.fresh[(f"layer_{layer}", f)] = False
+
+    @rule()
+    def edit_featurizer(self):
+        self.version += 1
+        register(_scaled, "test_model", version=str(self.version))
+        for layer in range(LAYERS):
+            self.fresh[(f"layer_{layer}", "test_model")] = False
+
+    @rule(dry_run=st.booleans())
+    def gc(self, dry_run):
+        featstore.gc(self.store, dry_run=dry_run)  # only unreferenced entries go: the model does not change
+
+    @rule()
+    def verify(self):
+        assert featstore.verify(self.store, recompute=0.5, seed=self.edits).ok
+
+    @invariant()
+    def status_agrees_with_the_model(self):
+        slots = featstore.status(self.path, self.featurizers, store=self.store).slots
+        assert {(s.layer, s.featurizer): s.state == "fresh" for s in slots} == self.fresh
+        loaded = featstore.open(self.path, store=self.store) if any(self.fresh.values()) else None
+        for (layer, f), fresh in self.fresh.items():
+            if fresh and f == "raw":
+                np.testing.assert_array_equal(loaded.load(layer, "raw").numpy(), self.data[layer])
+        if loaded:
+            loaded.close()
+
+
+StoreModel.TestCase.settings = settings(max_examples=12, stateful_step_count=8, deadline=None)
+TestStoreModel = StoreModel.TestCase

@@ -67,9 +67,13 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, path: str) -> None: ...
 
-    @abstractmethod
-    def zarr_store(self, path: str, read_only: bool):
-        """A zarr v3 store rooted at `path`."""
+    def read_into(self, path: str, buffer: memoryview) -> bool:
+        """Fill `buffer` with the file's bytes; False if the file's size differs from the buffer's."""
+        data = self.read_bytes(path)
+        if len(data) != len(buffer):
+            return False
+        buffer[:] = data
+        return True
 
     @abstractmethod
     def size(self, path: str) -> int:
@@ -180,10 +184,11 @@ class LocalStorage(Storage):
             else:
                 target.unlink(missing_ok=True)
 
-    def zarr_store(self, path: str, read_only: bool):
-        from zarr.storage import LocalStore
-
-        return LocalStore(self._path(path), read_only=read_only)
+    def read_into(self, path: str, buffer: memoryview) -> bool:
+        with open(self._path(path), "rb") as f:
+            if os.fstat(f.fileno()).st_size != len(buffer):
+                return False
+            return f.readinto(buffer) == len(buffer)
 
     def size(self, path: str) -> int:
         target = self._path(path)

@@ -25,13 +25,14 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.keys import array_digest, bytes_digest, dataset_slug
+from featstore.keys import bytes_digest, dataset_slug
 from featstore.manifest import SCHEMA_VERSION, Catalog, EntryInfo
 from featstore.storage import Storage, open_storage
 
@@ -39,26 +40,26 @@ from featstore.storage import Storage, open_storage
 # ~2.5x the write and ~3x the read time of no codec; 8 MB chunks read as fast as one big chunk
 # while keeping row slices cheap. benchmarks/bench_codec.py and results/codec.txt have the numbers.
 CHUNK_BYTES = 8 << 20
+READERS = 4  # chunks of one entry read at a time
 _MARKER = "featstore.json"
 
 
-def chunk_rows(rows: int, row_bytes: int, target: int = CHUNK_BYTES) -> int:
+def chunk_rows(rows: int, row_bytes: int, target: int | None = None) -> int:
     """Rows per chunk for chunks of about `target` bytes, balanced so that the last chunk is nearly
     full: zarr stores an edge chunk padded to full size, so 800 rows in 512-row chunks cost 1024."""
-    n_chunks = max(1, -(-rows * max(row_bytes, 1) // target))
+    n_chunks = max(1, -(-rows * max(row_bytes, 1) // (target or CHUNK_BYTES)))
     return max(1, -(-rows // n_chunks))
 
 
-def zarr_metadata(values: np.ndarray, chunk_rows: int, attributes: dict) -> bytes:
-    """The `zarr.json` of an uncompressed little-endian Zarr v3 array of `values`' shape and dtype,
+def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attributes: dict) -> bytes:
+    """The `zarr.json` of an uncompressed little-endian Zarr v3 array of `shape` and `dtype`,
     chunked along rows, with fill value 0: what `zarr.create_array` writes for it."""
-    zero = 0.0 if values.dtype.kind == "f" else 0
     meta = {
-        "shape": list(values.shape),
-        "data_type": values.dtype.name,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *(max(1, d) for d in values.shape[1:])]}},
+        "shape": list(shape),
+        "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *(max(1, d) for d in shape[1:])]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": zero,
+        "fill_value": 0.0 if dtype.kind == "f" else 0,
         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
         "attributes": attributes,
         "zarr_format": 3,
@@ -135,7 +136,7 @@ class Store:
                 self.storage.put(f"{staging}/{name}", data)
                 chunks[name] = bytes_digest(data)
             info = replace(info, chunks=chunks)
-            self.storage.put(f"{staging}/zarr.json", zarr_metadata(values, rows, {"featstore": info.to_json()}))
+            self.storage.put(f"{staging}/zarr.json", zarr_metadata(values.shape, values.dtype, rows, {"featstore": info.to_json()}))
             return self.storage.publish(staging, self.entry_path(info.key))
         except BaseException:
             _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind
@@ -156,13 +157,10 @@ class Store:
         (zarr would read a missing chunk as zeros, so presence is checked explicitly)."""
         path = self.entry_path(key)
         try:
-            meta = json.loads(self.storage.read_bytes(f"{path}/zarr.json"))
-            info = EntryInfo.from_json(meta["attributes"]["featstore"], key)
-            rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
-            return f"unreadable metadata ({type(e).__name__}: {e})", 0
-        if info.key != key:
-            return f"holds the metadata of entry {info.key}", 0
+            meta, info = self._metadata(key)
+        except CorruptEntry as e:
+            return e.problem, 0
+        rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         expected = {"/".join(["c", str(i)] + ["0"] * (len(info.shape) - 1))
                     for i in range(-(-info.shape[0] // rows) if info.shape and rows else 0)}
         if set(info.chunks) != expected:
@@ -178,32 +176,68 @@ class Store:
                 return f"chunk {name} does not match its digest (damaged or truncated: {len(data)} bytes)", read
         return None, read
 
-    def _array(self, key: str):
-        import zarr
-
-        if not self.has_entry(key):
-            raise StoreError(f"entry {key} is missing from {self.location}; rebuild to recreate it")
-        return zarr.open_array(self.storage.zarr_store(self.entry_path(key), read_only=True), mode="r")
+    def _metadata(self, key: str) -> tuple[dict, EntryInfo]:
+        """The entry's `zarr.json` and provenance; StoreError if it is missing, unreadable, another
+        entry's, or not the uncompressed row-chunked format `write_entry` writes."""
+        path = f"{self.entry_path(key)}/zarr.json"
+        try:
+            raw = self.storage.read_bytes(path)
+        except FileNotFoundError:
+            raise StoreError(f"entry {key} is missing from {self.location}; rebuild to recreate it") from None
+        try:
+            meta = json.loads(raw)
+            info = EntryInfo.from_json(meta["attributes"]["featstore"], key)
+            rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+            expected = json.loads(zarr_metadata(info.shape, np.dtype(meta["data_type"]), rows, meta["attributes"]))
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise CorruptEntry(self, key, f"has damaged metadata ({e!r})") from e
+        if info.key != key:
+            raise CorruptEntry(self, key, f"holds the metadata of entry {info.key}")
+        if meta != expected:
+            raise CorruptEntry(self, key, "is not in the format featstore writes")
+        return meta, info
 
     def entry_info(self, key: str) -> EntryInfo:
-        return EntryInfo.from_json(dict(self._array(key).attrs["featstore"]), key)
+        return self._metadata(key)[1]
 
-    def read_entry(self, key: str) -> np.ndarray:
-        """The entry's values, checked against the digest recorded when it was written."""
-        array = self._array(key)
-        info = EntryInfo.from_json(dict(array.attrs["featstore"]), key)
-        try:
-            values = array[...]
-        except (ValueError, OSError) as e:  # a truncated chunk no longer decodes
-            raise StoreError(f"entry {key} in {self.location} is corrupt ({e}); run `featstore verify --repair` "
-                             "and rebuild") from e
-        self.storage.touch(self.entry_path(key))
-        if array_digest(values) != info.output_digest:
-            raise StoreError(
-                f"entry {key} in {self.location} is corrupt (its bytes do not match the digest written "
-                "with it); run `featstore verify --repair` and rebuild"
-            )
-        return values
+    def read_entry(self, key: str, rows: slice | None = None) -> np.ndarray:
+        """The entry's values, or the rows `rows` of them (reading only the chunks they fall in),
+        every chunk read checked against the digest recorded when it was written: a flipped bit,
+        a truncated or a missing chunk raises StoreError, never returns wrong numbers. Chunks
+        are read straight into the result, several at a time."""
+        meta, info = self._metadata(key)
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        per = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        start, stop, step = (rows or slice(None)).indices(info.shape[0])
+        if step != 1:
+            raise ValueError(f"rows must be a contiguous slice, not {rows}")
+        stop = max(start, stop)
+        out = np.empty((stop - start, *info.shape[1:]), dtype)
+        path = self.entry_path(key)
+
+        def read(i: int) -> None:
+            name = "/".join(["c", str(i)] + ["0"] * (len(info.shape) - 1))
+            lo, hi = max(start, i * per), min(stop, (i + 1) * per)
+            whole = lo == i * per and hi == (i + 1) * per  # the chunk lies inside the result
+            target = out[lo - start : hi - start] if whole else np.empty((per, *info.shape[1:]), dtype)
+            try:
+                complete = self.storage.read_into(f"{path}/{name}", memoryview(target).cast("B"))
+            except FileNotFoundError:
+                complete = False
+            if not complete or bytes_digest(memoryview(target).cast("B")) != info.chunks.get(name):
+                raise CorruptEntry(self, key, f"is corrupt: chunk {name} is missing, short or does not match its digest")
+            if not whole:
+                out[lo - start : hi - start] = target[lo - i * per : hi - i * per]
+
+        chunks = range(start // per, -(-stop // per)) if stop > start else range(0)
+        if len(chunks) > 1:
+            with ThreadPoolExecutor(min(len(chunks), READERS)) as pool:
+                list(pool.map(read, chunks))
+        else:
+            for i in chunks:
+                read(i)
+        self.storage.touch(path)
+        return out
 
     # catalogs --------------------------------------------------------------------------------
 
@@ -266,6 +300,14 @@ class Store:
             if name.endswith(".json") and not name.startswith("."):
                 out.append(Catalog.from_bytes(self.storage.read_bytes(f"catalog/{name}"), f"{self.location}/{name}"))
         return sorted(out, key=lambda c: c.dataset)
+
+
+class CorruptEntry(StoreError):
+    """An entry whose files are not what was published: `problem` says how."""
+
+    def __init__(self, store: Store, key: str, problem: str):
+        super().__init__(f"entry {key} in {store.location} {problem}; run `featstore verify --repair` and rebuild")
+        self.problem = problem
 
 
 def _quietly(fn, *args) -> None:

@@ -15,6 +15,7 @@ measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -56,10 +57,15 @@ def _cpu_svdvals(x):
     # Concurrent calls queue on torch's intra-op pool unless each runs single-threaded.
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            return torch.cat(list(pool.map(torch.linalg.svdvals, x.chunk(threads))))
+        return torch.cat(list(_pool(threads).map(torch.linalg.svdvals, x.chunk(threads))))
     finally:
         torch.set_num_threads(threads)
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count, kept: starting threads per call cost ~1 s of a 10%-append rebuild."""
+    return ThreadPoolExecutor(threads, "featstore-svdvals")
 
 
 def _checked_gesvda(x):

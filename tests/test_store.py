@@ -129,3 +129,22 @@ def test_chunks_are_balanced_so_padding_stays_small():
         chunks = -(-rows // per)
         assert per * row_bytes <= (8 << 20) or per == 1
         assert chunks * per - rows < chunks  # padding below one row per chunk
+
+
+def test_row_slices_read_only_the_chunks_they_need(store_dir, monkeypatch):
+    import featstore.store as store_module
+
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 1000)  # 10 rows of 25 float32 per chunk
+    store = Store.open(store_dir, create=True)
+    values = np.arange(95 * 25, dtype=np.float32).reshape(95, 25)
+    info = _info(values)
+    store.write_entry(info, values)
+    assert len(store.entry_info(info.key).chunks) == 10
+    for rows in (slice(0, 95), slice(3, 4), slice(9, 31), slice(90, None), slice(-7, None), slice(40, 40), slice(None)):
+        np.testing.assert_array_equal(store.read_entry(info.key, rows), values[rows])
+    os.remove(os.path.join(store_dir, "entries", info.key[:2], info.key, "c", "0", "0"))
+    np.testing.assert_array_equal(store.read_entry(info.key, slice(10, 95)), values[10:])  # chunk 0 not needed
+    with pytest.raises(StoreError, match=r"chunk c/0/0 is missing"):
+        store.read_entry(info.key, slice(5, 15))
+    with pytest.raises(ValueError, match=r"contiguous"):
+        store.read_entry(info.key, slice(0, 10, 2))

@@ -6,7 +6,8 @@ incremental-caching issue, measured side by side in one process.
 On a private copy of the preset: a cold build; a no-op rebuild; `status`; `verify` (every chunk
 of every entry); one layer's bytes changed in place (same file size, so only the mtime tells) and
 rebuilt, against a cold build of that one layer alone; 10% rows appended to every split and
-rebuilt. Prints the table and writes benchmarks/results/incremental.txt.
+rebuilt. Quick cases are run 3 times (median). Prints the table and writes
+benchmarks/results/incremental.txt.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from featstore import presets
 from featstore.sources import load_source
 
 FEATURIZERS = ["stats", "svd"]
+REPEAT = 3  # runs of each quick case: the median is reported
 LAYER = "layer_064"
 
 
@@ -34,6 +36,12 @@ def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def median_of(n: int, fn):
+    """(median seconds, result of that run) of `n` runs of `fn`."""
+    runs = sorted((timed(fn) for _ in range(n)), key=lambda r: r[0])
+    return runs[n // 2]
 
 
 def patch_one_value(path: Path, layer: str) -> None:
@@ -90,19 +98,26 @@ def main() -> None:
         path = str(data)
 
         cold, report = timed(lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
-        noop, again = timed(lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
+        noop, again = median_of(REPEAT, lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
         assert again.computed == 0
-        status_s, status = timed(lambda: featstore.status(path, store=store))
+        status_s, status = median_of(REPEAT, lambda: featstore.status(path, store=store))
         assert status.fresh
         verify = featstore.verify(store)
         assert verify.ok
-        one_cold, _ = timed(lambda: featstore.build(path, FEATURIZERS, layers=[LAYER], store=f"{tmp}/one", device="cpu"))
+        one_cold, _ = median_of(REPEAT, lambda: featstore.build(
+            path, FEATURIZERS, layers=[LAYER], store=tempfile.mkdtemp(dir=tmp) + "/s", device="cpu"))
 
-        patch_one_value(data, LAYER)
-        changed, rebuilt = timed(lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
+        def change_one_layer():
+            patch_one_value(data, LAYER)
+            os.sync()  # the dataset's own writes are not the rebuild's
+            return timed(lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
+
+        runs = sorted(change_one_layer() for _ in range(REPEAT))
+        changed, rebuilt = runs[len(runs) // 2]
         assert rebuilt.computed == 2 and rebuilt.reasons == {"input bytes changed": 2}, rebuilt.reasons
 
         added = append_rows(data, 0.10)
+        os.sync()
         appended, grown = timed(lambda: featstore.build(path, FEATURIZERS, store=store, device="cpu"))
         assert grown.computed == 512 and all("rows appended" in r for r in grown.reasons), grown.reasons
 

@@ -80,7 +80,9 @@ class _Prepared:
     digest: str
     keys: dict[str, str]  # featurizer spec -> entry key
     missing: set[str]
-    host: object = None
+    host: object = None  # the column's rows from `offset` on
+    offset: int = 0
+    appends: dict[str, CatalogRow] = field(default_factory=dict)  # spec -> the entry its rows extend
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             unit = next(upcoming, None)
             if unit is not None:
                 known = trusted.get(unit.split, {}).get(unit.layer)
-                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known))
+                extends = _extendable(build_plan, unit, before)
+                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known, extends))
 
         writes: deque = deque()
 
@@ -284,22 +287,43 @@ def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:
     return "; ".join(reasons)
 
 
+def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, CatalogRow]:
+    """The catalogued entries of `unit` that its column might extend: per-row featurizer, same
+    identity, fewer rows. Whether their rows are a byte-identical prefix is checked while hashing."""
+    out = {}
+    for f in build_plan.featurizers:
+        old = before.get((unit.split, unit.layer, f.spec))
+        if (old and old.shape and f.featurizer.per_row and old.identity == f.identity
+                and 0 < old.shape[0] < unit.layout.rows):
+            out[f.spec] = old
+    return out
+
+
 def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,
-             known_digest: str | None) -> _Prepared:
-    """Hash the column from its Arrow buffers (unless the digest cache vouches for it); copy it
-    out only if an entry is missing. Runs in a reader thread."""
+             known_digest: str | None, extendable: dict[str, CatalogRow]) -> _Prepared:
+    """Hash the column from its Arrow buffers (unless the digest cache vouches for it), with the
+    digests of the prefixes that `extendable` entries were computed from, in the same pass; copy
+    it out only if an entry is missing, and only its new rows if every missing entry extends an
+    old one. Runs in a reader thread."""
     split = build_plan.source.splits[unit.split]
-    parts = None
-    if known_digest is None:
+    layout, parts, prefixes = unit.layout, None, {}
+    if known_digest is None or extendable:
         with _timed(report, "hash"):
             layout, parts = split.parts(unit.layer)
-            known_digest = parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+            shape = (layout.rows, *layout.value_shape)
+            cuts = {old.shape[0] for old in extendable.values()}
+            known_digest, prefixes = parts_digest(parts, layout.dtype, shape, cuts) if cuts else (
+                parts_digest(parts, layout.dtype, shape), {})
     keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
     ready = _Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
+    ready.appends = {spec: old for spec, old in extendable.items() if spec in ready.missing
+                     and prefixes.get(old.shape[0]) == old.input_digest and store.has_entry(old.key)}
     if ready.missing:
+        if set(ready.appends) == ready.missing:
+            ready.offset = min(old.shape[0] for old in ready.appends.values())
         with _timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
-            ready.host = devices.host_tensor(join_parts(layout, parts), devices.resolve(device))
+            ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), devices.resolve(device))
     if parts is not None:
         split.release(parts)
     return ready
@@ -323,12 +347,13 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
                 tensor = ready.host.to(report.device, non_blocking=True)
             old = before.get((unit.split, unit.layer, f.spec))
             reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "entry missing"
-            kept = _appended_to(old, ready, f, store)
+            extended = ready.appends.get(f.spec)
+            start = extended.shape[0] if extended else 0  # rows already computed
             with _timed(report, "compute"):
-                out = compute(f, tensor[len(kept) :] if kept is not None else tensor, shape, unit, report.device)
-            if kept is not None:
-                out = np.concatenate([kept, out])
-                reason = f"{len(out) - len(kept)} rows appended ({len(kept)} reused)"
+                out = compute(f, tensor[start - ready.offset :], shape, unit, report.device)
+            if extended:
+                out = np.concatenate([store.read_entry(extended.key), out])
+                reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
             created[key] = _now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
@@ -339,21 +364,6 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
         rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
                                ready.digest, f.identity))
     return rows
-
-
-def _appended_to(old: CatalogRow | None, ready: _Prepared, f: BoundFeaturizer, store: Store) -> np.ndarray | None:
-    """The stored features of `old` when the column now extends the one they were computed from
-    (its first rows are byte-identical to it) and `f` is per-row and unchanged: only the new rows
-    then need computing. None otherwise."""
-    rows = old.shape[0] if old and old.shape else 0
-    if (old is None or not f.featurizer.per_row or old.identity != f.identity or not 0 < rows < ready.unit.layout.rows
-            or not store.has_entry(old.key)):
-        return None
-    layout = ready.unit.layout
-    prefix = ready.host[:rows].numpy()
-    if parts_digest([prefix], layout.dtype, (rows, *layout.value_shape)) != old.input_digest:
-        return None
-    return store.read_entry(old.key)
 
 
 def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str) -> np.ndarray:

@@ -70,15 +70,18 @@ def column_parts(ds, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
     return layout, [p for p in parts if len(p)] or parts[:1]
 
 
-def join_parts(layout: ColumnLayout, parts: list[np.ndarray]) -> np.ndarray:
-    """One array from `column_parts`: the part itself if there is one, else one copy."""
+def join_parts(layout: ColumnLayout, parts: list[np.ndarray], start: int = 0) -> np.ndarray:
+    """One array from `column_parts` (its rows from `start` on): the part itself if there is one,
+    else one copy."""
     if len(parts) == 1:
-        return parts[0].reshape((layout.rows, *layout.value_shape))
-    out = np.empty((layout.rows, *layout.value_shape), dtype=layout.dtype)
-    start = 0
+        return parts[0].reshape((layout.rows, *layout.value_shape))[start:]
+    out = np.empty((layout.rows - start, *layout.value_shape), dtype=layout.dtype)
+    done = 0  # rows of the column before `part`
     for part in parts:
-        out[start : start + len(part)] = part
-        start += len(part)
+        keep = part[max(0, start - done) :]
+        at = max(0, done - start)
+        out[at : at + len(keep)] = keep
+        done += len(part)
     return out
 
 

@@ -1,7 +1,7 @@
 """Content keys: pure functions from values to digests, no I/O.
 
-An array's digest is xxh3-128 over a small header (key version, dtype, shape) and its C-order
-bytes, so equal bytes give equal digests wherever the data lives and whatever it is called.
+An array's digest is xxh3-128 over a small header (key version, dtype, shape of a row), its
+C-order bytes and its row count, so equal bytes give equal digests wherever the data lives and whatever it is called.
 An entry's key combines the input digest with the featurizer's identity (name, canonical params,
 version). Changing anything here changes every key: bump `KEY_VERSION` and say so in the docs.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-KEY_VERSION = 2  # 2: the stored dtype joined the featurizer identity
+KEY_VERSION = 3  # 2: the stored dtype joined the identity; 3: the row count moved after the bytes
 
 
 def canonical_json(value: Any) -> bytes:
@@ -29,13 +29,36 @@ def array_digest(values: np.ndarray) -> str:
     return parts_digest([values], values.dtype, values.shape)
 
 
-def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...]) -> str:
+def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...],
+                 prefixes: Iterable[int] = ()) -> str:
     """The `array_digest` of the array that joining `parts` along the first axis would give,
-    computed without joining them."""
-    header = canonical_json({"v": KEY_VERSION, "dtype": np.dtype(dtype).str, "shape": list(shape)})
+    computed without joining them. With `prefixes`, returns (digest, {rows: digest of the first
+    `rows` rows}) from the same single pass over the bytes."""
+    digest, prefix = _digests(parts, dtype, shape, set(prefixes))
+    return (digest, prefix) if prefixes else digest
+
+
+def _digests(parts, dtype, shape, prefixes: set[int]) -> tuple[str, dict[int, str]]:
+    # The row count goes last (a trailer), so that the state after n rows, copied and given the
+    # trailer n, is the digest of those n rows: an appended column is recognised in the same pass.
+    header = canonical_json({"v": KEY_VERSION, "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])})
     h = xxhash.xxh3_128(b"featstore-array\0" + header + b"\0")
+    done, out = 0, {}
     for part in parts:
-        h.update(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))
+        part = np.ascontiguousarray(part)
+        for cut in sorted(n for n in prefixes if done < n <= done + len(part)):
+            h.update(memoryview(part[: cut - done].reshape(-1).view(np.uint8)))
+            out[cut] = _finish(h.copy(), cut)
+            part, done = part[cut - done :], cut
+        h.update(memoryview(part.reshape(-1).view(np.uint8)))
+        done += len(part)
+    if 0 in prefixes:
+        out[0] = _digests([], dtype, (0, *shape[1:]), set())[0]
+    return _finish(h, shape[0] if shape else 0), out
+
+
+def _finish(h, rows: int) -> str:
+    h.update(b"\0rows=" + str(rows).encode())
     return h.hexdigest()
 
 

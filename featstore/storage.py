@@ -47,7 +47,7 @@ class Storage(ABC):
 
     @abstractmethod
     def put(self, path: str, data: bytes | memoryview) -> None:
-        """Write a new file under a `staging` path: durable and visible only once published."""
+        """Write a new file under a `staging` path (durably): visible only once published."""
 
     @abstractmethod
     def exists(self, path: str) -> bool: ...
@@ -135,6 +135,8 @@ class LocalStorage(Storage):
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "xb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # before publish renames it into sight
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -151,14 +153,7 @@ class LocalStorage(Storage):
     def publish(self, staging: str, final: str) -> bool:
         src, dst = self._path(staging), self._path(final)
         crash_point()
-        with _io_errors(dst):
-            for folder, _, files in os.walk(src):
-                for name in files:
-                    fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+        with _io_errors(dst):  # the files are fsynced already (`put`)
             dst.parent.mkdir(parents=True, exist_ok=True)
             crash_point()
             try:

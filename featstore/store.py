@@ -51,6 +51,12 @@ def chunk_rows(rows: int, row_bytes: int, target: int | None = None) -> int:
     return max(1, -(-rows // n_chunks))
 
 
+def chunk_name(i: int, ndim: int) -> str:
+    """The file of row chunk `i` of an `ndim`-dimensional entry: `c.<i>.0...` (zarr's default key
+    encoding with "." as separator: one flat directory, no folders to create per entry)."""
+    return ".".join(["c", str(i)] + ["0"] * (ndim - 1))
+
+
 def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attributes: dict) -> bytes:
     """The `zarr.json` of an uncompressed little-endian Zarr v3 array of `shape` and `dtype`,
     chunked along rows, with fill value 0: what `zarr.create_array` writes for it."""
@@ -58,7 +64,7 @@ def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attr
         "shape": list(shape),
         "data_type": dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *(max(1, d) for d in shape[1:])]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
         "fill_value": 0.0 if dtype.kind == "f" else 0,
         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
         "attributes": attributes,
@@ -132,7 +138,7 @@ class Store:
                 data = memoryview(block).cast("B")
                 if len(block) < rows:  # zarr stores an edge chunk padded to full size with the fill value, 0
                     data = data.tobytes() + bytes((rows - len(block)) * block[:1].nbytes)
-                name = "/".join(["c", str(i)] + ["0"] * (values.ndim - 1))
+                name = chunk_name(i, values.ndim)
                 self.storage.put(f"{staging}/{name}", data)
                 chunks[name] = bytes_digest(data)
             info = replace(info, chunks=chunks)
@@ -161,8 +167,7 @@ class Store:
         except CorruptEntry as e:
             return e.problem, 0
         rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        expected = {"/".join(["c", str(i)] + ["0"] * (len(info.shape) - 1))
-                    for i in range(-(-info.shape[0] // rows) if info.shape and rows else 0)}
+        expected = {chunk_name(i, len(info.shape)) for i in range(-(-info.shape[0] // rows) if info.shape and rows else 0)}
         if set(info.chunks) != expected:
             return f"records chunks {sorted(info.chunks)}, its shape implies {sorted(expected)}", 0
         read = 0
@@ -216,7 +221,7 @@ class Store:
         path = self.entry_path(key)
 
         def read(i: int) -> None:
-            name = "/".join(["c", str(i)] + ["0"] * (len(info.shape) - 1))
+            name = chunk_name(i, len(info.shape))
             lo, hi = max(start, i * per), min(stop, (i + 1) * per)
             whole = lo == i * per and hi == (i + 1) * per  # the chunk lies inside the result
             target = out[lo - start : hi - start] if whole else np.empty((per, *info.shape[1:]), dtype)

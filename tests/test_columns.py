@@ -5,7 +5,7 @@ import pytest
 from conftest import array2d_dataset, list_column, matrices
 
 from featstore import ColumnError, read_column
-from featstore.columns import column_layout, column_parts, mapped_ranges, release_pages
+from featstore.columns import column_layout, column_parts, join_parts, mapped_ranges, release_pages
 from featstore.keys import array_digest, parts_digest
 
 
@@ -56,6 +56,8 @@ def test_several_chunks_are_joined_in_order(tmp_path):
     layout, parts = column_parts(ds, "layer_a")
     assert len(parts) == 3
     assert parts_digest(parts, layout.dtype, out.shape) == array_digest(out)
+    for start in (0, 2, 3, 4, 7, 11, 12):  # a tail of the rows, starting inside or at a part's edge
+        np.testing.assert_array_equal(join_parts(layout, parts, start), out[start:])
 
 
 def test_indices_mapping_select_shuffle_filter(tmp_path):

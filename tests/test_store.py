@@ -27,7 +27,7 @@ def test_entry_roundtrip_on_disk(store_dir):
     assert store.has_entry(info.key)
     np.testing.assert_array_equal(store.read_entry(info.key), values)
     stored = store.entry_info(info.key)
-    assert stored == replace(info, chunks=stored.chunks) and stored.chunks.keys() == {"c/0/0/0"}
+    assert stored == replace(info, chunks=stored.chunks) and stored.chunks.keys() == {"c.0.0.0"}
     entry_dir = os.path.join(store_dir, "entries", info.key[:2], info.key)
     meta = json.loads(Path(entry_dir, "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["attributes"]["featstore"]["key"] == info.key
@@ -49,6 +49,7 @@ def test_entries_are_the_zarr_arrays_zarr_itself_would_write(tmp_path, shape, dt
     rows = chunk_rows(len(values), values[:1].nbytes)
     theirs = zarr.create_array(zarr.storage.LocalStore(tmp_path / "z"), shape=shape, dtype=dtype,
                                chunks=(rows, *shape[1:]) if shape[0] else (1, *shape[1:]),
+                               chunk_key_encoding={"name": "default", "separator": "."},
                                compressors=None, fill_value=0, attributes={"featstore": store.entry_info(info.key).to_json()})
     theirs[...] = values
     assert json.loads((entry / "zarr.json").read_bytes()) == json.loads((tmp_path / "z" / "zarr.json").read_bytes())
@@ -75,7 +76,7 @@ def test_corrupt_entry_is_an_error_not_wrong_numbers(store_dir, damage):
     values = np.arange(64, dtype=np.float32).reshape(8, 8) + 1
     info = _info(values)
     store.write_entry(info, values)
-    chunk = os.path.join(store_dir, "entries", info.key[:2], info.key, "c", "0", "0")
+    chunk = os.path.join(store_dir, "entries", info.key[:2], info.key, "c.0.0")
     if damage == "flip":
         raw = bytearray(Path(chunk).read_bytes())
         raw[17] ^= 0x01
@@ -142,9 +143,9 @@ def test_row_slices_read_only_the_chunks_they_need(store_dir, monkeypatch):
     assert len(store.entry_info(info.key).chunks) == 10
     for rows in (slice(0, 95), slice(3, 4), slice(9, 31), slice(90, None), slice(-7, None), slice(40, 40), slice(None)):
         np.testing.assert_array_equal(store.read_entry(info.key, rows), values[rows])
-    os.remove(os.path.join(store_dir, "entries", info.key[:2], info.key, "c", "0", "0"))
+    os.remove(os.path.join(store_dir, "entries", info.key[:2], info.key, "c.0.0"))
     np.testing.assert_array_equal(store.read_entry(info.key, slice(10, 95)), values[10:])  # chunk 0 not needed
-    with pytest.raises(StoreError, match=r"chunk c/0/0 is missing"):
+    with pytest.raises(StoreError, match=r"chunk c.0.0 is missing"):
         store.read_entry(info.key, slice(5, 15))
     with pytest.raises(ValueError, match=r"contiguous"):
         store.read_entry(info.key, slice(0, 10, 2))

@@ -166,7 +166,7 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
     trusted only while every one matches; `rehash` ignores the cache."""
     started = time.perf_counter()
-    with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT):  # no gc while a build runs
+    with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT), devices.restore_threads():  # no gc meanwhile
         report = _execute(build_plan, store, device, progress, rehash)
     report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
     return report
@@ -344,6 +344,8 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
         if f.spec in ready.missing and not store.has_entry(key):  # another build may have made it since
             if tensor is None:
                 report.device = devices.resolve(report.device)
+                if report.device == "cpu":
+                    devices.one_intra_op_thread()
                 tensor = ready.host.to(report.device, non_blocking=True)
             old = before.get((unit.split, unit.layer, f.spec))
             reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "entry missing"

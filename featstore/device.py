@@ -7,6 +7,9 @@ build never pay for importing torch.
 from __future__ import annotations
 
 import functools
+import os
+import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -25,6 +28,36 @@ def resolve(device: str = "auto") -> str:
     except (RuntimeError, AssertionError) as e:
         raise FeatstoreError(f"device {device!r} is not usable here: {e}; use --device cpu or auto") from e
     return device
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_saved_threads: list[int] = []
+
+
+def one_intra_op_thread() -> None:
+    """Run torch's CPU ops single-threaded until `restore_threads` ends. A CPU build keeps every
+    core busy with its own threads (readers, writers, the singular-value split); torch's intra-op
+    threads competing with them made a 10%-append rebuild of 1k 1.4x and a cold build 1.1x slower
+    (benchmarks/bench_incremental.py)."""
+    import torch
+
+    if not _saved_threads:
+        _saved_threads.append(torch.get_num_threads())
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def restore_threads():
+    """Give torch back the intra-op thread count that `one_intra_op_thread` took, when the block ends."""
+    try:
+        yield
+    finally:
+        if _saved_threads:
+            sys.modules["torch"].set_num_threads(_saved_threads.pop())
 
 
 def host_tensor(values: np.ndarray, device: str = "cpu"):

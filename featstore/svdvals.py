@@ -46,12 +46,14 @@ def singular_values(x):
 
 
 def _cpu_svdvals(x):
-    """LAPACK per matrix, the batch split over torch's CPU threads: batched svdvals runs on one
-    thread however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in two
+    """LAPACK per matrix, the batch split over the cores: batched svdvals runs on one thread
+    however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in two
     threads take half the time (measured on 2 cores). Each matrix's values are the same bits."""
     import torch
 
-    threads = torch.get_num_threads()
+    from featstore.device import cpu_count
+
+    threads = max(torch.get_num_threads(), cpu_count())
     if threads < 2 or len(x) < 2 * threads:
         return torch.linalg.svdvals(x)
     # Concurrent calls queue on torch's intra-op pool unless each runs single-threaded.

@@ -159,3 +159,9 @@ def test_digest_cache_skips_hashing_until_a_file_changes(sanity_dir, store_dir, 
     assert len(calls) == 8  # only the changed split was hashed again
     assert {(e.split, e.layer) for e in report.entries if e.status == "computed"} == {("train", "layer_004")}
     assert float(featstore.open("sanity", store=store_dir).load("layer_004", "stats")[7, 3]) == 123.0
+
+
+def test_a_cpu_build_gives_torch_its_threads_back(sanity_dir, store_dir):
+    before = torch.get_num_threads()
+    featstore.build("sanity", ["svd"], store=store_dir, device="cpu")
+    assert torch.get_num_threads() == before

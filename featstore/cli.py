@@ -53,6 +53,8 @@ def main(debug: bool) -> None:
     featstore build --dataset 1k               # stats + svd for every layer column
     featstore build --dataset ./saved --featurizer raw --featurizer svd:k=32 --layers 'layer_0*'
     featstore ls --dataset 1k                  # what the store holds
+    featstore status --dataset 1k              # fresh / stale (why) / missing; exit 1 if not all fresh
+    featstore verify && featstore gc --max-size 20GB
 
     In Python: fs = featstore.open("1k"); fs.load("layer_017", "svd", split="train").
     """

@@ -28,6 +28,7 @@ from featstore.errors import (
     FeaturizerError,
     NotFoundError,
     SpecError,
+    StaleError,
     StoreError,
 )
 from featstore.featurizers import featurizer
@@ -41,6 +42,7 @@ __all__ = [
     "FeaturizerError",
     "NotFoundError",
     "SpecError",
+    "StaleError",
     "StoreError",
     "build",
     "featurizer",

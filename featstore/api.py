@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
+
+import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.errors import FeatstoreError, NotFoundError
+from featstore.errors import FeatstoreError, NotFoundError, StaleError
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -45,9 +50,11 @@ def build(
     return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress, rehash)
 
 
-def open(dataset: Any, store: str | None = None) -> FeatureSet:
+def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False) -> FeatureSet:
     """The features the store holds for `dataset` (anything `--dataset` accepts; a plain
-    `datasets.Dataset` counts as split `train`). Reads only the store, never the dataset."""
+    `datasets.Dataset` counts as split `train`). Reads only the store, never the dataset, unless
+    `require_fresh`: then it checks the catalogued features against the current data and
+    featurizer code (as `featstore status` does) and raises StaleError if any is stale."""
     location = store or default_store()
     st = Store.open(location)
     name = dataset_id(dataset)
@@ -62,7 +69,26 @@ def open(dataset: Any, store: str | None = None) -> FeatureSet:
         except OSError as e:
             log.warning("cannot lease entries in %s (%s): a concurrent gc could remove them", location, e)
             lease = None
-    return FeatureSet(st, catalog, lease)
+    fs = FeatureSet(st, catalog, lease)
+    if require_fresh:
+        _require_fresh(fs, dataset)
+    return fs
+
+
+def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
+    from featstore import freshness
+
+    layers = tuple(glob.escape(layer) for layer in fs.layers)
+    source = load_source(dataset, layers, fs.catalog.label_column)
+    report = freshness.status(source, _featurizers_for(source.name, (), fs.store), fs.store)
+    served = {r.slot for r in fs.catalog.rows} | {(s, fs.catalog.label_column, "labels") for s in fs.catalog.splits}
+    bad = [s for s in report.slots if s.state != "fresh" and (s.split, s.layer, s.featurizer) in served]
+    if bad:
+        fs.close()
+        lines = "; ".join(f"{s.split}/{s.layer}/{s.featurizer}: {s.state}, {s.reason}" for s in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise StaleError(f"{len(bad)} catalogued features of {fs.dataset!r} are not fresh for the current data and "
+                         f"featurizer code: {lines}{more}; run `featstore build --dataset ...` (see `featstore status`)")
 
 
 class FeatureSet:
@@ -73,7 +99,7 @@ class FeatureSet:
         self.catalog = catalog
         self._rows = {r.slot: r for r in catalog.rows}
         self._featurizers = sorted({r.featurizer for r in catalog.rows})
-        self._release = weakref.finalize(self, store.release, lease) if lease else None
+        self._release = weakref.finalize(self, _release, store, lease, os.getpid()) if lease else None
 
     def close(self) -> None:
         """Give up this view's lease on its entries (also done when it is garbage collected or
@@ -121,22 +147,53 @@ class FeatureSet:
             raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {_brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")
 
-    def load(self, layer: str, featurizer: str, split: str = "train"):
-        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape), stored dtype."""
-        from featstore.device import from_stored
-
+    def load(self, layer: str, featurizer: str, split: str = "train", *, device=None, dtype=None,
+             rows: slice | None = None):
+        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape), in the stored
+        dtype unless `dtype` is given. `rows` (a slice) reads only the chunks it needs. For a GPU
+        `device`, chunks are read straight into pinned memory and copied without blocking."""
         row = self.row(layer, featurizer, split)
-        return from_stored(self.store.read_entry(row.key), row.dtype)
+        return self._read(row.key, row.dtype, rows, device, dtype)
 
-    def labels(self, split: str = "train"):
+    def load_many(self, layers: Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
+                  device=None, dtype=None, rows: slice | None = None):
+        """`load` for several layers, read in parallel: a dict {layer: tensor}, or with `stack` one
+        tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`."""
+        layers = list(layers)
+        found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
+        with ThreadPoolExecutor(min(len(found), 4) or 1) as pool:
+            tensors = list(pool.map(lambda r: self._read(r.key, r.dtype, rows, device, dtype), found))
+        if stack:
+            import torch
+
+            return torch.stack(tensors) if tensors else torch.empty(0)
+        return dict(zip(layers, tensors))
+
+    def labels(self, split: str = "train", *, device=None, rows: slice | None = None):
         """The split's label column as an int64 torch.Tensor."""
-        import torch
-
         self._check_split(split)
         key = self.catalog.splits[split].labels
         if key is None:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
-        return torch.from_numpy(self.store.read_entry(key))
+        return self._read(key, "int64", rows, device, None)
+
+    def _read(self, key: str, stored: str, rows, device, dtype):
+        import torch
+
+        from featstore.device import from_stored
+
+        if device is not None and str(device).startswith("cuda"):
+            shape = self.store.entry_info(key).shape
+            rows_read = len(range(*(rows or slice(None)).indices(shape[0])))
+            numpy_dtype = np.dtype(np.uint16 if stored == "bfloat16" else stored)  # see device.to_stored
+            host = torch.empty((rows_read, *shape[1:]), dtype=torch.from_numpy(np.empty(0, numpy_dtype)).dtype,
+                               pin_memory=True)
+            self.store.read_entry(key, rows, out=host.numpy())
+            tensor = from_stored(host.numpy(), stored).to(device, non_blocking=True)
+        else:
+            tensor = from_stored(self.store.read_entry(key, rows), stored)
+            tensor = tensor.to(device) if device is not None else tensor
+        return tensor.to(dtype) if dtype is not None else tensor
 
     def _check_split(self, split: str) -> None:
         if split not in self.catalog.splits:
@@ -158,6 +215,11 @@ class FeatureSet:
             return same_name[0]
         hint = "ambiguous, pass one of" if same_name else "available"
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}")
+
+
+def _release(store: Store, lease: str, owner: int) -> None:
+    if os.getpid() == owner:  # a forked child (a DataLoader worker) must not drop its parent's lease
+        store.release(lease)
 
 
 def _brief(names: list[str], limit: int = 12) -> str:

@@ -36,3 +36,9 @@ class StoreError(FeatstoreError, OSError):
 
 class FeaturizerError(FeatstoreError, RuntimeError):
     """A featurizer raised, returned the wrong shape or dtype, returned NaN/inf, or ran out of memory."""
+
+
+class StaleError(FeatstoreError):
+    """`open(..., require_fresh=True)` found features stale for the current data or featurizer code."""
+
+    exit_code = 1

@@ -4,7 +4,8 @@ For every (split, layer, featurizer) of the current data and the current featuri
 entry key a build would want is `entry_key(column digest, identity)`. A slot is `fresh` when the
 catalog already serves that key and the store holds it, `stale` when the catalog serves another
 key (the reason says what changed: input bytes, featurizer code, params, version, format), and
-`missing` when nothing is catalogued or the entry is gone. Column digests come from the store's
+`missing` when nothing is catalogued or the entry is gone. Each split's labels are a slot too
+(featurizer `labels`, stale when the label column changed). Column digests come from the store's
 digest cache while the dataset files' stats match, else from hashing the columns.
 
 A lockfile records the same expected keys (per split and layer its input digest, per featurizer
@@ -19,10 +20,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from featstore.builder import cached_digests, column_digest, why_stale
+import numpy as np
+
+from featstore.builder import LABELS_IDENTITY, cached_digests, column_digest, why_stale
 from featstore.errors import FeatstoreError
 from featstore.featurizers import BoundFeaturizer, parse_spec
-from featstore.keys import KEY_VERSION, entry_key
+from featstore.keys import KEY_VERSION, array_digest, entry_key
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
 from featstore.store import Store
@@ -108,8 +111,23 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 else:
                     state, reason = "fresh", ""
                 report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size))
+    if source.label_column and catalog:
+        report.slots += _label_slots(source, catalog)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _label_slots(source: Source, catalog) -> list[SlotStatus]:
+    """One slot per split for its labels (featurizer `labels`): the labels entry is keyed like any other."""
+    out = []
+    for split_name, split in source.splits.items():
+        values = split.read(source.label_column).astype(np.int64, copy=False)
+        key = entry_key(array_digest(values), LABELS_IDENTITY)
+        served = catalog.splits.get(split_name)
+        state, reason = (("fresh", "") if served and served.labels == key
+                         else ("stale", "labels changed") if served and served.labels else ("missing", "not built"))
+        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, values.nbytes))
+    return out
 
 
 def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None) -> dict:

@@ -205,11 +205,11 @@ class Store:
     def entry_info(self, key: str) -> EntryInfo:
         return self._metadata(key)[1]
 
-    def read_entry(self, key: str, rows: slice | None = None) -> np.ndarray:
+    def read_entry(self, key: str, rows: slice | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """The entry's values, or the rows `rows` of them (reading only the chunks they fall in),
         every chunk read checked against the digest recorded when it was written: a flipped bit,
         a truncated or a missing chunk raises StoreError, never returns wrong numbers. Chunks
-        are read straight into the result, several at a time."""
+        are read straight into the result (`out`, if given: e.g. pinned memory), several at a time."""
         meta, info = self._metadata(key)
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         per = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
@@ -217,7 +217,11 @@ class Store:
         if step != 1:
             raise ValueError(f"rows must be a contiguous slice, not {rows}")
         stop = max(start, stop)
-        out = np.empty((stop - start, *info.shape[1:]), dtype)
+        shape = (stop - start, *info.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype)
+        elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {shape}, not {out.dtype}{out.shape}")
         path = self.entry_path(key)
 
         def read(i: int) -> None:

@@ -181,3 +181,23 @@ def test_status_exit_codes_gate_ci(tmp_path, store_dir):
     assert "2 fresh, 0 stale, 2 missing; a build would compute 2 entries from 2 columns" in missing.stdout
     error = _cli("status", "-d", str(tmp_path / "nowhere"), "--store", store_dir)
     assert error.returncode == 2 and "nowhere" in error.stderr
+
+
+def test_changed_labels_make_the_labels_slot_stale(sanity_dir, store_dir):
+    import os
+    import shutil
+
+    featstore.build("sanity", ["stats"], store=store_dir)
+    dd = datasets.load_from_disk(str(sanity_dir), keep_in_memory=True)
+    test = dd["test"].with_format("numpy")[:]
+    test["category_label"] = (test["category_label"] + 1) % 10
+    dd["test"] = datasets.Dataset.from_dict(test, features=dd["test"].features)
+    dd.save_to_disk(str(sanity_dir) + ".new")
+    shutil.rmtree(sanity_dir)
+    os.rename(str(sanity_dir) + ".new", sanity_dir)
+    stale = [(s.split, s.layer, s.featurizer, s.reason) for s in featstore.status("sanity", store=store_dir).slots
+             if s.state != "fresh"]
+    assert stale == [("test", "category_label", "labels", "labels changed")]
+    featstore.build("sanity", ["stats"], store=store_dir)
+    assert featstore.status("sanity", store=store_dir).fresh
+    np.testing.assert_array_equal(featstore.open("sanity", store=store_dir).labels("test").numpy(), test["category_label"])

@@ -1,0 +1,82 @@
+"""PyTorch integration: a map-style `FeatureDataset` over stored features, and `load_split` for
+small experiments that want a whole split as tensors.
+
+A `FeatureDataset` pickles as plain data (store location, entry keys), never an open handle: each
+`DataLoader` worker reads the entries it needs itself, once, on first use. The process that made
+it holds a lease on those entries (see `featstore gc`) for as long as it lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from featstore.api import FeatureSet
+from featstore.api import open as open_store
+from featstore.device import from_stored
+from featstore.store import Store
+
+
+def _choose(fs: FeatureSet, layers: Iterable[str] | None, featurizers: Iterable[str] | None, split: str):
+    layers = list(layers) if layers is not None else fs.layers
+    featurizers = list(featurizers) if featurizers is not None else fs.featurizers
+    return [(layer, fs.row(layer, f, split)) for layer in layers for f in featurizers]
+
+
+class FeatureDataset(Dataset):
+    """Rows of one split: item `i` is `(features, label)`, where `features` is a dict
+    {(layer, featurizer spec): tensor of that row} or, with `flatten`, one float32 1-D tensor of
+    them all concatenated in (layer, featurizer) order; `label` is an int64 scalar tensor (None
+    when the dataset has no label column).
+
+        ds = FeatureDataset("1k", layers=["layer_032", "layer_033"], featurizers=["svd"], flatten=True)
+        loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
+    """
+
+    def __init__(self, dataset: Any, layers: Iterable[str] | None = None, featurizers: Iterable[str] | None = None,
+                 split: str = "train", store: str | None = None, flatten: bool = False):
+        self._view = open_store(dataset, store)  # checks every name now; leases the entries
+        chosen = _choose(self._view, layers, featurizers, split)
+        self.location = self._view.store.location
+        self.split = split
+        self.flatten = flatten
+        self.columns = [(layer, row.featurizer) for layer, row in chosen]
+        self._entries = [(row.key, row.dtype) for _, row in chosen]
+        self._labels = self._view.catalog.splits[split].labels
+        self._rows = self._view.catalog.splits[split].rows
+        self._data: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
+
+    def __getstate__(self) -> dict:  # what a DataLoader worker receives: no handle, no lease, no data
+        return {k: v for k, v in self.__dict__.items() if k not in ("_view", "_data")} | {"_view": None, "_data": None}
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def _load(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        if self._data is None:
+            store = self._view.store if self._view is not None else Store.open(self.location)
+            tensors = [from_stored(store.read_entry(key), dtype) for key, dtype in self._entries]
+            if self.flatten:
+                tensors = [torch.cat([t.reshape(len(t), -1).to(torch.float32) for t in tensors], 1)]
+            labels = torch.from_numpy(store.read_entry(self._labels)) if self._labels else None
+            self._data = (tensors, labels)
+        return self._data
+
+    def __getitem__(self, i: int):
+        tensors, labels = self._load()
+        features = tensors[0][i] if self.flatten else {c: t[i] for c, t in zip(self.columns, tensors)}
+        return features, labels[i] if labels is not None else None
+
+
+def load_split(dataset: Any, layers: Iterable[str] | None = None, featurizers: Iterable[str] | None = None,
+               split: str = "train", store: str | None = None, device=None, dtype=None):
+    """A whole split as tensors: ({(layer, featurizer spec): tensor (n_rows, ...)}, labels or None)."""
+    with open_store(dataset, store) as fs:
+        chosen = _choose(fs, layers, featurizers, split)
+        features = {(layer, row.featurizer): fs.load(layer, row.featurizer, split, device=device, dtype=dtype)
+                    for layer, row in chosen}
+        labels = fs.labels(split, device=device) if fs.catalog.splits[split].labels else None
+    return features, labels

@@ -1,0 +1,86 @@
+"""The loading API and the PyTorch integration, on real stores."""
+
+import os
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import featstore
+from featstore import presets
+from featstore.sources import load_source
+from featstore.torch import FeatureDataset, load_split
+
+
+@pytest.fixture
+def built(sanity_dir, store_dir):
+    featstore.build("sanity", ["raw", "stats", "svd:k=4"], store=store_dir)
+    return store_dir
+
+
+def test_load_rows_dtype_and_many(built):
+    fs = featstore.open("sanity", store=built)
+    full = fs.load("layer_001", "raw")
+    column = load_source("sanity").splits["train"].read("layer_001")
+    np.testing.assert_array_equal(full.numpy(), column)
+    torch.testing.assert_close(fs.load("layer_001", "raw", rows=slice(5, 17)), full[5:17], rtol=0, atol=0)
+    assert fs.load("layer_001", "stats", dtype=torch.float64).dtype == torch.float64
+    many = fs.load_many(["layer_003", "layer_001"], "svd:k=4", split="test")
+    assert list(many) == ["layer_003", "layer_001"]
+    stacked = fs.load_many(["layer_003", "layer_001"], "svd:k=4", split="test", stack=True)
+    assert stacked.shape == (2, *many["layer_003"].shape)
+    torch.testing.assert_close(stacked[1], fs.load("layer_001", "svd:k=4", split="test"), rtol=0, atol=0)
+    assert torch.equal(fs.labels("train", rows=slice(0, 4)), fs.labels("train")[:4])
+    with pytest.raises(featstore.NotFoundError, match=r"no layer 'nope'"):
+        fs.load_many(["layer_000", "nope"], "raw")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_load_to_the_gpu_goes_through_pinned_memory(built):
+    fs = featstore.open("sanity", store=built)
+    on_gpu = fs.load("layer_002", "svd:k=4", device="cuda", rows=slice(3, 30))
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), fs.load("layer_002", "svd:k=4")[3:30], rtol=0, atol=0)
+
+
+def test_require_fresh_refuses_features_of_edited_data(built, sanity_dir):
+    featstore.open("sanity", store=built, require_fresh=True).close()  # fresh: fine
+    dd = datasets.load_from_disk(str(sanity_dir), keep_in_memory=True)
+    train = dd["train"].with_format("numpy")[:]
+    train["layer_005"][0, 0, 0] += 1
+    dd["train"] = datasets.Dataset.from_dict(train, features=dd["train"].features)
+    dd.save_to_disk(str(sanity_dir) + ".new")
+    shutil.rmtree(sanity_dir)
+    os.rename(str(sanity_dir) + ".new", sanity_dir)
+    with pytest.raises(featstore.StaleError, match=r"3 catalogued features .* not fresh .*train/layer_005/raw: stale, "
+                                                   r"input bytes changed.*featstore build"):
+        featstore.open("sanity", store=built, require_fresh=True)
+    featstore.open("sanity", store=built).close()  # without require_fresh it still serves what it has
+    featstore.build("sanity", ["raw", "stats", "svd:k=4"], store=built)
+    featstore.open("sanity", store=built, require_fresh=True).close()
+
+
+def test_feature_dataset_with_dataloader_workers(built):
+    ds = FeatureDataset("sanity", layers=["layer_002", "layer_003"], featurizers=["stats", "svd:k=4"], store=built,
+                        flatten=True)
+    assert len(ds) == presets.get("sanity").rows - len(load_source("sanity").splits["test"].read("layer_000"))
+    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=2)
+    xs, ys = zip(*loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    fs = featstore.open("sanity", store=built)
+    expected = torch.cat([fs.load(layer, f).reshape(len(ds), -1) for layer in ("layer_002", "layer_003")
+                          for f in ("stats", "svd:k=4")], 1)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    assert torch.equal(y, fs.labels("train"))
+    assert len(os.listdir(os.path.join(built, "leases"))) == 2  # ours and fs's: the workers dropped none
+    features, label = FeatureDataset("sanity", featurizers=["raw"], store=built)[3]
+    assert set(features) == {(f"layer_{i:03d}", "raw") for i in range(8)} and label.dtype == torch.int64
+
+
+def test_load_split_returns_a_whole_split(built):
+    features, labels = load_split("sanity", layers=["layer_000"], store=built, split="test")
+    assert set(features) == {("layer_000", f) for f in ("raw", "stats", "svd:k=4")}
+    assert len(labels) == len(features[("layer_000", "raw")])

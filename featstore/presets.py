@@ -49,7 +49,7 @@ class Preset:
 
 
 PRESETS = {
-    "sanity": Preset("sanity", rows=64, layers=8, dim=16, seed=1),
+    "sanity": Preset("sanity", rows=320, layers=8, dim=16, seed=1),
     "1k": Preset("1k", rows=1_000, layers=128, dim=64, seed=1000),
     "10k": Preset("10k", rows=10_000, layers=128, dim=64, seed=10_000),
 }

@@ -39,7 +39,7 @@ def test_loaded_features_equal_a_direct_computation(sanity_dir, store_dir):
             torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
         np.testing.assert_array_equal(fs.labels(split).numpy(), read_column(dd[split], "category_label"))
     assert fs.label_names[0] == "category_0"
-    assert fs.load("layer_000", "svd").shape == (51, 8)  # the only svd spec, by name
+    assert fs.load("layer_000", "svd").shape == (256, 8)  # the only svd spec, by name
 
 
 def test_second_build_computes_nothing_and_a_new_param_only_itself(sanity_dir, store_dir):
@@ -62,7 +62,7 @@ def test_a_bare_name_without_its_defaults_is_ambiguous(sanity_dir, store_dir):
     fs = featstore.open("sanity", store=store_dir)
     with pytest.raises(NotFoundError, match=r"no featurizer 'svd'.*ambiguous, pass one of: svd:k=4, svd:k=8"):
         fs.load("layer_000", "svd")
-    assert fs.load("layer_000", "svd:k=8").shape == (51, 8)
+    assert fs.load("layer_000", "svd:k=8").shape == (256, 8)
 
 
 def test_datasets_sharing_a_layer_share_its_entry(tmp_path, store_dir):
@@ -95,7 +95,7 @@ def test_bad_columns_fail_before_the_store_changes(tmp_path, store_dir, sanity_d
     with pytest.raises(ColumnError, match=message):
         featstore.build(str(tmp_path / "bad"), ["raw"], store=store_dir)
     assert _snapshot(store_dir) == before
-    assert featstore.open("sanity", store=store_dir).load("layer_001", "svd").shape == (51, 16)
+    assert featstore.open("sanity", store=store_dir).load("layer_001", "svd").shape == (256, 16)
 
 
 def test_string_columns_chosen_explicitly_are_a_named_error(tmp_path, store_dir):

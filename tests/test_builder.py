@@ -56,7 +56,7 @@ def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store
 
     _FIRST_VALUE_OF_LAYER_3[0] = float(read_column(load_source("sanity").splits["train"]._data, "layer_003")[0, 0, 0])
     with pytest.raises(FeaturizerError, match=r"featurizer test_fails_on_layer_3 on column 'layer_003' \(split "
-                                              r"train, rows 0-50\) failed: ValueError\('boom'\)"):
+                                              r"train, rows 0-255\) failed: ValueError\('boom'\)"):
         featstore.build("sanity", ["test_fails_on_layer_3"], store=store_dir)
     assert len(_entries(store_dir)) == 6  # layers 0-2 x 2 splits, each complete; nothing of layer 3
     with pytest.raises(NotFoundError):
@@ -71,8 +71,8 @@ def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
                                               r"inf at row 0 \(stored as float16: a value beyond its range\?\)"):
         featstore.build("sanity", ["test_huge:dtype=float16"], store=store_dir)
     assert featstore.build("sanity", ["test_huge"], layers=["layer_000"], store=f"{store_dir}-ok").computed == 2
-    with pytest.raises(FeaturizerError, match=r"returned torch.float32\[51, 16\]; it must return a floating "
-                                              r"tensor of shape \[51, 3\]"):
+    with pytest.raises(FeaturizerError, match=r"returned torch.float32\[256, 16\]; it must return a floating "
+                                              r"tensor of shape \[256, 3\]"):
         featstore.build("sanity", ["test_wrong_shape"], store=store_dir)
     assert _entries(store_dir) == []
 
@@ -82,7 +82,7 @@ def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplo
     assert report.computed == 2
     assert "retrying with batches of" in caplog.text
     loaded = featstore.open("sanity", store=store_dir).load("layer_000", "test_needs_small_batches")
-    assert loaded.shape == (51, 16)
+    assert loaded.shape == (256, 16)
 
 
 @pytest.mark.parametrize("dtype, torch_dtype, tolerance", [("float16", torch.float16, 1e-3),

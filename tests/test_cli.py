@@ -26,12 +26,12 @@ def test_build_then_ls(run, sanity_dir):
     table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()
     assert table[0].split() == ["dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created"]
     assert [line.split()[:6] for line in table[1:-1]] == [
-        ["sanity", "test", "layer_000", "svd:k=4", "13x4", "float32"],
-        ["sanity", "test", "layer_001", "svd:k=4", "13x4", "float32"],
-        ["sanity", "train", "layer_000", "svd:k=4", "51x4", "float32"],
-        ["sanity", "train", "layer_001", "svd:k=4", "51x4", "float32"],
+        ["sanity", "test", "layer_000", "svd:k=4", "64x4", "float32"],
+        ["sanity", "test", "layer_001", "svd:k=4", "64x4", "float32"],
+        ["sanity", "train", "layer_000", "svd:k=4", "256x4", "float32"],
+        ["sanity", "train", "layer_001", "svd:k=4", "256x4", "float32"],
     ]
-    assert table[-1] == "4 entries, 2.0 KB"  # (13 + 13 + 51 + 51) rows x 4 values x 4 bytes
+    assert table[-1] == "4 entries, 10.2 KB"  # (64 + 64 + 256 + 256) rows x 4 values x 4 bytes
 
 
 def test_build_json_and_ls_json(run, sanity_dir):
@@ -42,7 +42,7 @@ def test_build_json_and_ls_json(run, sanity_dir):
     assert (second["computed"], second["reused"], second["bytes_written"]) == (0, 16, 0)
     rows = json.loads(run("ls", "--json", "--layer", "layer_007", "--split", "test").output)
     assert rows == [{"dataset": "sanity", "split": "test", "layer": "layer_007", "featurizer": "stats",
-                     "shape": [13, 4], "dtype": "float32", "nbytes": 208, "key": rows[0]["key"],
+                     "shape": [64, 4], "dtype": "float32", "nbytes": 1024, "key": rows[0]["key"],
                      "created": rows[0]["created"]}]
     assert rows[0]["key"] == next(e["key"] for e in first["entries"] if e["layer"] == "layer_007" and e["split"] == "test")
 

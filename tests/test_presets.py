@@ -9,15 +9,15 @@ from featstore.keys import array_digest
 def test_sanity_layout(_sanity_master):
     dd = datasets.load_from_disk(str(_sanity_master))
     assert set(dd) == {"train", "test"}
-    assert (dd["train"].num_rows, dd["test"].num_rows) == (51, 13)  # 80/20 of 64
+    assert (dd["train"].num_rows, dd["test"].num_rows) == (256, 64)  # 80/20 of 320
     features = dd["train"].features
     assert list(features) == [f"layer_{i:03d}" for i in range(8)] + ["category_label"]
     assert isinstance(features["layer_000"], datasets.Array2D) and features["layer_000"].shape == (16, 16)
     assert features["category_label"].num_classes == 10
     layer = read_column(dd["train"], "layer_005")
-    assert layer.shape == (51, 16, 16) and layer.dtype == np.float32
+    assert layer.shape == (256, 16, 16) and layer.dtype == np.float32
     y = np.concatenate([read_column(dd[s], "category_label") for s in ("train", "test")])
-    np.testing.assert_array_equal(np.bincount(y), [7, 7, 7, 7, 6, 6, 6, 6, 6, 6])
+    np.testing.assert_array_equal(np.bincount(y), [32] * 10)
 
 
 def test_generation_is_deterministic(_sanity_master, tmp_path):

@@ -159,13 +159,19 @@ class FeatureSet:
                   device=None, dtype=None, rows: slice | None = None):
         """`load` for several layers, read in parallel: a dict {layer: tensor}, or with `stack` one
         tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`."""
+        import torch
+
         layers = list(layers)
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
+        if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
+            gpu = device is not None and str(device).startswith("cuda")
+            host = self._host_buffer(found[0], (len(found), *self._rows_shape(found[0], rows)), pinned=gpu)
+            with ThreadPoolExecutor(min(len(found), 4)) as pool:
+                list(pool.map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found))))
+            return self._finish(host, found[0].dtype, device, dtype)
         with ThreadPoolExecutor(min(len(found), 4) or 1) as pool:
             tensors = list(pool.map(lambda r: self._read(r.key, r.dtype, rows, device, dtype), found))
         if stack:
-            import torch
-
             return torch.stack(tensors) if tensors else torch.empty(0)
         return dict(zip(layers, tensors))
 
@@ -178,21 +184,37 @@ class FeatureSet:
         return self._read(key, "int64", rows, device, None)
 
     def _read(self, key: str, stored: str, rows, device, dtype):
+        """One entry as a tensor on `device` in `dtype`; for a GPU through pinned host memory."""
+        if device is not None and str(device).startswith("cuda"):
+            info = self.store.entry_info(key)
+            row = CatalogRow("", "", "", key, info.shape, stored, 0, "")
+            host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
+            self.store.read_entry(key, rows, out=host.numpy())
+        else:
+            import torch
+
+            host = torch.from_numpy(self.store.read_entry(key, rows))
+        return self._finish(host, stored, device, dtype)
+
+    @staticmethod
+    def _rows_shape(row: CatalogRow, rows: slice | None) -> tuple[int, ...]:
+        return (len(range(*(rows or slice(None)).indices(row.shape[0]))), *row.shape[1:])
+
+    @staticmethod
+    def _host_buffer(row: CatalogRow, shape: tuple[int, ...], pinned: bool):
+        """An empty host tensor for `row`'s stored values (bfloat16 as its raw uint16, see device.to_stored)."""
         import torch
 
-        from featstore.device import from_stored
+        numpy_dtype = np.dtype(np.uint16 if row.dtype == "bfloat16" else row.dtype)
+        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, numpy_dtype)).dtype, pin_memory=pinned)
 
-        if device is not None and str(device).startswith("cuda"):
-            shape = self.store.entry_info(key).shape
-            rows_read = len(range(*(rows or slice(None)).indices(shape[0])))
-            numpy_dtype = np.dtype(np.uint16 if stored == "bfloat16" else stored)  # see device.to_stored
-            host = torch.empty((rows_read, *shape[1:]), dtype=torch.from_numpy(np.empty(0, numpy_dtype)).dtype,
-                               pin_memory=True)
-            self.store.read_entry(key, rows, out=host.numpy())
-            tensor = from_stored(host.numpy(), stored).to(device, non_blocking=True)
-        else:
-            tensor = from_stored(self.store.read_entry(key, rows), stored)
-            tensor = tensor.to(device) if device is not None else tensor
+    @staticmethod
+    def _finish(host, stored: str, device, dtype):
+        import torch
+
+        tensor = host.view(torch.bfloat16) if stored == "bfloat16" else host
+        if device is not None:
+            tensor = tensor.to(device, non_blocking=tensor.is_pinned())
         return tensor.to(dtype) if dtype is not None else tensor
 
     def _check_split(self, split: str) -> None:

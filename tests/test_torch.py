@@ -84,3 +84,14 @@ def test_load_split_returns_a_whole_split(built):
     features, labels = load_split("sanity", layers=["layer_000"], store=built, split="test")
     assert set(features) == {("layer_000", f) for f in ("raw", "stats", "svd:k=4")}
     assert len(labels) == len(features[("layer_000", "raw")])
+
+
+def test_load_many_stacks_reduced_precision_and_row_slices(sanity_dir, store_dir):
+    featstore.build("sanity", ["stats:dtype=bfloat16"], store=store_dir)
+    fs = featstore.open("sanity", store=store_dir)
+    layers = ["layer_004", "layer_000", "layer_002"]
+    stacked = fs.load_many(layers, "stats:dtype=bfloat16", rows=slice(10, 50), stack=True)
+    assert stacked.dtype == torch.bfloat16 and stacked.shape == (3, 40, 4)
+    expected = torch.stack([fs.load(layer, "stats:dtype=bfloat16")[10:50] for layer in layers])
+    assert torch.equal(stacked, expected)
+    assert fs.load_many(layers, "stats:dtype=bfloat16", stack=True, dtype=torch.float32).dtype == torch.float32

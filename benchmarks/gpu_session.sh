@@ -8,4 +8,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -m pytest -q -p no:cacheprovider -x 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
 python3 -m featstore.cli datasets make 1k > /dev/null
 python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"
-for script in ${EXTRA:-}; do python3 "$script" --out "$OUT"; done
+python3 benchmarks/bench_load.py --out "$OUT"
+python3 benchmarks/bench_experiment.py --device cuda --out "$OUT" 2>/dev/null

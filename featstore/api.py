@@ -14,7 +14,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.errors import FeatstoreError, NotFoundError, StaleError
+from featstore.errors import FeatstoreError, NotFoundError, StaleError, StoreError
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -46,8 +46,14 @@ def build(
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
-    build_plan = builder.plan(source, bound)  # every check first: a failed build creates no store
-    return builder.execute(build_plan, Store.open(store or default_store(), create=True), device, progress, rehash)
+    location = store or default_store()
+    try:
+        existing = None if rehash else Store.open(location)
+    except StoreError:
+        existing = None
+    checked = builder.known_layouts(existing, source)
+    build_plan = builder.plan(source, bound, checked)  # every check first: a failed build creates no store
+    return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 
 
 def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False) -> FeatureSet:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -131,9 +131,13 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
+         checked: dict[tuple[str, str], ColumnLayout] | None = None) -> BuildPlan:
     """Check every chosen column of every split and every featurizer's output shape for it.
-    Raises (naming the column, row or featurizer) before anything is written; copies no values."""
+    Raises (naming the column, row or featurizer) before anything is written; copies no values.
+    `checked` holds layouts that a previous build checked in files unchanged since
+    (`known_layouts`): those columns are not read again."""
+    checked = checked or {}
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
@@ -146,7 +150,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
                 raise ColumnError(str(e)) from None
     for layer in source.layers:
         for split_name, split in source.splits.items():
-            layout = split.layout(layer)
+            layout = checked.get((split_name, layer)) or split.layout(layer)
             for f in featurizers:
                 try:
                     f.output_shape(layout.value_shape)
@@ -154,8 +158,8 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...]) -> BuildPlan:
                     raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
             units.append(Unit(split_name, layer, layout))
     if source.label_column:
-        for split in source.splits.values():
-            split.layout(source.label_column)
+        for split_name, split in source.splits.items():
+            checked.get((split_name, source.label_column)) or split.layout(source.label_column)
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started)
 
 
@@ -180,6 +184,17 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False) ->
     trusted = {name: cached[name]["layers"] for name in source.splits
                if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]}
     return cached, stats, trusted
+
+
+def known_layouts(store: Store | None, source: Source) -> dict[tuple[str, str], ColumnLayout]:
+    """{(split, column): layout} that a build checked in files unchanged since (see `plan`)."""
+    cached, stats, _ = cached_digests(store, source)
+    out = {}
+    for name in source.splits:
+        if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]:
+            for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items():
+                out[(name, column)] = ColumnLayout(rows, tuple(shape), np.dtype(dtype))
+    return out
 
 
 def column_digest(split, layer: str) -> str:
@@ -219,7 +234,13 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             if unit is not None:
                 known = trusted.get(unit.split, {}).get(unit.layer)
                 extends = _extendable(build_plan, unit, before)
-                prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known, extends))
+                keys = {f.spec: entry_key(known, f.identity) for f in build_plan.featurizers} if known else {}
+                if keys and not extends and all(map(store.has_entry, keys.values())):  # nothing to read
+                    done: Future = Future()
+                    done.set_result(_Prepared(unit, known, keys, set()))
+                    prepared.append(done)
+                else:
+                    prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known, extends))
 
         writes: deque = deque()
 
@@ -237,8 +258,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             read_ahead()
             rows += _build_unit(build_plan, ready, store, report, created, before, write)
-            counts = Counter(e.status for e in report.entries)
-            bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
+            if not bar.disable:
+                bar.set_postfix(computed=report.computed, reused=report.reused, refresh=False)
             bar.update()
         while writes:
             report.bytes_written += writes.popleft()[0].result()
@@ -253,11 +274,16 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=_now(),
     )
-    digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {}))}
+    digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {})),
+                      "layouts": dict(cached.get(name, {}).get("layouts", {})) if name in trusted else {}}
                for name in source.splits if stats[name] is not None}
     for (split_name, layer), digest in seen.items():
         if split_name in digests:
             digests[split_name]["layers"][layer] = digest
+    for unit in build_plan.units:  # checked by plan: a later plan need not read them again
+        if unit.split in digests:
+            digests[unit.split]["layouts"][unit.layer] = [unit.layout.rows, list(unit.layout.value_shape),
+                                                          unit.layout.dtype.str]
     if digests and digests != cached:
         store.write_digests(source.name, digests)
     with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):

@@ -57,10 +57,10 @@ def chunk_name(i: int, ndim: int) -> str:
     return ".".join(["c", str(i)] + ["0"] * (ndim - 1))
 
 
-def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attributes: dict) -> bytes:
+def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attributes: dict) -> dict:
     """The `zarr.json` of an uncompressed little-endian Zarr v3 array of `shape` and `dtype`,
     chunked along rows, with fill value 0: what `zarr.create_array` writes for it."""
-    meta = {
+    return {
         "shape": list(shape),
         "data_type": dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *(max(1, d) for d in shape[1:])]}},
@@ -72,7 +72,6 @@ def zarr_metadata(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, attr
         "node_type": "array",
         "storage_transformers": [],
     }
-    return json.dumps(meta, indent=1).encode()
 
 
 class Store:
@@ -142,7 +141,8 @@ class Store:
                 self.storage.put(f"{staging}/{name}", data)
                 chunks[name] = bytes_digest(data)
             info = replace(info, chunks=chunks)
-            self.storage.put(f"{staging}/zarr.json", zarr_metadata(values.shape, values.dtype, rows, {"featstore": info.to_json()}))
+            meta = zarr_metadata(values.shape, values.dtype, rows, {"featstore": info.to_json()})
+            self.storage.put(f"{staging}/zarr.json", json.dumps(meta, indent=1).encode())
             return self.storage.publish(staging, self.entry_path(info.key))
         except BaseException:
             _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind
@@ -193,7 +193,7 @@ class Store:
             meta = json.loads(raw)
             info = EntryInfo.from_json(meta["attributes"]["featstore"], key)
             rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-            expected = json.loads(zarr_metadata(info.shape, np.dtype(meta["data_type"]), rows, meta["attributes"]))
+            expected = zarr_metadata(info.shape, np.dtype(meta["data_type"]), rows, meta["attributes"])
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise CorruptEntry(self, key, f"has damaged metadata ({e!r})") from e
         if info.key != key:

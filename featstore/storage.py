@@ -46,6 +46,10 @@ class Storage(ABC):
     def write_bytes(self, path: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def write_new(self, path: str, data: bytes) -> bool:
+        """Like `write_bytes`, but only if `path` does not exist yet: False (nothing written) if it does."""
+
+    @abstractmethod
     def put(self, path: str, data: bytes | memoryview) -> None:
         """Write a new file under a `staging` path (durably): visible only once published."""
 
@@ -127,6 +131,25 @@ class LocalStorage(Storage):
             finally:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(target.parent)
+
+    def write_new(self, path: str, data: bytes) -> bool:
+        target = self._path(path)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        with _io_errors(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, target)  # atomic and create-only: complete content or nothing
+                except FileExistsError:
+                    return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(target.parent)
+            return True
 
     def put(self, path: str, data: bytes | memoryview) -> None:
         target = self._path(path)

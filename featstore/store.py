@@ -42,6 +42,7 @@ from featstore.storage import Storage, open_storage
 CHUNK_BYTES = 8 << 20
 READERS = 4  # chunks of one entry read at a time
 _MARKER = "featstore.json"
+_OWN = {_MARKER, "entries", "staging", "trash", "catalog", "digests", "locks", "leases"}  # what a store holds
 
 
 def chunk_rows(rows: int, row_bytes: int, target: int | None = None) -> int:
@@ -83,27 +84,28 @@ class Store:
     def open(cls, location: str | Path, create: bool = False) -> Store:
         """Open the store at `location`; with `create`, make it if it does not exist yet."""
         storage = open_storage(location)
-        if storage.exists(_MARKER):
-            try:
-                marker = json.loads(storage.read_bytes(_MARKER))
-            except ValueError as e:
-                raise StoreError(f"{location}/{_MARKER} is damaged ({e})") from e
-            version = marker.get("schema_version")
-            if marker.get("format") != "featstore" or not isinstance(version, int):
-                raise StoreError(f"{location}/{_MARKER} is not a featstore marker ({marker})")
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{location} was written by a newer featstore (schema {version}; this one "
-                                 f"reads {SCHEMA_VERSION}); upgrade featstore")
-            if version < SCHEMA_VERSION:
-                raise StoreError(f"{location} was written by an older featstore (schema {version}; this one "
-                                 f"reads {SCHEMA_VERSION}); build into a new store, or delete this one and rebuild")
-        elif create:
-            if storage.list(""):
+        if not storage.exists(_MARKER) and create:
+            foreign = [name for name in storage.list("") if name not in _OWN and not name.startswith(".")]
+            if foreign:
                 raise StoreError(f"{location} exists and is not a featstore; choose an empty or new directory")
             storage.create()
-            storage.write_bytes(_MARKER, json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION}).encode())
-        else:
+            # create-only: of builders racing to create the store, one writes the marker, all use it
+            storage.write_new(_MARKER, json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION}).encode())
+        if not storage.exists(_MARKER):
             raise StoreError(f"no featstore at {location}; build one first (featstore build --store {location} ...)")
+        try:
+            marker = json.loads(storage.read_bytes(_MARKER))
+        except ValueError as e:
+            raise StoreError(f"{location}/{_MARKER} is damaged ({e})") from e
+        version = marker.get("schema_version")
+        if marker.get("format") != "featstore" or not isinstance(version, int):
+            raise StoreError(f"{location}/{_MARKER} is not a featstore marker ({marker})")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{location} was written by a newer featstore (schema {version}; this one "
+                             f"reads {SCHEMA_VERSION}); upgrade featstore")
+        if version < SCHEMA_VERSION:
+            raise StoreError(f"{location} was written by an older featstore (schema {version}; this one "
+                             f"reads {SCHEMA_VERSION}); build into a new store, or delete this one and rebuild")
         return cls(storage, str(location))
 
     def __repr__(self) -> str:

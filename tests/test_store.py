@@ -149,3 +149,19 @@ def test_row_slices_read_only_the_chunks_they_need(store_dir, monkeypatch):
         store.read_entry(info.key, slice(5, 15))
     with pytest.raises(ValueError, match=r"contiguous"):
         store.read_entry(info.key, slice(0, 10, 2))
+
+
+def test_builders_racing_to_create_a_store_all_succeed(tmp_path):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(16)
+
+    def create(_):
+        barrier.wait()
+        return Store.open(tmp_path / "s", create=True)
+
+    with ThreadPoolExecutor(16) as pool:
+        stores = list(pool.map(create, range(16)))
+    assert len(stores) == 16 and json.loads((tmp_path / "s" / "featstore.json").read_text())["format"] == "featstore"
+    assert sorted(os.listdir(tmp_path / "s")) == ["featstore.json"]  # no temporary files left

@@ -20,6 +20,7 @@ or datasets.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -242,8 +243,7 @@ class Store:
 
         chunks = range(start // per, -(-stop // per)) if stop > start else range(0)
         if len(chunks) > 1:
-            with ThreadPoolExecutor(min(len(chunks), READERS)) as pool:
-                list(pool.map(read, chunks))
+            list(_reader_pool().map(read, chunks))
         else:
             for i in chunks:
                 read(i)
@@ -311,6 +311,13 @@ class Store:
             if name.endswith(".json") and not name.startswith("."):
                 out.append(Catalog.from_bytes(self.storage.read_bytes(f"catalog/{name}"), f"{self.location}/{name}"))
         return sorted(out, key=lambda c: c.dataset)
+
+
+@functools.cache
+def _reader_pool() -> ThreadPoolExecutor:
+    """Threads that read the chunks of an entry, kept for the process (starting threads per read
+    cost more than reading a small entry)."""
+    return ThreadPoolExecutor(READERS, "featstore-chunks")
 
 
 class CorruptEntry(StoreError):

@@ -69,6 +69,7 @@ class BuildPlan:
     featurizers: tuple[BoundFeaturizer, ...]
     units: tuple[Unit, ...]  # layer by layer, each layer's splits together
     seconds: float  # spent checking
+    labels: dict[str, ColumnLayout] = field(default_factory=dict)  # split -> its label column
 
 
 @dataclass
@@ -157,10 +158,11 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
                 except FeatstoreError as e:
                     raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
             units.append(Unit(split_name, layer, layout))
+    labels = {}
     if source.label_column:
         for split_name, split in source.splits.items():
-            checked.get((split_name, source.label_column)) or split.layout(source.label_column)
-    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started)
+            labels[split_name] = checked.get((split_name, source.label_column)) or split.layout(source.label_column)
+    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels)
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
@@ -280,10 +282,11 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     for (split_name, layer), digest in seen.items():
         if split_name in digests:
             digests[split_name]["layers"][layer] = digest
-    for unit in build_plan.units:  # checked by plan: a later plan need not read them again
-        if unit.split in digests:
-            digests[unit.split]["layouts"][unit.layer] = [unit.layout.rows, list(unit.layout.value_shape),
-                                                          unit.layout.dtype.str]
+    checked = [(u.split, u.layer, u.layout) for u in build_plan.units]
+    checked += [(s, source.label_column, layout) for s, layout in build_plan.labels.items()]
+    for split_name, column, layout in checked:  # a later plan need not read them again
+        if split_name in digests:
+            digests[split_name]["layouts"][column] = [layout.rows, list(layout.value_shape), layout.dtype.str]
     if digests and digests != cached:
         store.write_digests(source.name, digests)
     with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):

@@ -121,8 +121,8 @@ def main() -> None:
     layers = fs.layers
     specs = {c: fs.row(layers[0], c).featurizer for c in args.configs}
     y_train, y_test = fs.labels("train", device=device), fs.labels("test", device=device)
-    data = {c: prepare(fs.load_many(layers, c, "train", stack=True, device=device),
-                       fs.load_many(layers, c, "test", stack=True, device=device)) for c in args.configs}
+    features = {c: (fs.load_many(layers, c, "train", stack=True, device=device),
+                    fs.load_many(layers, c, "test", stack=True, device=device)) for c in args.configs}
     fs.close()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -130,6 +130,7 @@ def main() -> None:
     log.info("loaded %d layers x %d configs from the store in %.3f s", len(layers), len(args.configs), loaded)
 
     start = time.perf_counter()
+    data = {c: prepare(*pair) for c, pair in features.items()}
     classes = int(max(y_train.max(), y_test.max())) + 1
     runs = {c: [] for c in args.configs}
     for c, (x_train, x_test) in data.items():

@@ -23,6 +23,7 @@ from featstore.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_FEATURIZERS = ("stats", "svd")
+PIN_BYTES = 4 << 20  # loads to a GPU go through pinned host memory from this size on
 
 
 def build(
@@ -170,8 +171,8 @@ class FeatureSet:
         layers = list(layers)
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
-            gpu = device is not None and str(device).startswith("cuda")
-            host = self._host_buffer(found[0], (len(found), *self._rows_shape(found[0], rows)), pinned=gpu)
+            shape = (len(found), *self._rows_shape(found[0], rows))
+            host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))
             with ThreadPoolExecutor(min(len(found), 4)) as pool:
                 list(pool.map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found))))
             return self._finish(host, found[0].dtype, device, dtype)
@@ -191,8 +192,8 @@ class FeatureSet:
 
     def _read(self, key: str, stored: str, rows, device, dtype):
         """One entry as a tensor on `device` in `dtype`; for a GPU through pinned host memory."""
-        if device is not None and str(device).startswith("cuda"):
-            info = self.store.entry_info(key)
+        info = self.store.entry_info(key) if device is not None and str(device).startswith("cuda") else None
+        if info is not None and self._pin(device, info.shape):
             row = CatalogRow("", "", "", key, info.shape, stored, 0, "")
             host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
             self.store.read_entry(key, rows, out=host.numpy())
@@ -201,6 +202,12 @@ class FeatureSet:
 
             host = torch.from_numpy(self.store.read_entry(key, rows))
         return self._finish(host, stored, device, dtype)
+
+    @staticmethod
+    def _pin(device, shape: tuple[int, ...]) -> bool:
+        """Pinned host memory for copies to a GPU, but only for large ones: allocating it costs
+        more than it saves below a few MB."""
+        return device is not None and str(device).startswith("cuda") and int(np.prod(shape)) * 4 >= PIN_BYTES
 
     @staticmethod
     def _rows_shape(row: CatalogRow, rows: slice | None) -> tuple[int, ...]:

@@ -39,11 +39,15 @@ def test_load_rows_dtype_and_many(built):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_load_to_the_gpu_goes_through_pinned_memory(built):
+def test_load_to_the_gpu(built, monkeypatch):
     fs = featstore.open("sanity", store=built)
-    on_gpu = fs.load("layer_002", "svd:k=4", device="cuda", rows=slice(3, 30))
-    assert on_gpu.is_cuda
-    torch.testing.assert_close(on_gpu.cpu(), fs.load("layer_002", "svd:k=4")[3:30], rtol=0, atol=0)
+    for pin in (1 << 40, 0):  # small loads copy from ordinary memory, large ones through pinned memory
+        monkeypatch.setattr(featstore.api, "PIN_BYTES", pin)
+        on_gpu = fs.load("layer_002", "svd:k=4", device="cuda", rows=slice(3, 30))
+        assert on_gpu.is_cuda
+        torch.testing.assert_close(on_gpu.cpu(), fs.load("layer_002", "svd:k=4")[3:30], rtol=0, atol=0)
+        stacked = fs.load_many(["layer_001", "layer_002"], "raw", device="cuda", stack=True)
+        torch.testing.assert_close(stacked[1].cpu(), fs.load("layer_002", "raw"), rtol=0, atol=0)
 
 
 def test_require_fresh_refuses_features_of_edited_data(built, sanity_dir):

@@ -15,7 +15,8 @@ import click
 from featstore.config import default_store
 from featstore.errors import FeatstoreError
 
-STORE_HELP = "Store directory. [env: FEATSTORE_STORE; default: $FEATSTORE_HOME/store, ~/.cache/featstore/store]"
+STORE_HELP = ("Store: a directory or an fsspec URL (s3://bucket/prefix, memory://...). "
+              "[env: FEATSTORE_STORE; default: $FEATSTORE_HOME/store, ~/.cache/featstore/store]")
 
 
 class _Group(click.Group):

@@ -75,6 +75,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                     report.removed.append((key, size, "over the size budget (least recently used)"))
                     total -= size
         report.leftovers = [f"{folder}/{name}" for folder in ("staging", "trash") for name in store.storage.list(folder)]
+        report.leftovers += [store.entry_path(key) for key in store.entry_keys(published=False)]
         if not dry_run:
             for path in report.stale_leases:
                 store.release(path)

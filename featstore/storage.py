@@ -65,8 +65,9 @@ class Storage(ABC):
         """A fresh private path to write a new entry under before `publish`."""
 
     @abstractmethod
-    def publish(self, staging: str, final: str) -> bool:
-        """Make `staging` visible as `final` atomically; False (and staging removed) if `final` exists."""
+    def publish(self, staging: str, final: str, metadata: tuple[str, bytes]) -> bool:
+        """Write `metadata` (name, bytes) last and make `staging` visible as `final` atomically;
+        False (and staging removed where it is apart from `final`) if `final` exists."""
 
     @abstractmethod
     def delete(self, path: str) -> None: ...
@@ -173,7 +174,8 @@ class LocalStorage(Storage):
     def staging(self, name: str) -> str:
         return f"staging/{name}.{uuid.uuid4().hex}"
 
-    def publish(self, staging: str, final: str) -> bool:
+    def publish(self, staging: str, final: str, metadata: tuple[str, bytes]) -> bool:
+        self.put(f"{staging}/{metadata[0]}", metadata[1])
         src, dst = self._path(staging), self._path(final)
         crash_point()
         with _io_errors(dst):  # the files are fsynced already (`put`)
@@ -285,9 +287,117 @@ def _io_errors(path: Path):
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
 
 
+class FsspecStorage(Storage):
+    """A store on any fsspec filesystem (`s3://`, `gs://`, `memory://`, ...), for object stores
+    where no rename exists. An entry's files are written straight under its final path (its key:
+    the same bytes whoever writes them) and made visible by one create-only write of its
+    metadata (`publish`: a conditional PUT, If-None-Match, on S3); readers and `has_entry` look for
+    that metadata only, so a crashed writer leaves only unreferenced chunk objects, which gc
+    removes. Credentials come from the backend's usual environment and config files.
+
+    Limits: there are no locks (`lock` does nothing), so run gc only while no build writes to the
+    store; `touch` does nothing (least recently used = least recently written)."""
+
+    def __init__(self, url: str, **options):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        self.root = self.root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({self.url!r})"
+
+    def _path(self, path: str) -> str:
+        return f"{self.root}/{path}" if path else self.root
+
+    def create(self) -> None:
+        with _io_errors(self.url):
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(path))
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StoreError(f"cannot read {self.url}/{path}: {e}") from e
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        crash_point()
+        with _io_errors(f"{self.url}/{path}"):
+            self.fs.pipe_file(self._path(path), data)  # one PUT: readers see all of it or none
+
+    def write_new(self, path: str, data: bytes) -> bool:
+        with _io_errors(f"{self.url}/{path}"):
+            try:
+                self.fs.pipe_file(self._path(path), data, mode="create")
+            except FileExistsError:
+                return False
+            except TypeError:  # a filesystem without create-only writes: best effort
+                if self.fs.exists(self._path(path)):
+                    return False
+                self.fs.pipe_file(self._path(path), data)
+            return True
+
+    def put(self, path: str, data: bytes | memoryview) -> None:
+        crash_point()
+        with _io_errors(f"{self.url}/{path}"):
+            self.fs.pipe_file(self._path(path), bytes(data))
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(self._path(path))
+
+    def list(self, prefix: str) -> list[str]:
+        try:
+            found = self.fs.ls(self._path(prefix), detail=False)
+        except FileNotFoundError:
+            return []
+        base = self._path(prefix).rstrip("/") + "/"
+        return sorted({p.rstrip("/").removeprefix(base).split("/")[0] for p in found if p.rstrip("/") != base[:-1]})
+
+    def staging(self, name: str) -> str:
+        return f"entries/{name[:2]}/{name}"  # content-addressed: written in place, visible once published
+
+    def publish(self, staging: str, final: str, metadata: tuple[str, bytes]) -> bool:
+        if staging != final:
+            raise StoreError(f"{self.url}: entries are written in place; staging {staging} != {final}")
+        crash_point()
+        return self.write_new(f"{final}/{metadata[0]}", metadata[1])
+
+    def delete(self, path: str) -> None:
+        crash_point()
+        target = self._path(path)
+        with _io_errors(f"{self.url}/{path}"):
+            if self.fs.isdir(target):
+                if self.fs.exists(f"{target}/zarr.json"):
+                    self.fs.rm_file(f"{target}/zarr.json")  # the entry vanishes at once
+                self.fs.rm(target, recursive=True)
+            elif self.fs.exists(target):
+                self.fs.rm_file(target)
+
+    def size(self, path: str) -> int:
+        return int(self.fs.du(self._path(path)))
+
+    def mtime(self, path: str) -> float:
+        target = self._path(path)
+        if self.fs.isdir(target) and self.fs.exists(f"{target}/zarr.json"):
+            target = f"{target}/zarr.json"
+        info = self.fs.info(target)
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
+    def touch(self, path: str) -> None:
+        pass
+
+    @contextmanager
+    def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
+        yield
+
+
 def open_storage(location: str | Path) -> Storage:
-    """The storage for a store location (a local directory for now)."""
+    """The storage for a store location: a local directory (or file:// URL), else any fsspec URL."""
     text = str(location)
     if "://" in text and not text.startswith("file://"):
-        raise StoreError(f"store {text!r}: only local directories are supported so far")
+        return FsspecStorage(text)
     return LocalStorage(text.removeprefix("file://"))

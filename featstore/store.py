@@ -145,16 +145,18 @@ class Store:
                 chunks[name] = bytes_digest(data)
             info = replace(info, chunks=chunks)
             meta = zarr_metadata(values.shape, values.dtype, rows, {"featstore": info.to_json()})
-            self.storage.put(f"{staging}/zarr.json", json.dumps(meta, indent=1).encode())
-            return self.storage.publish(staging, self.entry_path(info.key))
+            return self.storage.publish(staging, self.entry_path(info.key), ("zarr.json", json.dumps(meta, indent=1).encode()))
         except BaseException:
-            _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind
+            if staging != self.entry_path(info.key):  # in place (object stores), orphans are gc's to remove
+                _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind
             raise
 
-    def entry_keys(self) -> list[str]:
-        """Every published entry's key."""
-        return [key for shard in self.storage.list("entries") for key in self.storage.list(f"entries/{shard}")
+    def entry_keys(self, published: bool = True) -> list[str]:
+        """Every published entry's key; with `published=False`, the keys of entry folders without
+        metadata instead: what a writer that crashed before publishing left on an object store."""
+        keys = [key for shard in self.storage.list("entries") for key in self.storage.list(f"entries/{shard}")
                 if not key.startswith(".")]
+        return [key for key in keys if self.has_entry(key) == published]
 
     def delete_entry(self, key: str) -> None:
         """Remove an entry; it disappears at once (one rename), then its files go."""

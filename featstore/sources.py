@@ -43,12 +43,13 @@ class Split:
     """
 
     def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
-                 files: list[str] = ()):
+                 files: list[str] = (), filesystem=None):
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
         self.label_names = label_names
         self.files = list(files)
+        self.filesystem = filesystem  # an fsspec filesystem for remote files, None for local ones
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
 
@@ -59,18 +60,21 @@ class Split:
         return cls(ds, ds.data.schema, len(ds), getattr(feature, "names", None), files)
 
     @classmethod
-    def from_arrow_files(cls, files: list[str], label_column: str | None) -> Split:
-        """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format)."""
-        table = pa.concat_tables([_read_arrow(f) for f in files])
-        return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files)
+    def from_arrow_files(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
+        """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format);
+        remote ones (on `filesystem`) are read into memory, never copied to local disk."""
+        table = pa.concat_tables([_read_arrow(f, filesystem) for f in files])
+        return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem)
 
     @classmethod
-    def from_parquet(cls, files: list[str], label_column: str | None) -> Split:
+    def from_parquet(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
+        """Parquet files, read one column at a time (from object storage too: only that column's bytes)."""
         import pyarrow.parquet as pq
 
-        schema = pq.read_schema(files[0])
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        return cls(files, schema, rows, _label_names(schema, label_column), files)
+        arrow_fs = _arrow_filesystem(filesystem)
+        schema = pq.read_schema(files[0], filesystem=arrow_fs)
+        rows = sum(pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows for f in files)
+        return cls(files, schema, rows, _label_names(schema, label_column), files, filesystem)
 
     @property
     def column_names(self) -> list[str]:
@@ -80,7 +84,8 @@ class Split:
         if isinstance(self._data, list):
             import pyarrow.parquet as pq
 
-            return pq.read_table(self._data, columns=[name], memory_map=True)
+            return pq.read_table(self._data, columns=[name], memory_map=self.filesystem is None,
+                                 filesystem=_arrow_filesystem(self.filesystem))
         return self._data
 
     def read(self, name: str) -> np.ndarray:
@@ -101,7 +106,7 @@ class Split:
     def file_stats(self) -> list[list] | None:
         """(path, inode, size, mtime_ns) of each file the split reads, or None when it is not
         read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts."""
-        if not self.files or getattr(self._data, "_indices", None) is not None:
+        if not self.files or self.filesystem is not None or getattr(self._data, "_indices", None) is not None:
             return None
         stats = [os.stat(f) for f in self.files]
         return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in zip(self.files, stats)]
@@ -128,6 +133,9 @@ def dataset_id(dataset: Any) -> str:
     if not isinstance(dataset, (str, os.PathLike)):
         return _object_id(dataset)
     text = str(dataset)
+    if "://" in text and not text.startswith("file://"):
+        return text.rstrip("/")  # a URL names itself
+    text = text.removeprefix("file://")
     if presets.get(text) is not None:
         return presets.get(text).name
     if os.path.exists(text):
@@ -203,6 +211,9 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
         raise DatasetError(f"cannot use a {type(dataset).__name__} as a dataset; pass a name, a path or a "
                            "datasets.Dataset / DatasetDict")
     text = str(dataset)
+    if "://" in text and not text.startswith("file://"):
+        return _open_remote(text, label_column)
+    text = text.removeprefix("file://")
     if presets.get(text) is not None:
         return _open_saved(presets.ensure(text, progress=progress), label_column)
     if os.path.isdir(text):
@@ -268,12 +279,55 @@ def _open_files(files_by_split: dict[str, list[str]], label_column: str) -> dict
     return out
 
 
-def _read_arrow(path: str) -> pa.Table:
-    source = pa.memory_map(path)
+def _open_remote(url: str, label_column: str) -> dict[str, Split]:
+    """A save_to_disk directory, a parquet file or a directory of parquet files at an fsspec URL
+    (s3://, gs://, memory://, ...). Credentials come from the backend's usual configuration."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        root = root.rstrip("/")
+        if fs.exists(f"{root}/dataset_dict.json") or fs.exists(f"{root}/state.json"):
+            if fs.exists(f"{root}/dataset_dict.json"):
+                folders = {n: f"{root}/{n}" for n in json.loads(fs.cat_file(f"{root}/dataset_dict.json"))["splits"]}
+            else:
+                folders = {"train": root}
+            out = {}
+            for name, folder in folders.items():
+                state = json.loads(fs.cat_file(f"{folder}/state.json"))
+                files = [f"{folder}/{f['filename']}" for f in state["_data_files"]]
+                out[name] = Split.from_arrow_files(files, label_column, fs)
+            return out
+        files = [root] if fs.isfile(root) else sorted(f for f in fs.find(root) if f.endswith(".parquet"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"cannot read --dataset {url!r}: {e!r}") from e
+    if not files or not all(f.endswith(".parquet") for f in files):
+        raise DatasetError(f"--dataset {url!r}: expected a save_to_disk directory or .parquet files there")
+    return {"train": Split.from_parquet(files, label_column, fs)}
+
+
+def _arrow_filesystem(filesystem):
+    """pyarrow's view of an fsspec filesystem (None: local)."""
+    if filesystem is None:
+        return None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem))
+
+
+def _read_arrow(path: str, filesystem=None) -> pa.Table:
+    if filesystem is not None:
+        with filesystem.open(path, "rb") as f:
+            data = pa.py_buffer(f.read())  # in memory: IPC streams interleave every column
+        return _read_ipc(pa.BufferReader(data), path)
+    return _read_ipc(pa.memory_map(path), path)
+
+
+def _read_ipc(source, path: str) -> pa.Table:
     try:
         return pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:
-        pass
+        source.seek(0)
     try:
         return pa.ipc.open_file(source).read_all()
     except pa.ArrowInvalid as e:

@@ -97,3 +97,27 @@ def test_build_open_status_verify_gc(store_url, sanity_dir):
     assert {k for k, _, _ in report.removed} == {"ab" * 16} and not store.has_entry("ab" * 16)
     assert report.leftovers == [store.entry_path("99" * 16)] and store.entry_keys(published=False) == []
     assert featstore.verify(store_url).ok and featstore.status("sanity", layers=["layer_00[0-2]"], store=store_url).fresh
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_datasets_on_object_storage_give_the_same_entries(layout, sanity_dir, tmp_path):
+    """--dataset memory://... (any fsspec URL): same bytes, so the same keys as the local copy."""
+    import datasets
+    import fsspec
+
+    url = f"memory://featstore-data/{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    if layout == "save_to_disk":
+        fs.put(str(sanity_dir), url.removeprefix("memory://"), recursive=True)
+        local = "sanity"
+    else:
+        train = datasets.load_from_disk(str(sanity_dir))["train"]
+        train.to_parquet(str(tmp_path / "train.parquet"))
+        fs.put(str(tmp_path / "train.parquet"), url.removeprefix("memory://") + "/train.parquet")
+        local = str(tmp_path / "train.parquet")
+    store = str(tmp_path / "store")
+    remote = featstore.build(url, ["stats"], layers=["layer_00[12]"], store=store)
+    assert remote.computed > 0 and remote.dataset == url
+    from_disk = featstore.build(local, ["stats"], layers=["layer_00[12]"], store=store)
+    assert from_disk.computed == 0 and from_disk.reused == remote.computed  # identical bytes, identical keys
+    assert featstore.status(url, ["stats"], layers=["layer_00[12]"], store=store).fresh

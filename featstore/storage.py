@@ -117,6 +117,14 @@ class LocalStorage(Storage):
         return self._path(path).read_bytes()
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        self._via_temporary(path, data, os.replace)
+
+    def write_new(self, path: str, data: bytes) -> bool:
+        return self._via_temporary(path, data, os.link)  # link: atomic and create-only
+
+    def _via_temporary(self, path: str, data: bytes, move) -> bool:
+        """Write `data` to a temporary file beside `path`, fsync it, `move` it into place (replace,
+        or link: False if `path` exists), fsync the directory."""
         target = self._path(path)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         crash_point()
@@ -128,23 +136,8 @@ class LocalStorage(Storage):
                     f.flush()
                     os.fsync(f.fileno())
                 crash_point()
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-            _fsync_dir(target.parent)
-
-    def write_new(self, path: str, data: bytes) -> bool:
-        target = self._path(path)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        with _io_errors(target):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with open(tmp, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 try:
-                    os.link(tmp, target)  # atomic and create-only: complete content or nothing
+                    move(tmp, target)
                 except FileExistsError:
                     return False
             finally:

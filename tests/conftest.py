@@ -79,3 +79,13 @@ def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0) 
     columns = [presets.matrices_to_arrow(rng.standard_normal((rows, dim, dim), dtype=np.float32), schema.field(i).type)
                for i in range(layers)]
     datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path))
+
+
+def entry_info(values: np.ndarray, key: str = "ab" * 16):
+    """The provenance of a hand-made entry holding `values` (for store tests)."""
+    from featstore.keys import array_digest
+    from featstore.manifest import EntryInfo
+
+    return EntryInfo(key=key, input_digest="in", featurizer={"name": "raw", "params": {}, "version": "1"},
+                     shape=values.shape, dtype=values.dtype.name, output_digest=array_digest(values),
+                     created="2026-01-01T00:00:00+00:00", device="cpu")

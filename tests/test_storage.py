@@ -7,11 +7,10 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import entry_info
 
 import featstore
 from featstore import StoreError
-from featstore.keys import array_digest
-from featstore.manifest import EntryInfo
 from featstore.store import Store
 
 
@@ -45,19 +44,13 @@ def store_url(request, tmp_path, monkeypatch):
     return f"s3://featstore-{uuid.uuid4().hex[:12]}/store"
 
 
-def _info(values, key):
-    return EntryInfo(key=key, input_digest="in", featurizer={"name": "raw", "params": {}, "version": "1"},
-                     shape=values.shape, dtype=values.dtype.name, output_digest=array_digest(values),
-                     created="2026-01-01T00:00:00+00:00", device="cpu")
-
-
 def test_entries_roundtrip_and_publish_is_create_only(store_url):
     store = Store.open(store_url, create=True)
     values = np.random.default_rng(0).standard_normal((300, 8, 8)).astype(np.float32)
     key = "cd" * 16
     assert not store.has_entry(key)
-    assert store.write_entry(_info(values, key), values) is True
-    assert store.write_entry(_info(values, key), values) is False  # already there: nothing replaced
+    assert store.write_entry(entry_info(values, key), values) is True
+    assert store.write_entry(entry_info(values, key), values) is False  # already there: nothing replaced
     np.testing.assert_array_equal(store.read_entry(key), values)
     np.testing.assert_array_equal(store.read_entry(key, slice(17, 230)), values[17:230])
     assert store.entry_keys() == [key] and store.check_entry(key) == (None, values.nbytes)
@@ -68,7 +61,7 @@ def test_damaged_chunks_are_detected(store_url):
     store = Store.open(store_url, create=True)
     values = np.arange(64, dtype=np.float32).reshape(8, 8)
     key = "ef" * 16
-    store.write_entry(_info(values, key), values)
+    store.write_entry(entry_info(values, key), values)
     chunk = f"{store.entry_path(key)}/c.0.0"
     raw = bytearray(store.storage.read_bytes(chunk))
     raw[5] ^= 0x40
@@ -89,7 +82,7 @@ def test_build_open_status_verify_gc(store_url, sanity_dir):
     assert featstore.verify(store_url).ok and featstore.verify(store_url).checked == 14  # + 2 label entries
     store = Store.open(store_url)
     orphan = np.ones((3, 2), np.float32)  # an entry no catalog references ...
-    store.write_entry(_info(orphan, "ab" * 16), orphan)
+    store.write_entry(entry_info(orphan, "ab" * 16), orphan)
     store.storage.put(f"{store.entry_path('99' * 16)}/c.0.0", b"half")  # ... and a crashed writer's chunk
     assert "99" * 16 not in store.entry_keys() and store.entry_keys(published=False) == ["99" * 16]
     assert featstore.verify(store_url).ok  # an unpublished leftover is no corrupt entry

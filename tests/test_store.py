@@ -5,23 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import entry_info
 
 from featstore import StoreError
-from featstore.keys import array_digest
-from featstore.manifest import SCHEMA_VERSION, Catalog, CatalogRow, EntryInfo, SplitInfo
+from featstore.manifest import SCHEMA_VERSION, Catalog, CatalogRow, SplitInfo
 from featstore.store import Store, chunk_rows
-
-
-def _info(values, key="ab" * 16):
-    return EntryInfo(key=key, input_digest="in", featurizer={"name": "raw", "params": {}, "version": "1"},
-                     shape=values.shape, dtype=values.dtype.name, output_digest=array_digest(values),
-                     created="2026-01-01T00:00:00+00:00", device="cpu")
 
 
 def test_entry_roundtrip_on_disk(store_dir):
     store = Store.open(store_dir, create=True)
     values = np.random.default_rng(0).standard_normal((1000, 8, 8)).astype(np.float32)
-    info = _info(values)
+    info = entry_info(values)
     assert not store.has_entry(info.key)
     assert store.write_entry(info, values) is True
     assert store.has_entry(info.key)
@@ -43,7 +37,7 @@ def test_entries_are_the_zarr_arrays_zarr_itself_would_write(tmp_path, shape, dt
 
     store = Store.open(tmp_path / "s", create=True)
     values = (np.arange(int(np.prod(shape))) % 251).astype(dtype).reshape(shape)
-    info = _info(values)
+    info = entry_info(values)
     store.write_entry(info, values)
     entry = tmp_path / "s" / "entries" / info.key[:2] / info.key
     rows = chunk_rows(len(values), values[:1].nbytes)
@@ -64,9 +58,9 @@ def test_entries_are_the_zarr_arrays_zarr_itself_would_write(tmp_path, shape, dt
 def test_publish_is_create_only(store_dir):
     store = Store.open(store_dir, create=True)
     values = np.ones((3, 2), np.float32)
-    assert store.write_entry(_info(values), values) is True
-    assert store.write_entry(_info(values), values) is False  # already there: nothing replaced
-    np.testing.assert_array_equal(store.read_entry(_info(values).key), values)
+    assert store.write_entry(entry_info(values), values) is True
+    assert store.write_entry(entry_info(values), values) is False  # already there: nothing replaced
+    np.testing.assert_array_equal(store.read_entry(entry_info(values).key), values)
     assert os.listdir(os.path.join(store_dir, "staging")) == []
 
 
@@ -74,7 +68,7 @@ def test_publish_is_create_only(store_dir):
 def test_corrupt_entry_is_an_error_not_wrong_numbers(store_dir, damage):
     store = Store.open(store_dir, create=True)
     values = np.arange(64, dtype=np.float32).reshape(8, 8) + 1
-    info = _info(values)
+    info = entry_info(values)
     store.write_entry(info, values)
     chunk = os.path.join(store_dir, "entries", info.key[:2], info.key, "c.0.0")
     if damage == "flip":
@@ -138,7 +132,7 @@ def test_row_slices_read_only_the_chunks_they_need(store_dir, monkeypatch):
     monkeypatch.setattr(store_module, "CHUNK_BYTES", 1000)  # 10 rows of 25 float32 per chunk
     store = Store.open(store_dir, create=True)
     values = np.arange(95 * 25, dtype=np.float32).reshape(95, 25)
-    info = _info(values)
+    info = entry_info(values)
     store.write_entry(info, values)
     assert len(store.entry_info(info.key).chunks) == 10
     for rows in (slice(0, 95), slice(3, 4), slice(9, 31), slice(90, None), slice(-7, None), slice(40, 40), slice(None)):

@@ -160,7 +160,7 @@ class FeatureSet:
         dtype unless `dtype` is given. `rows` (a slice) reads only the chunks it needs. For a GPU
         `device`, chunks are read straight into pinned memory and copied without blocking."""
         row = self.row(layer, featurizer, split)
-        return self._read(row.key, row.dtype, rows, device, dtype)
+        return self._read(row, rows, device, dtype)
 
     def load_many(self, layers: Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
                   device=None, dtype=None, rows: slice | None = None):
@@ -177,7 +177,7 @@ class FeatureSet:
                 list(pool.map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found))))
             return self._finish(host, found[0].dtype, device, dtype)
         with ThreadPoolExecutor(min(len(found), 4) or 1) as pool:
-            tensors = list(pool.map(lambda r: self._read(r.key, r.dtype, rows, device, dtype), found))
+            tensors = list(pool.map(lambda r: self._read(r, rows, device, dtype), found))
         if stack:
             return torch.stack(tensors) if tensors else torch.empty(0)
         return dict(zip(layers, tensors))
@@ -188,20 +188,19 @@ class FeatureSet:
         key = self.catalog.splits[split].labels
         if key is None:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
-        return self._read(key, "int64", rows, device, None)
+        n = self.catalog.splits[split].rows
+        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows, device, None)
 
-    def _read(self, key: str, stored: str, rows, device, dtype):
-        """One entry as a tensor on `device` in `dtype`; for a GPU through pinned host memory."""
-        info = self.store.entry_info(key) if device is not None and str(device).startswith("cuda") else None
-        if info is not None and self._pin(device, info.shape):
-            row = CatalogRow("", "", "", key, info.shape, stored, 0, "")
+    def _read(self, row: CatalogRow, rows, device, dtype):
+        """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""
+        if self._pin(device, row.shape):
             host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
-            self.store.read_entry(key, rows, out=host.numpy())
+            self.store.read_entry(row.key, rows, out=host.numpy())
         else:
             import torch
 
-            host = torch.from_numpy(self.store.read_entry(key, rows))
-        return self._finish(host, stored, device, dtype)
+            host = torch.from_numpy(self.store.read_entry(row.key, rows))
+        return self._finish(host, row.dtype, device, dtype)
 
     @staticmethod
     def _pin(device, shape: tuple[int, ...]) -> bool:

@@ -104,6 +104,9 @@ class BuildReport:
     entries: list[EntryResult] = field(default_factory=list)
     bytes_written: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PHASES, "total"), 0.0))
+    rows: list[CatalogRow] = field(default_factory=list, repr=False)  # what `commit` catalogues
+    seen: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (split, layer) -> digest
+    cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
 
     @property
     def computed(self) -> int:
@@ -166,7 +169,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
-            rehash: bool = False) -> BuildReport:
+            rehash: bool = False, commit: bool = True) -> BuildReport:
     """Compute and publish what the store lacks, then update the dataset's catalog.
 
     Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
@@ -174,6 +177,8 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     started = time.perf_counter()
     with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT), devices.restore_threads():  # no gc meanwhile
         report = _execute(build_plan, store, device, progress, rehash)
+        if commit:
+            commit_catalog(build_plan, store, report)
     report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
     return report
 
@@ -214,7 +219,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     source = build_plan.source
     report = BuildReport(source.name, store.location, device)  # resolved once something is computed
     report.seconds["plan"] = build_plan.seconds
-    cached, stats, trusted = cached_digests(store, source, rehash)
+    report.cache = cached_digests(store, source, rehash)  # stats taken before any column is read
+    trusted = report.cache[2]
     previous = store.read_catalog(source.name)
     before = {r.slot: r for r in previous.rows} if previous else {}
     created = {r.key: r.created for r in previous.rows} if previous else {}
@@ -266,6 +272,17 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         while writes:
             report.bytes_written += writes.popleft()[0].result()
     bar.close()
+    report.rows, report.seen = rows, seen
+    return report
+
+
+def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
+    """Catalogue what `report` built (after its entries, as the last step of a build): the
+    labels, the digest cache (with the file stats taken when the build began, so a file changed
+    meanwhile is hashed again next time), then the catalog, merged under the dataset's lock with
+    whatever a concurrent build added meanwhile."""
+    source, rows, seen = build_plan.source, report.rows, report.seen
+    cached, stats, trusted = report.cache
     splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
     catalog = Catalog(
@@ -294,7 +311,6 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         merged = latest.merged(catalog) if latest else catalog
         if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
             store.write_catalog(merged)
-    return report
 
 
 def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:

@@ -3,7 +3,8 @@ server (moto's, on 127.0.0.1), side by side in one run, after a warm-up build (p
 
     python benchmarks/bench_scale.py [--out benchmarks/results]
 
-(The scale-out issue also asks for --workers 1 vs 2 and a 10k build per worker: not built yet.)
+Then the same build on a local Dask cluster of 1 and of 2 worker processes (`--workers`).
+(The scale-out issue also asks for a 10k build's RSS per worker: not measured yet.)
 Prints the table and writes benchmarks/results/scale.txt.
 """
 
@@ -56,10 +57,18 @@ def main() -> None:
                 rows.append((name, cold, noop, load, report.seconds["write"]))
     finally:
         server.stop()
+    spread = []
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            report = featstore.build("1k", ["svd"], store=f"{tmp}/store", device="cpu", workers=workers)
+            spread.append((workers, time.perf_counter() - start, report.computed))
     base = rows[0][1]
     lines = [f"bench_scale: 1k preset, svd, 256 entries, CPU build; {platform.machine()}, {os.cpu_count()} cores", "",
              f"{'store':32} {'cold s':>8} {'ratio':>7} {'no-op s':>8} {'load 128 layers s':>18} {'write s (summed)':>17}"]
     lines += [f"{n:32} {c:8.2f} {c / base:6.2f}x {o:8.2f} {ld:18.2f} {w:17.2f}" for n, c, o, ld, w in rows]
+    lines += ["", "cold build on a local Dask cluster (worker processes of one thread each, local store):",
+              *(f"  --workers {w}: {t:6.2f} s ({n} entries), speed-up {spread[0][1] / t:.2f}x" for w, t, n in spread)]
     print("\n".join(lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

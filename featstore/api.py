@@ -37,6 +37,8 @@ def build(
     dtype: str = "float32",
     rehash: bool = False,
     progress: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
 ) -> builder.BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
@@ -44,10 +46,19 @@ def build(
     `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names; `dtype` is
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
+    `workers` (a local Dask cluster of that many processes) or `scheduler` (a Dask scheduler's
+    address) spread the layers over Dask workers (see featstore.distributed).
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
-    source = load_source(dataset, tuple(layers), label_column, progress=progress)
     location = store or default_store()
+    if workers or scheduler:
+        if not isinstance(dataset, (str, os.PathLike)):
+            raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")
+        from featstore import distributed
+
+        return distributed.build(str(dataset), bound, tuple(layers), label_column, location, device, rehash,
+                                 progress, workers, scheduler)
+    source = load_source(dataset, tuple(layers), label_column, progress=progress)
     try:
         existing = None if rehash else Store.open(location)
     except StoreError:

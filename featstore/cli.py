@@ -78,9 +78,15 @@ def main(debug: bool) -> None:
 @click.option("--rehash", is_flag=True,
               help="Hash every column, even where the digest cache (kept while the dataset files' inode, "
                    "size and mtime are unchanged) vouches for it.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Spread the layers over a local Dask cluster of N worker processes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Spread the layers over the Dask cluster at ADDRESS (tcp://host:8786); workers must reach "
+                   "the store and the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def build(dataset, featurizers, layers, label_column, device, dtype, store, rehash, as_json, progress):
+def build(dataset, featurizers, layers, label_column, device, dtype, store, rehash, workers, scheduler, as_json,
+          progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
 
     Entries are keyed by a hash of the column's bytes and the featurizer's identity, so a second
@@ -90,7 +96,8 @@ def build(dataset, featurizers, layers, label_column, device, dtype, store, reha
     from featstore.api import build as run_build
 
     report = run_build(dataset, featurizers or DEFAULT_FEATURIZERS, layers=layers, label_column=label_column,
-                       store=store, device=device, dtype=dtype, rehash=rehash, progress=progress)
+                       store=store, device=device, dtype=dtype, rehash=rehash, progress=progress,
+                       workers=workers or 0, scheduler=scheduler)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return

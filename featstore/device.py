@@ -31,7 +31,11 @@ def resolve(device: str = "auto") -> str:
 
 
 def cpu_count() -> int:
-    """The cores this process may run on."""
+    """The cores this process may use: OMP_NUM_THREADS when set (Dask workers set it to their
+    thread count), else the cores it may run on."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        return int(limit)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

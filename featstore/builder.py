@@ -107,6 +107,7 @@ class BuildReport:
     rows: list[CatalogRow] = field(default_factory=list, repr=False)  # what `commit` catalogues
     seen: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (split, layer) -> digest
     cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
+    worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
 
     @property
     def computed(self) -> int:

@@ -30,6 +30,13 @@ def _build_layer(dataset: Any, layer: str, label_column: str | None, specs: tupl
     return builder.execute(builder.plan(source, bound), Store.open(location), device, rehash=rehash, commit=False)
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set, bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
           scheduler: str | None = None) -> builder.BuildReport:
@@ -52,7 +59,9 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
             from dask.distributed import progress as show
 
             show(futures)
-        for part in client.gather(futures):
+        parts = client.gather(futures)
+        report.worker_peak_rss = client.run(_peak_rss)
+        for part in parts:
             report.entries += part.entries
             report.rows += part.rows
             report.seen.update(part.seen)

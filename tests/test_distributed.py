@@ -14,6 +14,7 @@ def test_workers_build_the_same_entries_and_catalog(sanity_dir, tmp_path):
     expected = featstore.build("sanity", specs, store=local, device="cpu")
     report = featstore.build("sanity", specs, store=spread, device="cpu", workers=2)
     assert report.computed == expected.computed == 32
+    assert len(report.worker_peak_rss) == 2 and all(rss > 10 << 20 for rss in report.worker_peak_rss.values())
     assert sorted((e.split, e.layer, e.featurizer, e.key) for e in report.entries) == sorted(
         (e.split, e.layer, e.featurizer, e.key) for e in expected.entries)
     a, b = featstore.open("sanity", store=local), featstore.open("sanity", store=spread)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from featstore import presets
-from featstore.svdvals import gram_svdvals, jacobi_svdvals, singular_values
+from featstore.svdvals import _jacobi_then_gram, gram_svdvals, jacobi_svdvals, singular_values
 
 
 def lora_batch(rows: int, dim: int, layer: int) -> np.ndarray:
@@ -40,6 +40,7 @@ def routes(device: str) -> dict:
         "jacobi triton + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8)[0],
         "QR alone": lambda x: torch.linalg.qr(x, mode="r").R,
         "featstore singular_values": singular_values,
+        "featstore fallback (no gesvda)": _jacobi_then_gram,
     }
     if device.startswith("cuda"):
         out["svdvals driver=gesvda"] = lambda x: torch.linalg.svdvals(x, driver="gesvda")

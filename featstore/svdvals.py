@@ -1,16 +1,18 @@
 """Batched singular values of many small matrices, robust and fast on every device.
 
 `singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
-measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda.txt, on an H100):
+measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H100):
 - CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there, the batch split over
   torch's threads (batched svdvals itself uses one).
 - CUDA, up to 32 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi): 1.5 ms per 1000.
-- CUDA, wider: cuSOLVER's `gesvda` (3 ms per 1000 64x64, error 6e-8 of s_max), *checked*: it
-  fails to converge on some rank-deficient batches (raising), and each result must match its
-  matrix's Frobenius norm. What fails goes to `jacobi_svdvals`, our one-sided Jacobi (a Triton
-  kernel, 24 ms per 1000 64x64 with QR preconditioning, error 5e-6), which reports its own
-  convergence; what that leaves unconverged goes to float64 Gram + `eigvalsh` (336 ms, 6e-8).
-  The default `torch.linalg.svdvals` takes 1.1 s per 1000 64x64 on the same GPU.
+- CUDA, 33 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (QR, then a Triton kernel that
+  keeps each matrix in registers): 2.5 ms per 1000 64x64, error 5e-6 of s_max, on any input. It
+  reports its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh`
+  (336 ms per 1000 64x64, 6e-8), robust but slow on the GPU.
+- CUDA, wider: cuSOLVER's `gesvda` (11 ms per 1000 128x128, 6e-8) is faster than the Jacobi
+  there (34 ms), but it fails to converge on some rank-deficient batches (raising) and each result
+  must match its matrix's Frobenius norm: *checked*, and what fails goes to the Jacobi (up to 128
+  wide), then to the Gram route. The default `torch.linalg.svdvals` takes 1.1 s per 1000 64x64.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 log = logging.getLogger(__name__)
 
 LIBRARY_MAX_WIDTH = 32  # up to this width, torch's default CUDA route (batched gesvdj) is fast
-TRITON_MAX_WIDTH = 64  # the Triton kernel keeps a matrix in registers; wider ones spill (2 s at 128)
+JACOBI_FIRST_MAX_WIDTH = 64  # up to this width, our Jacobi beats a checked gesvda (2.5 vs 3.9 ms)
+TRITON_MAX_WIDTH = 128  # the Triton kernel keeps a matrix in registers; wider ones spill
 JACOBI_SWEEPS = 8
 JACOBI_TOLERANCE = 1e-5  # largest change a further rotation could make, relative to s_max
 FROBENIUS_TOLERANCE = 1e-4  # | sum s^2 / ||A||_F^2 - 1 | accepted from gesvda
@@ -37,6 +40,8 @@ def singular_values(x):
         return _cpu_svdvals(x)
     if min(x.shape[1:]) <= LIBRARY_MAX_WIDTH or len(x) == 0:
         return torch.linalg.svdvals(x)
+    if min(x.shape[1:]) <= JACOBI_FIRST_MAX_WIDTH:
+        return _jacobi_then_gram(x)
     values = _checked_gesvda(x)
     bad = torch.ones(len(x), dtype=torch.bool, device=x.device) if values is None else _frobenius_mismatch(x, values)
     if bad.any():
@@ -133,11 +138,11 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
         a = torch.nn.functional.pad(a, (0, 1))
     a = a.contiguous()
     if a.device.type == "cuda":  # the Triton kernel (float32); the loop below is its reference
-        from featstore.jacobi_triton import jacobi_column_norms
+        from featstore.jacobi_triton import jacobi_row_norms
 
-        rows, cols = (1 << (a.shape[1] - 1).bit_length(), 1 << (a.shape[2] - 1).bit_length())
-        padded = torch.nn.functional.pad(a.to(torch.float32), (0, cols - a.shape[2], 0, rows - a.shape[1]))
-        norms, off = jacobi_column_norms(padded.contiguous(), sweeps)
+        v = a.mT.to(torch.float32)  # the vectors to orthogonalise, as rows
+        n, m = (1 << (v.shape[1] - 1).bit_length(), 1 << (v.shape[2] - 1).bit_length())
+        norms, off = jacobi_row_norms(torch.nn.functional.pad(v, (0, m - v.shape[2], 0, n - v.shape[1])).contiguous(), sweeps)
     else:
         out, off = _sweeps(a, _round_robin(a.shape[2], a.device), sweeps)
         norms = out.norm(dim=1)

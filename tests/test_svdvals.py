@@ -56,11 +56,21 @@ def test_gpu_singular_values_match_float64(dim):
 
 
 @cuda
+@pytest.mark.parametrize("dim", [64, 128])
+def test_gpu_jacobi_kernel_on_rank_deficient_and_random_inputs(dim):
+    x = lora(300, dim).cuda()
+    values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    x = torch.randn(300, dim, dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    assert max_error(singular_values(x), x) < 2e-5  # what the kernel leaves unconverged goes to Gram
+
+
+@cuda
 def test_gpu_gesvda_failure_goes_to_jacobi(monkeypatch):
     import featstore.svdvals as sv
 
     monkeypatch.setattr(sv, "_checked_gesvda", lambda x: None)  # as if the batch failed to converge
-    x = lora(300, 64).cuda()
+    x = lora(300, 128).cuda()
     assert max_error(sv.singular_values(x), x) < 2e-5
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FEATURIZERS = ("stats", "svd")
 PIN_BYTES = 4 << 20  # loads to a GPU go through pinned host memory from this size on
+THREADED_BYTES = 1 << 20  # load_many reads entries in threads from this mean size on: smaller ones
+# cost less than the threads' start and GIL hand-offs (512 svd/stats entries of 1k: 0.04 s in
+# one thread, 0.17 s in four, on 2 cores)
 
 
 def build(
@@ -184,11 +187,9 @@ class FeatureSet:
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
             host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))
-            with ThreadPoolExecutor(min(len(found), 4)) as pool:
-                list(pool.map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found))))
+            _map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found)), found)
             return self._finish(host, found[0].dtype, device, dtype)
-        with ThreadPoolExecutor(min(len(found), 4) or 1) as pool:
-            tensors = list(pool.map(lambda r: self._read(r, rows, device, dtype), found))
+        tensors = _map(lambda r: self._read(r, rows, device, dtype), found, found)
         if stack:
             return torch.stack(tensors) if tensors else torch.empty(0)
         return dict(zip(layers, tensors))
@@ -260,6 +261,14 @@ class FeatureSet:
             return same_name[0]
         hint = "ambiguous, pass one of" if same_name else "available"
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}")
+
+
+def _map(fn, items, rows: list[CatalogRow]) -> list:
+    """`fn` over `items`, in four threads where the entries (`rows`) are large enough to gain."""
+    if not rows or sum(r.nbytes for r in rows) < THREADED_BYTES * len(rows):
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(len(rows), 4)) as pool:
+        return list(pool.map(fn, items))
 
 
 def _release(store: Store, lease: str, owner: int) -> None:

@@ -17,7 +17,6 @@ functions named on the command line as `module.path:function`. Every spec also t
 from __future__ import annotations
 
 import functools
-
 import importlib
 import inspect
 from collections.abc import Callable

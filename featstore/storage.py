@@ -109,12 +109,17 @@ class LocalStorage(Storage):
     def _path(self, path: str) -> Path:
         return self.root / path
 
+    def _name(self, path: str) -> str:
+        """`_path` as a string, for the per-entry calls of a load (pathlib's joins cost 40% of them)."""
+        return f"{self.root}/{path}"
+
     def create(self) -> None:
         with _io_errors(self.root):
             make_root(self.root)
 
     def read_bytes(self, path: str) -> bytes:
-        return self._path(path).read_bytes()
+        with open(self._name(path), "rb") as f:
+            return f.read()
 
     def write_bytes(self, path: str, data: bytes) -> None:
         self._via_temporary(path, data, os.replace)
@@ -156,7 +161,7 @@ class LocalStorage(Storage):
                 os.fsync(f.fileno())  # before publish renames it into sight
 
     def exists(self, path: str) -> bool:
-        return self._path(path).exists()
+        return os.path.exists(self._name(path))
 
     def list(self, prefix: str) -> list[str]:
         try:
@@ -198,7 +203,7 @@ class LocalStorage(Storage):
                 target.unlink(missing_ok=True)
 
     def read_into(self, path: str, buffer: memoryview) -> bool:
-        with open(self._path(path), "rb") as f:
+        with open(self._name(path), "rb") as f:
             if os.fstat(f.fileno()).st_size != len(buffer):
                 return False
             return f.readinto(buffer) == len(buffer)
@@ -214,7 +219,7 @@ class LocalStorage(Storage):
 
     def touch(self, path: str) -> None:
         try:
-            os.utime(self._path(path))
+            os.utime(self._name(path))
         except OSError:  # a read-only store is still readable: usage is a hint for gc, not a must
             pass
 

@@ -162,6 +162,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
                 except FeatstoreError as e:
                     raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
             units.append(Unit(split_name, layer, layout))
+            split.release()  # what the check paged in (list offsets, and read-ahead around them)
     labels = {}
     if source.label_column:
         for split_name, split in source.splits.items():

@@ -26,6 +26,7 @@ __all__ = [
     "mapped_ranges",
     "read_column",
     "release_pages",
+    "release_ranges",
 ]
 
 _PAGE = mmap.PAGESIZE
@@ -114,6 +115,14 @@ def release_pages(parts: list[np.ndarray], ranges: list[tuple[int, int]]) -> Non
         end = part.ctypes.data + part.nbytes
         if part.nbytes >= _PAGE and any(lo <= start and end <= hi for lo, hi in ranges):
             _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def release_ranges(ranges: list[tuple[int, int]]) -> None:
+    """Drop every page of `ranges` (from `mapped_ranges`: read-only file mappings) from this
+    process's resident set; they stay in the page cache. Checking the layouts of every column of
+    the 21 GB `10k` preset leaves 2.4 GB resident without it (measured)."""
+    for lo, hi in ranges:
+        _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
 
 
 def _chunks(ds, name: str) -> list[tuple[pa.Array, int]]:

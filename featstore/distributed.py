@@ -31,10 +31,18 @@ def _build_layer(dataset: Any, layer: str, label_column: str | None, specs: tupl
 
 
 def _peak_rss() -> int:
-    """This process's peak resident set, bytes (Linux reports KiB)."""
+    """This process's peak resident set, bytes: VmHWM where there is /proc. Not getrusage's
+    ru_maxrss, which survives fork + exec: a worker started by a client that once held 15 GB
+    reported 15 GB of its own (measured)."""
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,

@@ -28,6 +28,7 @@ from featstore.columns import (
     join_parts,
     mapped_ranges,
     release_pages,
+    release_ranges,
 )
 from featstore.errors import DatasetError
 
@@ -111,11 +112,15 @@ class Split:
         stats = [os.stat(f) for f in self.files]
         return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in zip(self.files, stats)]
 
-    def release(self, parts: list[np.ndarray]) -> None:
-        """Let go of the memory-mapped pages under `parts` (see columns.release_pages)."""
+    def release(self, parts: list[np.ndarray] | None = None) -> None:
+        """Let go of the memory-mapped pages under `parts`, or of every mapped page of the split's
+        files (see columns.release_pages, release_ranges)."""
         if self._mapped is None:
             self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
-        release_pages(parts, self._mapped)
+        if parts is None:
+            release_ranges(self._mapped)
+        else:
+            release_pages(parts, self._mapped)
 
 
 @dataclass(frozen=True)

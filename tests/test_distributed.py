@@ -26,3 +26,16 @@ def test_workers_build_the_same_entries_and_catalog(sanity_dir, tmp_path):
     again = featstore.build("sanity", specs, store=spread, device="cpu", workers=1)
     assert again.computed == 0 and again.reused == 32
     assert sorted(Store.open(spread).entry_keys()) == sorted(Store.open(local).entry_keys())
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """getrusage's ru_maxrss survives fork + exec, so a worker started by a big client would
+    report the client's peak; _peak_rss must not."""
+    import subprocess
+    import sys
+
+    code = ("import numpy, subprocess, sys; big = numpy.ones(400 << 17); "  # 400 MB, touched
+            "print(subprocess.run([sys.executable, '-c', 'from featstore.distributed import _peak_rss; "
+            "print(_peak_rss())'], capture_output=True, text=True, check=True).stdout)")
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 10 << 20 < child_peak < 200 << 20

@@ -10,11 +10,10 @@ never sees half an entry. Staging leftovers of crashed builds go too.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 
+from featstore.storage import holder_alive
 from featstore.store import Store
 
 LOCK_TIMEOUT = 600  # seconds gc waits for running builds
@@ -48,7 +47,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
     with store.storage.lock("store", shared=False, timeout=timeout):
         held: set[str] = set()
         for path, lease in store.leases().items():
-            if _alive(lease):
+            if holder_alive(lease):
                 held.update(lease.get("keys", []))
             else:
                 report.stale_leases.append(path)
@@ -84,16 +83,3 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
             for path in report.leftovers:
                 store.storage.delete(path)
     return report
-
-
-def _alive(lease: dict) -> bool:
-    """A lease counts while its process may live: another host's always, this host's while its pid does."""
-    if lease.get("host") != socket.gethostname():
-        return bool(lease)
-    try:
-        os.kill(int(lease["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return "pid" in lease
-    return True

@@ -238,7 +238,7 @@ class LocalStorage(Storage):
                     break
                 except BlockingIOError:
                     if deadline is not None and time.monotonic() > deadline:
-                        what = "a build or gc" if shared else "builds or readers"
+                        what = "a gc" if shared else "builds"
                         raise StoreError(f"{self.root} is locked by {what} still running ({path}); "
                                          "retry when it finishes") from None
                     time.sleep(0.05)
@@ -293,8 +293,8 @@ class FsspecStorage(Storage):
     that metadata only, so a crashed writer leaves only unreferenced chunk objects, which gc
     removes. Credentials come from the backend's usual environment and config files.
 
-    Limits: there are no locks (`lock` does nothing), so run gc only while no build writes to the
-    store; `touch` does nothing (least recently used = least recently written)."""
+    Locks are marker objects (see `lock`). Limit: `touch` does nothing (least recently used =
+    least recently written)."""
 
     def __init__(self, url: str, **options):
         import fsspec
@@ -390,7 +390,81 @@ class FsspecStorage(Storage):
 
     @contextmanager
     def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
-        yield
+        """Marker objects under `locks/<name>/`. Shared holders (builds) each write their own
+        marker, then back off while the `exclusive` one (gc's) exists; the exclusive holder creates
+        its marker create-only, then waits until no live shared marker remains. Each side writes
+        before it looks, so on a consistent store (S3 is) they never both go ahead. A marker of a
+        dead process on this host is stale and removed; another host's counts until its holder
+        removes it (the error names it: delete it by hand if that holder crashed)."""
+        import json
+        import socket
+
+        mine = f"locks/{name}/" + (f"shared-{uuid.uuid4().hex}" if shared else "exclusive")
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}).encode()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        held = False
+        try:
+            while True:
+                if shared:
+                    self.write_bytes(mine, record)
+                    held = True
+                    blockers = self._live_markers(name, "exclusive")
+                    if not blockers:
+                        break
+                    self.delete(mine)
+                    held = False
+                else:
+                    held = held or self.write_new(mine, record)
+                    blockers = self._live_markers(name, "shared-" if held else "exclusive")
+                    if held and not blockers:
+                        break
+                if deadline is not None and time.monotonic() > deadline:
+                    what = "a gc" if shared else "builds"
+                    raise StoreError(f"{self.url} is locked by {what} still running ({', '.join(blockers)}); "
+                                     "retry when it finishes")
+                time.sleep(0.1)
+            yield
+        finally:
+            if held:
+                self.delete(mine)
+
+    def _live_markers(self, name: str, prefix: str) -> list[str]:
+        """The lock markers of `name` starting with `prefix` whose holders may live; stale ones
+        (a dead process on this host) are removed."""
+        import json
+
+        live = []
+        for marker in self.list(f"locks/{name}"):
+            if not marker.startswith(prefix):
+                continue
+            path = f"locks/{name}/{marker}"
+            try:
+                record = json.loads(self.read_bytes(path))
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except ValueError:
+                record = {}
+            if holder_alive(record):
+                live.append(f"{self.url}/{path}")
+            else:
+                self.delete(path)
+        return live
+
+
+def holder_alive(record: dict) -> bool:
+    """Whether the process that wrote `record` ({host, pid}: a lease or a lock marker) may live:
+    another host's always, this host's while its pid does."""
+    import socket
+
+    if record.get("host") != socket.gethostname():
+        return bool(record)
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return "pid" in record
+    return True
 
 
 def open_storage(location: str | Path) -> Storage:

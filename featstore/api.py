@@ -42,6 +42,7 @@ def build(
     progress: bool = False,
     workers: int = 0,
     scheduler: str | None = None,
+    devices: Iterable[str] = (),
 ) -> builder.BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
@@ -50,17 +51,19 @@ def build(
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
     `workers` (a local Dask cluster of that many processes) or `scheduler` (a Dask scheduler's
-    address) spread the layers over Dask workers (see featstore.distributed).
+    address) spread the layers over Dask workers (see featstore.distributed). `devices` (or
+    `device="cuda"` where torch sees several GPUs) spreads them over one worker per device.
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
     location = store or default_store()
-    if workers or scheduler:
+    devices = _devices(tuple(devices), device, workers, scheduler)
+    if workers or scheduler or devices:
         if not isinstance(dataset, (str, os.PathLike)):
             raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")
         from featstore import distributed
 
         return distributed.build(str(dataset), bound, tuple(layers), label_column, location, device, rehash,
-                                 progress, workers, scheduler)
+                                 progress, workers, scheduler, devices)
     source = load_source(dataset, tuple(layers), label_column, progress=progress)
     try:
         existing = None if rehash else Store.open(location)
@@ -261,6 +264,23 @@ class FeatureSet:
             return same_name[0]
         hint = "ambiguous, pass one of" if same_name else "available"
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}")
+
+
+def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str | None) -> tuple[str, ...]:
+    """The devices of a one-worker-per-device build: those given (each checked), or every visible
+    GPU for `device="cuda"` when there are several (and no other cluster was asked for); else ()."""
+    from featstore import device as devs
+
+    if devices and (workers or scheduler):
+        raise FeatstoreError("give --devices, or --workers / --scheduler, not both")
+    if not devices and device == "cuda" and not (workers or scheduler):
+        import torch
+
+        count = torch.cuda.device_count()
+        devices = tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+    if len(set(devices)) < len(devices) and not all(d == "cpu" for d in devices):
+        raise FeatstoreError(f"--devices names a device twice: {','.join(devices)}")
+    return tuple(devs.resolve(d) for d in devices)
 
 
 def _map(fn, items, rows: list[CatalogRow]) -> list:

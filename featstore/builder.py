@@ -108,6 +108,7 @@ class BuildReport:
     seen: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (split, layer) -> digest
     cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
     worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
+    worker_devices: dict[str, str] = field(default_factory=dict)  # Dask worker -> its device (--devices)
 
     @property
     def computed(self) -> int:

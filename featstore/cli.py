@@ -71,7 +71,10 @@ def main(debug: bool) -> None:
               help="Layer columns to use, repeatable glob ('layer_0*'). [default: every numeric "
                    "tensor-valued column except the label column]")
 @click.option("--label-column", default=None, help="Label column. [default: category_label, if present]")
-@click.option("--device", default="auto", show_default=True, help="auto (GPU if torch sees one), cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU if torch sees one), cpu, cuda (every visible GPU, one worker each), cuda:N.")
+@click.option("--devices", default=None, metavar="LIST",
+              help="Spread the layers over one worker per device, e.g. cuda:0,cuda:1 (a local Dask cluster).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="Stored dtype of features whose spec sets none (computation stays float32).")
 @_store_option
@@ -85,8 +88,8 @@ def main(debug: bool) -> None:
                    "the store and the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def build(dataset, featurizers, layers, label_column, device, dtype, store, rehash, workers, scheduler, as_json,
-          progress):
+def build(dataset, featurizers, layers, label_column, device, devices, dtype, store, rehash, workers, scheduler,
+          as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
 
     Entries are keyed by a hash of the column's bytes and the featurizer's identity, so a second
@@ -97,7 +100,8 @@ def build(dataset, featurizers, layers, label_column, device, dtype, store, reha
 
     report = run_build(dataset, featurizers or DEFAULT_FEATURIZERS, layers=layers, label_column=label_column,
                        store=store, device=device, dtype=dtype, rehash=rehash, progress=progress,
-                       workers=workers or 0, scheduler=scheduler)
+                       workers=workers or 0, scheduler=scheduler,
+                       devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ())
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return

@@ -1,5 +1,6 @@
-"""Builds spread over a Dask cluster: `featstore build --workers N` (a LocalCluster) or
-`--scheduler tcp://host:8786` (an existing one).
+"""Builds spread over a Dask cluster: `featstore build --workers N` (a LocalCluster),
+`--scheduler tcp://host:8786` (an existing one), or `--devices cuda:0,cuda:1` (a LocalCluster of
+one worker per device, each computing on its own).
 
 The client checks the whole build (`builder.plan`) and commits the catalog; each task builds one
 layer (every split and featurizer of it) on a worker: it reads its columns, computes and publishes
@@ -20,14 +21,24 @@ from featstore.sources import load_source
 from featstore.store import Store
 
 RETRIES = 2  # a task whose worker died is run again this many times
+_worker_device: str | None = None  # set on each worker of a --devices cluster (_use_device)
+
+
+def _use_device(device: str) -> str:
+    """Run on one worker (client.run): its tasks compute on `device` from now on."""
+    global _worker_device
+    _worker_device = device
+    return device
 
 
 def _build_layer(dataset: Any, layer: str, label_column: str | None, specs: tuple[str, ...], location: str,
                  device: str, rehash: bool) -> builder.BuildReport:
-    """One task: every split and featurizer of `layer`, entries only (the client commits)."""
+    """One task: every split and featurizer of `layer`, entries only (the client commits), on
+    the worker's own device if it has one."""
     bound = tuple(parse_spec(s) for s in specs)
     source = load_source(dataset, (glob.escape(layer),), label_column)
-    return builder.execute(builder.plan(source, bound), Store.open(location), device, rehash=rehash, commit=False)
+    return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,
+                           rehash=rehash, commit=False)
 
 
 def _peak_rss() -> int:
@@ -47,8 +58,9 @@ def _peak_rss() -> int:
 
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
-          scheduler: str | None = None) -> builder.BuildReport:
-    """Like `featstore.build`, with one Dask task per layer."""
+          scheduler: str | None = None, devices: tuple[str, ...] = ()) -> builder.BuildReport:
+    """Like `featstore.build`, with one Dask task per layer; with `devices`, on a LocalCluster of
+    one single-threaded worker per device, each with its own buffers and streams."""
     from dask.distributed import Client, LocalCluster
 
     source = load_source(dataset, layers, label_column, progress=progress)
@@ -57,9 +69,13 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     report = builder.BuildReport(source.name, store.location, device)
     report.cache = builder.cached_digests(store, source, rehash)
     specs = tuple(f.spec for f in bound)
-    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                  dashboard_address=":0")
+    cluster = None if scheduler else LocalCluster(n_workers=len(devices) or workers, threads_per_worker=1,
+                                                  processes=True, dashboard_address=":0")
     with Client(scheduler or cluster) as client:
+        if devices:
+            addresses = sorted(client.scheduler_info()["workers"])
+            for address, assigned in zip(addresses, devices):
+                report.worker_devices.update(client.run(_use_device, assigned, workers=[address]))
         futures = [client.submit(_build_layer, dataset, layer, source.label_column, specs, location, device, rehash,
                                  retries=RETRIES, pure=False, key=f"featstore-{layer}-{i}")
                    for i, layer in enumerate(source.layers)]
@@ -69,12 +85,13 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
             show(futures)
         parts = client.gather(futures)
         report.worker_peak_rss = client.run(_peak_rss)
+        used = sorted({part.device for part in parts if part.computed})
+        report.device = ",".join(used) or report.device
         for part in parts:
             report.entries += part.entries
             report.rows += part.rows
             report.seen.update(part.seen)
             report.bytes_written += part.bytes_written
-            report.device = part.device if part.computed else report.device
             for phase, seconds in part.seconds.items():
                 if phase != "total":
                     report.seconds[phase] += seconds

@@ -39,3 +39,41 @@ def test_peak_rss_is_the_process_own_not_its_parents():
             "print(_peak_rss())'], capture_output=True, text=True, check=True).stdout)")
     child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 10 << 20 < child_peak < 200 << 20
+
+
+def test_one_worker_per_device_equals_one_process(sanity_dir, tmp_path):
+    """The multi-GPU path (`--devices`), run with two CPU "devices": same entries, same bits."""
+    local, spread = str(tmp_path / "local"), str(tmp_path / "spread")
+    expected = featstore.build("sanity", ["svd:k=4"], store=local, device="cpu")
+    report = featstore.build("sanity", ["svd:k=4"], store=spread, devices=["cpu", "cpu"])
+    assert sorted(report.worker_devices.values()) == ["cpu", "cpu"] and report.device == "cpu"
+    assert sorted((e.layer, e.split, e.key) for e in report.entries) == sorted(
+        (e.layer, e.split, e.key) for e in expected.entries)
+    a, b = featstore.open("sanity", store=local), featstore.open("sanity", store=spread)
+    for row in a.catalog.rows:
+        assert b.row(row.layer, row.featurizer, row.split).key == row.key
+        assert (b.load(row.layer, row.featurizer, row.split) == a.load(row.layer, row.featurizer, row.split)).all()
+
+
+def test_a_failing_device_worker_publishes_nothing_partial(tmp_path):
+    from conftest import saved_layers_dataset
+    from featstore.errors import FeaturizerError
+
+    saved_layers_dataset(tmp_path / "bad", layers=4, rows=64, dim=8, inf_at=(2, 7))
+    store = str(tmp_path / "store")
+    with pytest.raises(FeaturizerError, match=r"stats on column 'layer_002'.*row 7"):
+        featstore.build(str(tmp_path / "bad"), ["stats"], store=store, devices=["cpu", "cpu"])
+    st = Store.open(store)
+    assert st.read_catalog(str(tmp_path / "bad")) is None  # nothing catalogued
+    assert featstore.verify(store).ok  # what the other worker published is whole
+    assert len(st.entry_keys()) <= 3
+
+
+def test_devices_are_checked_before_anything_starts(sanity_dir, tmp_path):
+    from featstore.errors import FeatstoreError
+
+    with pytest.raises(FeatstoreError, match="not both"):
+        featstore.build("sanity", ["stats"], store=str(tmp_path / "s"), devices=["cpu", "cpu"], workers=2)
+    with pytest.raises(FeatstoreError, match="device 'nonsense' is not usable"):
+        featstore.build("sanity", ["stats"], store=str(tmp_path / "s"), devices=["cpu", "nonsense"])
+    assert not (tmp_path / "s").exists()

@@ -45,8 +45,8 @@ def main() -> None:
     runs = [("cpu", None)] if args.cpu else []
     runs += [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in args.gpus if n <= available]
     skipped = [n for n in args.gpus if n > available]
-    lines = [f"bench_multigpu: {args.preset} preset, {' + '.join(FEATURIZERS)}, cold builds; {available} x {gpu}, "
-             f"{platform.machine()}, torch {torch.__version__}",
+    lines = [(f"bench_multigpu: {args.preset} preset, {' + '.join(FEATURIZERS)}, cold builds; {available} x {gpu}, "
+             f"{platform.machine()}, torch {torch.__version__}"),
              f"{'run':10} {'median s':>9} {'runs s':>20} {'entries':>8} {'vs 1 GPU':>9}"]
     print("\n".join(lines), flush=True)
     reference, one_gpu = None, None

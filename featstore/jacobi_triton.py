@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+EPS: tl.constexpr = 1.2e-7  # float32's unit roundoff (2**-23)
+
 
 @triton.jit
 def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SWEEPS: tl.constexpr):
@@ -37,11 +39,12 @@ def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SW
             norm_q = tl.where(lower, other2, norm2)
             zeta = (norm_q - norm_p) / (2 * gamma)
             t = tl.where(zeta >= 0, 1.0, -1.0) / (tl.abs(zeta) + tl.sqrt(1 + zeta * zeta))
-            t = tl.where(gamma == 0, 0.0, t)
+            # Pairs already orthogonal to working precision are left alone: rotating them only adds rounding.
+            t = tl.where(tl.abs(gamma) <= EPS * tl.sqrt(norm_p * norm_q), 0.0, t)
             c = 1.0 / tl.sqrt(1 + t * t)
             s = c * t
             moved = tl.abs(gamma) / tl.maximum(tl.sqrt(tl.maximum(norm2, other2)) * scale, 1e-30)
-            off = tl.maximum(off, tl.where(gamma == 0, 0.0, moved))
+            off = tl.maximum(off, tl.where(t == 0, 0.0, moved))
             v = tl.where(lower[:, None], c[:, None] * v - s[:, None] * p, s[:, None] * p + c[:, None] * v)
             # The rotation moves t * gamma of squared norm from the lower vector to the upper one.
             norm2 = tl.maximum(tl.where(lower, norm2 - t * gamma, norm2 + t * gamma), 0.0)

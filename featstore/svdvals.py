@@ -180,7 +180,8 @@ def _sweeps(a, perm, sweeps: int):
                 off = torch.maximum(off, moved.amax(1))
             zeta = (beta - alpha) / (2 * gamma)
             t = torch.where(zeta >= 0, 1.0, -1.0) / (zeta.abs() + torch.sqrt(1 + zeta * zeta))
-            t = torch.where(gamma == 0, 0.0, torch.nan_to_num(t, nan=0.0))
+            eps = torch.finfo(a.dtype).eps  # pairs orthogonal to working precision are left alone
+            t = torch.where(gamma.abs() <= eps * (alpha * beta).sqrt(), 0.0, torch.nan_to_num(t, nan=0.0))
             c = torch.rsqrt(1 + t * t)
             s = c * t
             c, s = c[:, None, :], s[:, None, :]

@@ -57,6 +57,7 @@ def test_one_worker_per_device_equals_one_process(sanity_dir, tmp_path):
 
 def test_a_failing_device_worker_publishes_nothing_partial(tmp_path):
     from conftest import saved_layers_dataset
+
     from featstore.errors import FeaturizerError
 
     saved_layers_dataset(tmp_path / "bad", layers=4, rows=64, dim=8, inf_at=(2, 7))

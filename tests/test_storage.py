@@ -119,13 +119,12 @@ def test_datasets_on_object_storage_give_the_same_entries(layout, sanity_dir, tm
 def test_gc_and_builds_exclude_each_other(store_url):
     """The store lock on every backend: object stores through marker objects (FsspecStorage.lock)."""
     store = Store.open(store_url, create=True)
-    with store.storage.lock("store", shared=True), store.storage.lock("store", shared=True):  # builds share it
-        with pytest.raises(StoreError, match=r"locked by builds still running"):
-            garbage.gc(store, timeout=0.3)
-    with store.storage.lock("store", shared=False):
-        with pytest.raises(StoreError, match=r"locked by a gc still running"):
-            with store.storage.lock("store", shared=True, timeout=0.3):
-                pass
+    with (store.storage.lock("store", shared=True), store.storage.lock("store", shared=True),  # builds share it
+          pytest.raises(StoreError, match=r"locked by builds still running")):
+        garbage.gc(store, timeout=0.3)
+    with (store.storage.lock("store", shared=False), pytest.raises(StoreError, match=r"locked by a gc still running"),
+          store.storage.lock("store", shared=True, timeout=0.3)):
+        pass
     with store.storage.lock("store", shared=True):  # all released: both go ahead
         pass
     assert garbage.gc(store, timeout=0.3).removed == []
@@ -147,7 +146,7 @@ def test_a_killed_holder_never_leaves_an_object_store_locked(store_url):
         f"store = featstore.store.Store.open({store_url!r})\n"
         "with store.storage.lock('store', shared=False):\n"
         "    print('locked', flush=True)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True, text=True)
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == "locked" and proc.returncode == -9
     store = Store.open(store_url)
     assert store.storage.list("locks/store") == ["exclusive"]  # the dead holder's marker ...

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # What ran on the lent GPU machine (see benchmarks/results/*-h100*): tests, then benchmarks.
 # Needs the wheels of packages that machine lacks in .whl/ (README: "GPU measurements").
+# `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+if [ "${1:-}" = multigpu ]; then
+    python3 benchmarks/bench_multigpu.py --preset 10k --gpus 1 2 --cpu --out "$OUT"
+    exit
+fi
 python3 -m pytest -q -p no:cacheprovider -x 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
+python3 benchmarks/bench_svdvals.py --dims 32 64 128 --out "$OUT"
+(cd benchmarks && python3 bench_jacobi_tuning.py --out "$OUT")
 python3 -m featstore.cli datasets make 1k > /dev/null
 python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"
 python3 benchmarks/bench_load.py --out "$OUT"

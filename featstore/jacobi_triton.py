@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS: tl.constexpr = 1.2e-7  # float32's unit roundoff (2**-23)
+EPS = tl.constexpr(1.2e-7)  # float32's unit roundoff (2**-23)
 
 
 @triton.jit

@@ -29,6 +29,7 @@ TRITON_MAX_WIDTH = 128  # the Triton kernel keeps a matrix in registers; wider o
 JACOBI_SWEEPS = 8
 JACOBI_TOLERANCE = 1e-5  # largest change a further rotation could make, relative to s_max
 FROBENIUS_TOLERANCE = 1e-4  # | sum s^2 / ||A||_F^2 - 1 | accepted from gesvda
+_triton_failed: list[str] = []  # why the Triton kernel failed in this process, if it did
 
 
 def singular_values(x):
@@ -97,9 +98,17 @@ def _frobenius_mismatch(x, values):
 def _jacobi_then_gram(x):
     import torch
 
-    if min(x.shape[1:]) > TRITON_MAX_WIDTH:
+    if min(x.shape[1:]) > TRITON_MAX_WIDTH or _triton_failed:
         return gram_svdvals(x)
-    values, off = jacobi_svdvals(x, sweeps=JACOBI_SWEEPS)
+    try:
+        values, off = jacobi_svdvals(x, sweeps=JACOBI_SWEEPS)
+    except Exception as e:  # no triton, or one that cannot compile the kernel: the robust route instead
+        if x.device.type != "cuda":
+            raise
+        _triton_failed.append(repr(e))
+        log.warning("the Triton Jacobi kernel is unusable here (%s); singular values go to float64 Gram + "
+                    "eigvalsh, robust but ~100x slower", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return gram_svdvals(x)
     unconverged = (off > JACOBI_TOLERANCE) | ~torch.isfinite(values).all(1)
     if unconverged.any():
         log.warning("jacobi svdvals: %d of %d matrices unconverged; using float64 Gram + eigvalsh",

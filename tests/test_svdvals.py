@@ -92,3 +92,16 @@ def test_frobenius_check_flags_wrong_values():
     wrong[3, 0] *= 1.01
     assert sv._frobenius_mismatch(x, good).tolist() == [False] * 8
     assert sv._frobenius_mismatch(x, wrong).tolist() == [i == 3 for i in range(8)]
+
+
+@cuda
+def test_gpu_unusable_triton_kernel_falls_back_to_gram(monkeypatch):
+    import featstore.svdvals as sv
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot compile")
+
+    monkeypatch.setattr(sv, "jacobi_svdvals", broken)
+    monkeypatch.setattr(sv, "_triton_failed", [])
+    x = lora(100, 64).cuda()
+    assert max_error(sv.singular_values(x), x) < 1e-6 and sv._triton_failed == ["RuntimeError('cannot compile')"]

@@ -111,7 +111,7 @@ def _jacobi_then_gram(x):
         return gram_svdvals(x)
     unconverged = (off > JACOBI_TOLERANCE) | ~torch.isfinite(values).all(1)
     if unconverged.any():
-        log.warning("jacobi svdvals: %d of %d matrices unconverged; using float64 Gram + eigvalsh",
+        log.info("jacobi svdvals: %d of %d matrices unconverged; using float64 Gram + eigvalsh",
                     int(unconverged.sum()), len(x))
         values[unconverged] = gram_svdvals(x[unconverged])
     return values

@@ -156,14 +156,16 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
                 raise ColumnError(str(e)) from None
     for layer in source.layers:
         for split_name, split in source.splits.items():
-            layout = checked.get((split_name, layer)) or split.layout(layer)
+            layout = checked.get((split_name, layer))
+            if layout is None:
+                layout = split.layout(layer)
+                split.release()  # what the check paged in (list offsets, and read-ahead around them)
             for f in featurizers:
                 try:
                     f.output_shape(layout.value_shape)
                 except FeatstoreError as e:
                     raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
             units.append(Unit(split_name, layer, layout))
-            split.release()  # what the check paged in (list offsets, and read-ahead around them)
     labels = {}
     if source.label_column:
         for split_name, split in source.splits.items():

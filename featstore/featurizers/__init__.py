@@ -60,7 +60,7 @@ class BoundFeaturizer:
     def name(self) -> str:
         return self.featurizer.name
 
-    @property
+    @functools.cached_property
     def spec(self) -> str:
         """Canonical spec: the name, then parameters that differ from their defaults (sorted), then
         dtype when not float32: `svd`, `svd:k=32`, `svd:k=32,dtype=bfloat16`."""

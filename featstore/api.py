@@ -18,7 +18,7 @@ from featstore.errors import FeatstoreError, NotFoundError, StaleError, StoreErr
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
-from featstore.store import Store
+from featstore.store import Store, stored_dtype
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,8 @@ class FeatureSet:
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
             host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))
-            _map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy()), range(len(found)), found)
+            _map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy(), known=found[i]),
+                 range(len(found)), found)
             return self._finish(host, found[0].dtype, device, dtype)
         tensors = _map(lambda r: self._read(r, rows, device, dtype), found, found)
         if stack:
@@ -210,11 +211,11 @@ class FeatureSet:
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""
         if self._pin(device, row.shape):
             host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
-            self.store.read_entry(row.key, rows, out=host.numpy())
+            self.store.read_entry(row.key, rows, out=host.numpy(), known=row)
         else:
             import torch
 
-            host = torch.from_numpy(self.store.read_entry(row.key, rows))
+            host = torch.from_numpy(self.store.read_entry(row.key, rows, known=row))
         return self._finish(host, row.dtype, device, dtype)
 
     @staticmethod
@@ -232,8 +233,7 @@ class FeatureSet:
         """An empty host tensor for `row`'s stored values (bfloat16 as its raw uint16, see device.to_stored)."""
         import torch
 
-        numpy_dtype = np.dtype(np.uint16 if row.dtype == "bfloat16" else row.dtype)
-        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, numpy_dtype)).dtype, pin_memory=pinned)
+        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, stored_dtype(row.dtype))).dtype, pin_memory=pinned)
 
     @staticmethod
     def _finish(host, stored: str, device, dtype):

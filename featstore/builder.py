@@ -286,7 +286,9 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
     labels, the digest cache (with the file stats taken when the build began, so a file changed
     meanwhile is hashed again next time), then the catalog, merged under the dataset's lock with
     whatever a concurrent build added meanwhile."""
-    source, rows, seen = build_plan.source, report.rows, report.seen
+    source, seen = build_plan.source, report.seen
+    rows = [r if r.chunks else replace(r, **dict(zip(("chunk_rows", "chunks"), store.entry_chunks(r.key))))
+            for r in report.rows]  # what loads need to skip each entry's metadata
     cached, stats, trusted = report.cache
     splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
@@ -413,8 +415,11 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             created[key] = store.entry_info(key).created
         report.entries.append(EntryResult(unit.split, unit.layer, f.spec, key, status, reason))
         nbytes = int(np.prod(shape)) * (4 if f.dtype == "float32" else 2)
+        old = before.get((unit.split, unit.layer, f.spec))
+        reused = status == "reused" and old is not None and old.key == key
+        layout = (old.chunk_rows, old.chunks) if reused else (0, {})  # else read at commit
         rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
-                               ready.digest, f.identity))
+                               ready.digest, f.identity, *layout))
     return rows
 
 

@@ -63,6 +63,8 @@ class CatalogRow:
     created: str
     input_digest: str = ""  # what the entry was computed from ...
     identity: dict[str, Any] = field(default_factory=dict)  # ... and by (keys.featurizer_identity)
+    chunk_rows: int = 0  # the entry's rows per chunk and chunk digests, as its metadata records them:
+    chunks: dict[str, str] = field(default_factory=dict)  # loads need not read its zarr.json (0 / {}: unknown)
 
     @property
     def slot(self) -> tuple[str, str, str]:

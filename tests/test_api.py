@@ -136,3 +136,29 @@ def test_store_location_from_environment(sanity_dir, tmp_path, monkeypatch):
     featstore.build("sanity", ["stats"], layers=["layer_000"])
     assert (tmp_path / "envstore" / "featstore.json").exists()
     assert featstore.open("sanity").layers == ["layer_000"]
+
+
+def test_loads_take_chunk_digests_from_the_catalog_and_the_entry_metadata_decides(sanity_dir, store_dir, monkeypatch):
+    """Catalog rows record each entry's chunks, so a load reads no metadata file; when the record
+    is stale (the entry was rebuilt with other bytes under its key), the entry's own metadata wins."""
+    from conftest import entry_info
+
+    from featstore.store import Store
+
+    featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
+    store = Store.open(store_dir)
+    fs = featstore.open("sanity", store=store_dir)
+    assert all((r.chunk_rows, r.chunks) == store.entry_chunks(r.key) for r in fs.catalog.rows)
+    expected = fs.load("layer_001", "stats").numpy()
+
+    def no_metadata(self, key):
+        raise AssertionError("read an entry's metadata")
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "_metadata", no_metadata)
+        np.testing.assert_array_equal(fs.load_many(["layer_001"], "stats", stack=True)[0].numpy(), expected)
+
+    row = fs.row("layer_001", "stats")  # rebuilt elsewhere, e.g. on another device: same key, other bits
+    store.delete_entry(row.key)
+    store.write_entry(entry_info(expected * 2, row.key), expected * 2)
+    np.testing.assert_array_equal(fs.load("layer_001", "stats").numpy(), expected * 2)

@@ -227,3 +227,32 @@ def test_sigkill_at_every_storage_step_on_s3_leaves_a_clean_store_that_resumes(s
         featstore.build(data, specs, store=location, device="cpu")  # resume
         assert contents(location) == expected, point
         assert featstore.gc(location).removed == [] and store.entry_keys(published=False) == [], point
+
+
+def test_racing_builders_on_s3_both_succeed_and_lose_nothing(store_url, tmp_path):
+    """Three `featstore build` processes with overlapping featurizers against one S3 store: every
+    builder's rows end up in the catalog (merged under the catalog lock's markers), none lost."""
+    import subprocess
+    import sys
+
+    from conftest import saved_layers_dataset
+
+    _s3_env(store_url)
+    data = str(tmp_path / "data")
+    saved_layers_dataset(data, layers=2, rows=30, dim=8)
+    runs = (["-f", "raw", "-f", "stats"], ["-f", "stats", "-f", "svd:k=2"], ["-f", "raw", "-f", "svd:k=2"])
+    procs = [subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", data, *args, "--store", store_url,
+                               "--no-progress", "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for args in runs]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    with featstore.open(data, store=store_url) as fs:
+        assert sorted(fs.featurizers) == ["raw", "stats", "svd:k=2"] and len(fs.catalog.rows) == 6
+        loaded = {r.slot: fs.load(r.layer, r.featurizer, r.split).numpy() for r in fs.catalog.rows}
+    reference = str(tmp_path / "reference")
+    featstore.build(data, ["raw", "stats", "svd:k=2"], store=reference, device="cpu")
+    with featstore.open(data, store=reference) as fs:
+        for row in fs.catalog.rows:
+            np.testing.assert_array_equal(loaded[row.slot], fs.load(row.layer, row.featurizer, row.split).numpy())
+    assert featstore.verify(store_url).ok and Store.open(store_url).storage.list("locks/store") == []

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_multigpu.py [--preset 10k] [--gpus 1 2] [--cpu] [--repeat 1]
 
-Featurizers: svd, spectral, randproj. "1 GPU" is the ordinary single-process build on cuda:0;
-"N GPUs" is `featstore build --devices cuda:0,...` (a LocalCluster of one worker per GPU). Each
+Featurizers: svd, spectral, randproj. "1 GPU" is the ordinary single-process build on cuda:0,
+"1 GPU, Dask worker" the same through `--devices cuda:0` (the multi-GPU path with one worker: its
+overhead); "N GPUs" is `featstore build --devices cuda:0,...` (a LocalCluster of one worker per GPU). Each
 run builds into a fresh store; the entries of every run must equal the first's (same keys, same
 bytes: checked). `--cpu` adds the CPU build on the same machine. Writes multigpu-<gpu>.txt.
 """
@@ -42,21 +43,24 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if available else "no GPU"
     if not (presets.default_dir(args.preset) / "dataset_dict.json").exists():
         presets.make(args.preset, presets.default_dir(args.preset))
-    runs = [("cpu", None)] if args.cpu else []
-    runs += [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in args.gpus if n <= available]
+    runs = [("cpu", {"device": "cpu"}, None)] if args.cpu else []
+    for n in (n for n in args.gpus if n <= available):
+        if n == 1:
+            runs.append(("1 GPU", {"device": "cuda:0"}, 1))
+            runs.append(("1 GPU, Dask worker", {"devices": ["cuda:0"]}, 1))  # the multi-GPU path's overhead
+        else:
+            runs.append((f"{n} GPUs", {"devices": [f"cuda:{i}" for i in range(n)]}, n))
     skipped = [n for n in args.gpus if n > available]
     lines = [(f"bench_multigpu: {args.preset} preset, {' + '.join(FEATURIZERS)}, cold builds; {available} x {gpu}, "
              f"{platform.machine()}, torch {torch.__version__}"),
              f"{'run':10} {'median s':>9} {'runs s':>20} {'entries':>8} {'vs 1 GPU':>9}"]
     print("\n".join(lines), flush=True)
     reference, one_gpu = None, None
-    for name, gpus in runs:
+    for name, kwargs, gpus in runs:
         times = []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 store = f"{tmp}/store"
-                kwargs = ({"device": "cpu"} if gpus is None else {"device": "cuda:0"} if gpus == 1
-                          else {"devices": [f"cuda:{i}" for i in range(gpus)]})
                 start = time.perf_counter()
                 report = featstore.build(args.preset, FEATURIZERS, store=store, **kwargs)
                 times.append(time.perf_counter() - start)
@@ -65,7 +69,7 @@ def main() -> None:
                     reference = reference or got
                     assert got == reference, f"{name}: entries differ from the first GPU run"
         median = statistics.median(times)
-        one_gpu = median if gpus == 1 else one_gpu
+        one_gpu = median if name == "1 GPU" else one_gpu
         ratio = f"{one_gpu / median:8.2f}x" if one_gpu and gpus else f"{'-':>9}"
         lines.append(f"{name:10} {median:9.2f} {' '.join(f'{t:.2f}' for t in times):>20} {report.computed:>8} {ratio}")
         print(lines[-1], flush=True)

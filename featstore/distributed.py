@@ -2,9 +2,10 @@
 `--scheduler tcp://host:8786` (an existing one), or `--devices cuda:0,cuda:1` (a LocalCluster of
 one worker per device, each computing on its own).
 
-The client checks the whole build (`builder.plan`) and commits the catalog; each task builds one
-layer (every split and featurizer of it) on a worker: it reads its columns, computes and publishes
-the entries straight to the shared store (`builder.execute` without its commit). Entries are
+The client checks the whole build (`builder.plan`) and commits the catalog; each task builds a
+group of layers (every split and featurizer of them; ~4 tasks per worker) on a worker: it reads
+its columns, computes and publishes the entries straight to the shared store (`builder.execute`
+without its commit). Entries are
 content-addressed and published create-only, so a task that Dask retries after a lost worker
 neither duplicates nor half-writes anything. Workers must reach the store (a shared directory or
 an object store URL) and import the featurizers (built-ins, `module:function` specs, entry points).
@@ -21,6 +22,7 @@ from featstore.sources import load_source
 from featstore.store import Store
 
 RETRIES = 2  # a task whose worker died is run again this many times
+TASKS_PER_WORKER = 4  # tasks of several layers each: few enough to pipeline, enough to balance
 _worker_device: str | None = None  # set on each worker of a --devices cluster (_use_device)
 
 
@@ -31,12 +33,13 @@ def _use_device(device: str) -> str:
     return device
 
 
-def _build_layer(dataset: Any, layer: str, label_column: str | None, specs: tuple[str, ...], location: str,
-                 device: str, rehash: bool) -> builder.BuildReport:
-    """One task: every split and featurizer of `layer`, entries only (the client commits), on
-    the worker's own device if it has one."""
+def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | None, specs: tuple[str, ...],
+                  location: str, device: str, rehash: bool) -> builder.BuildReport:
+    """One task: every split and featurizer of `layers`, entries only (the client commits), on
+    the worker's own device if it has one. Several layers per task, so that the build's pipeline
+    reads the next layer while it computes this one (one layer per task was 4x slower on a GPU)."""
     bound = tuple(parse_spec(s) for s in specs)
-    source = load_source(dataset, (glob.escape(layer),), label_column)
+    source = load_source(dataset, tuple(glob.escape(layer) for layer in layers), label_column)
     return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,
                            rehash=rehash, commit=False)
 
@@ -59,7 +62,7 @@ def _peak_rss() -> int:
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
           scheduler: str | None = None, devices: tuple[str, ...] = ()) -> builder.BuildReport:
-    """Like `featstore.build`, with one Dask task per layer; with `devices`, on a LocalCluster of
+    """Like `featstore.build`, with Dask tasks of a few layers each; with `devices`, on a LocalCluster of
     one single-threaded worker per device, each with its own buffers and streams."""
     from dask.distributed import Client, LocalCluster
 
@@ -76,9 +79,12 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
             addresses = sorted(client.scheduler_info()["workers"])
             for address, assigned in zip(addresses, devices):
                 report.worker_devices.update(client.run(_use_device, assigned, workers=[address]))
-        futures = [client.submit(_build_layer, dataset, layer, source.label_column, specs, location, device, rehash,
-                                 retries=RETRIES, pure=False, key=f"featstore-{layer}-{i}")
-                   for i, layer in enumerate(source.layers)]
+        n_workers = len(devices) or workers or len(client.scheduler_info()["workers"]) or 1
+        per_task = max(1, -(-len(source.layers) // (TASKS_PER_WORKER * n_workers)))
+        groups = [tuple(source.layers[i : i + per_task]) for i in range(0, len(source.layers), per_task)]
+        futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, location, device, rehash,
+                                 retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
+                   for i, group in enumerate(groups)]
         if progress:
             from dask.distributed import progress as show
 

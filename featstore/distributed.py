@@ -17,6 +17,7 @@ import glob
 from typing import Any
 
 from featstore import builder
+from featstore import device as devs
 from featstore.featurizers import parse_spec
 from featstore.sources import load_source
 from featstore.store import Store
@@ -72,8 +73,11 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     report = builder.BuildReport(source.name, store.location, device)
     report.cache = builder.cached_digests(store, source, rehash)
     specs = tuple(f.spec for f in bound)
+    # One task at a time per worker; a device's worker gets its share of the cores for the build's
+    # reader and writer threads (Dask would set OMP_NUM_THREADS, which cpu_count honours, to 1).
+    cores = {"OMP_NUM_THREADS": str(max(1, devs.cpu_count() // len(devices)))} if devices else {}
     cluster = None if scheduler else LocalCluster(n_workers=len(devices) or workers, threads_per_worker=1,
-                                                  processes=True, dashboard_address=":0")
+                                                  processes=True, dashboard_address=":0", env=cores)
     with Client(scheduler or cluster) as client:
         if devices:
             addresses = sorted(client.scheduler_info()["workers"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import logging
 import os
 import weakref
@@ -278,6 +279,10 @@ def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str
 
         count = torch.cuda.device_count()
         devices = tuple(f"cuda:{i}" for i in range(count)) if count > 1 else ()
+        if devices and importlib.util.find_spec("distributed") is None:
+            log.warning("%d GPUs visible, but a build over several needs Dask (pip install 'featstore[dask]'); "
+                        "using cuda:0 only", count)
+            devices = ()
     if len(set(devices)) < len(devices) and not all(d == "cpu" for d in devices):
         raise FeatstoreError(f"--devices names a device twice: {','.join(devices)}")
     return tuple(devs.resolve(d) for d in devices)

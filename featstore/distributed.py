@@ -5,9 +5,8 @@ one worker per device, each computing on its own).
 The client checks the whole build (`builder.plan`) and commits the catalog; each task builds a
 group of layers (every split and featurizer of them; ~4 tasks per worker) on a worker: it reads
 its columns, computes and publishes the entries straight to the shared store (`builder.execute`
-without its commit). Entries are
-content-addressed and published create-only, so a task that Dask retries after a lost worker
-neither duplicates nor half-writes anything. Workers must reach the store (a shared directory or
+without its commit). Entries are content-addressed and published create-only, so a task that Dask
+retries after a lost worker neither duplicates nor half-writes anything. Workers must reach the store (a shared directory or
 an object store URL) and import the featurizers (built-ins, `module:function` specs, entry points).
 """
 
@@ -18,6 +17,7 @@ from typing import Any
 
 from featstore import builder
 from featstore import device as devs
+from featstore.errors import FeatstoreError
 from featstore.featurizers import parse_spec
 from featstore.sources import load_source
 from featstore.store import Store
@@ -63,9 +63,13 @@ def _peak_rss() -> int:
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
           scheduler: str | None = None, devices: tuple[str, ...] = ()) -> builder.BuildReport:
-    """Like `featstore.build`, with Dask tasks of a few layers each; with `devices`, on a LocalCluster of
-    one single-threaded worker per device, each with its own buffers and streams."""
-    from dask.distributed import Client, LocalCluster
+    """Like `featstore.build`, with Dask tasks of a few layers each; with `devices`, on a
+    LocalCluster of one single-threaded worker per device, each with its own buffers and streams."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as e:
+        raise FeatstoreError(f"--workers, --scheduler and --devices need Dask ({e}); "
+                             "pip install 'featstore[dask]'") from e
 
     source = load_source(dataset, layers, label_column, progress=progress)
     build_plan = builder.plan(source, bound)  # every check first, on the client

@@ -6,8 +6,9 @@ The client checks the whole build (`builder.plan`) and commits the catalog; each
 group of layers (every split and featurizer of them; ~4 tasks per worker) on a worker: it reads
 its columns, computes and publishes the entries straight to the shared store (`builder.execute`
 without its commit). Entries are content-addressed and published create-only, so a task that Dask
-retries after a lost worker neither duplicates nor half-writes anything. Workers must reach the store (a shared directory or
-an object store URL) and import the featurizers (built-ins, `module:function` specs, entry points).
+retries after a lost worker neither duplicates nor half-writes anything. Workers must reach the
+store (a shared directory or an object store URL) and import the featurizers (built-ins,
+`module:function` specs, entry points).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # What ran on the lent GPU machine (see benchmarks/results/*-h100*): tests, then benchmarks.
 # Needs the wheels of packages that machine lacks in .whl/ (README: "GPU measurements").
-# `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB).
+# `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-if [ "${1:-}" = multigpu ]; then
+if [ "${1:-}" = multigpu ]; then  # Dask from .dwhl/, behind the machine's own packages
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dsite .dwhl/*.whl || exit 1
+    echo 'import site; site.addsitedir("/tmp/dsite")' > /tmp/site/sitecustomize.py
     python3 benchmarks/bench_multigpu.py --preset 10k --gpus 1 2 --cpu --out "$OUT"
     exit
 fi

@@ -406,7 +406,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             with _timed(report, "compute"):
                 out = compute(f, tensor[start - ready.offset :], shape, unit, report.device)
             if extended:
-                out = np.concatenate([store.read_entry(extended.key), out])
+                out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
             created[key] = _now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)

@@ -59,6 +59,11 @@ def chunk_name(i: int, ndim: int) -> str:
     return ".".join(["c", str(i)] + ["0"] * (ndim - 1))
 
 
+def _chunk_rows(meta: dict) -> int:
+    """Rows per chunk of an entry, from its `zarr.json`."""
+    return meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+
+
 def stored_dtype(dtype: str) -> np.dtype:
     """The numpy dtype an entry of features in `dtype` is stored as (bfloat16 as its raw uint16)."""
     return np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
@@ -176,7 +181,7 @@ class Store:
             meta, info = self._metadata(key)
         except CorruptEntry as e:
             return e.problem, 0
-        rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        rows = _chunk_rows(meta)
         expected = {chunk_name(i, len(info.shape)) for i in range(-(-info.shape[0] // rows) if info.shape and rows else 0)}
         if set(info.chunks) != expected:
             return f"records chunks {sorted(info.chunks)}, its shape implies {sorted(expected)}", 0
@@ -202,7 +207,7 @@ class Store:
         try:
             meta = json.loads(raw)
             info = EntryInfo.from_json(meta["attributes"]["featstore"], key)
-            rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+            rows = _chunk_rows(meta)
             expected = zarr_metadata(info.shape, np.dtype(meta["data_type"]), rows, meta["attributes"])
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise CorruptEntry(self, key, f"has damaged metadata ({e!r})") from e
@@ -218,7 +223,7 @@ class Store:
     def entry_chunks(self, key: str) -> tuple[int, dict[str, str]]:
         """(rows per chunk, {chunk file: digest}) of entry `key`, from its metadata."""
         meta, info = self._metadata(key)
-        return meta["chunk_grid"]["configuration"]["chunk_shape"][0], info.chunks
+        return _chunk_rows(meta), info.chunks
 
     def read_entry(self, key: str, rows: slice | None = None, out: np.ndarray | None = None,
                    known: CatalogRow | None = None) -> np.ndarray:
@@ -235,8 +240,7 @@ class Store:
             except CorruptEntry:
                 pass  # the row's record is a hint (the entry may have been rebuilt since): its metadata decides
         meta, info = self._metadata(key)
-        per = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        return self._read_chunks(key, rows, out, np.dtype(meta["data_type"]), info.shape, per, info.chunks)
+        return self._read_chunks(key, rows, out, np.dtype(meta["data_type"]), info.shape, _chunk_rows(meta), info.chunks)
 
     def _read_chunks(self, key: str, rows: slice | None, out: np.ndarray | None, dtype: np.dtype,
                      full: tuple[int, ...], per: int, digests: dict[str, str]) -> np.ndarray:

@@ -347,10 +347,14 @@ class FsspecStorage(Storage):
         return self.fs.exists(self._path(path))
 
     def list(self, prefix: str) -> list[str]:
+        path = self._path(prefix)
+        self.fs.invalidate_cache(path)  # other processes change the store: never answer from a cached listing
         try:
-            found = self.fs.ls(self._path(prefix), detail=False)
+            found = self.fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
+        finally:
+            self.fs.invalidate_cache(path)  # nor let `exists` answer from this one later (lock markers, gc)
         base = self._path(prefix).rstrip("/") + "/"
         return sorted({p.rstrip("/").removeprefix(base).split("/")[0] for p in found if p.rstrip("/") != base[:-1]})
 

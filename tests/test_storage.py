@@ -256,3 +256,32 @@ def test_racing_builders_on_s3_both_succeed_and_lose_nothing(store_url, tmp_path
         for row in fs.catalog.rows:
             np.testing.assert_array_equal(loaded[row.slot], fs.load(row.layer, row.featurizer, row.split).numpy())
     assert featstore.verify(store_url).ok and Store.open(store_url).storage.list("locks/store") == []
+
+
+def test_locks_see_markers_written_by_other_processes_despite_cached_listings(store_url):
+    """s3fs caches directory listings per process: gc must still see a build's marker written after
+    it last listed the lock markers (here: the holder releases, then takes the lock again)."""
+    import subprocess
+    import sys
+
+    _s3_env(store_url)
+    store = Store.open(store_url, create=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import featstore, sys\n"
+        f"store = featstore.store.Store.open({store_url!r})\n"
+        "for turn in '12':\n"
+        "    with store.storage.lock('store', shared=True):\n"
+        "        print(turn, flush=True)\n"
+        "        sys.stdin.readline()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        first = store.storage.list("locks/store")  # a listing this process could keep in a cache
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "2"
+        assert store.storage.list("locks/store") != first  # the new marker, not the cached listing
+        with pytest.raises(StoreError, match=r"locked by builds still running"):
+            garbage.gc(store, timeout=0.5)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert garbage.gc(store, timeout=5).removed == []

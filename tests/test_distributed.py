@@ -78,3 +78,19 @@ def test_devices_are_checked_before_anything_starts(sanity_dir, tmp_path):
     with pytest.raises(FeatstoreError, match="device 'nonsense' is not usable"):
         featstore.build("sanity", ["stats"], store=str(tmp_path / "s"), devices=["cpu", "nonsense"])
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_devices_flag(sanity_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    store = str(tmp_path / "store")
+    run = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "--dataset", "sanity", "-f", "stats",
+                          "-l", "layer_00[01]", "--devices", "cpu,cpu", "--store", store, "--json", "--no-progress"],
+                         capture_output=True, text=True, check=False, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["computed"] == 4 and report["device"] == "cpu"
+    assert featstore.status("sanity", ["stats"], layers=["layer_00[01]"], store=store).fresh

@@ -60,6 +60,6 @@ def jacobi_row_norms(v, sweeps: int, warps: int | None = None):
     b, n, m = v.shape
     out = torch.empty((b, n), device=v.device, dtype=torch.float32)
     off = torch.empty((b,), device=v.device, dtype=torch.float32)
-    warps = warps or (2 if n * m <= 4096 else 4)  # the fastest on an H100 (tune_jacobi, see git log)
+    warps = warps or (2 if n * m <= 4096 else 4)  # the fastest on an H100 (benchmarks/bench_jacobi_tuning.py)
     _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, num_warps=warps)
     return out, off

@@ -102,6 +102,8 @@ def _jacobi_then_gram(x):
         return gram_svdvals(x)
     try:
         values, off = jacobi_svdvals(x, sweeps=JACOBI_SWEEPS)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the build halves the batch and retries
     except Exception as e:  # no triton, or one that cannot compile the kernel: the robust route instead
         if x.device.type != "cuda":
             raise
@@ -112,7 +114,7 @@ def _jacobi_then_gram(x):
     unconverged = (off > JACOBI_TOLERANCE) | ~torch.isfinite(values).all(1)
     if unconverged.any():
         log.info("jacobi svdvals: %d of %d matrices unconverged; using float64 Gram + eigvalsh",
-                    int(unconverged.sum()), len(x))
+                 int(unconverged.sum()), len(x))
         values[unconverged] = gram_svdvals(x[unconverged])
     return values
 

@@ -105,3 +105,17 @@ def test_gpu_unusable_triton_kernel_falls_back_to_gram(monkeypatch):
     monkeypatch.setattr(sv, "_triton_failed", [])
     x = lora(100, 64).cuda()
     assert max_error(sv.singular_values(x), x) < 1e-6 and sv._triton_failed == ["RuntimeError('cannot compile')"]
+
+
+@cuda
+def test_gpu_out_of_memory_in_the_kernel_is_not_taken_for_a_broken_kernel(monkeypatch):
+    import featstore.svdvals as sv
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(sv, "jacobi_svdvals", oom)
+    monkeypatch.setattr(sv, "_triton_failed", [])
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # the build halves its batch on this
+        sv.singular_values(lora(10, 64).cuda())
+    assert sv._triton_failed == []

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import time
 import uuid
@@ -400,9 +402,6 @@ class FsspecStorage(Storage):
         before it looks, so on a consistent store (S3 is) they never both go ahead. A marker of a
         dead process on this host is stale and removed; another host's counts until its holder
         removes it (the error names it: delete it by hand if that holder crashed)."""
-        import json
-        import socket
-
         mine = f"locks/{name}/" + (f"shared-{uuid.uuid4().hex}" if shared else "exclusive")
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}).encode()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -435,8 +434,6 @@ class FsspecStorage(Storage):
     def _live_markers(self, name: str, prefix: str) -> list[str]:
         """The lock markers of `name` starting with `prefix` whose holders may live; stale ones
         (a dead process on this host) are removed."""
-        import json
-
         live = []
         for marker in self.list(f"locks/{name}"):
             if not marker.startswith(prefix):
@@ -458,8 +455,6 @@ class FsspecStorage(Storage):
 def holder_alive(record: dict) -> bool:
     """Whether the process that wrote `record` ({host, pid}: a lease or a lock marker) may live:
     another host's always, this host's while its pid does."""
-    import socket
-
     if record.get("host") != socket.gethostname():
         return bool(record)
     try:

@@ -7,8 +7,12 @@ vectors exactly once). A round fetches each vector's partner with `tl.gather` (a
 the program, no trip through memory), computes all N/2 rotations at once, one per pair (both
 vectors of a pair compute the same one), and applies them. The squared norms are recomputed at
 the start of each sweep and updated by each rotation in between, so a round reduces once (the
-inner products), not three times. N and M must be powers of two: callers zero-pad, which adds only
-zero singular values. Imported only where triton is (CUDA machines); needs triton >= 3.2.
+inner products), not three times. With QR (square blocks), the program first reduces its matrix A
+to R by Householder reflections and sweeps the rows of R instead (Jacobi on R^T, preconditioned:
+where A is rank-deficient they are nearly orthogonal already), in the same registers: torch's
+batched QR as a separate launch cost as much as the sweeps. N and M must be powers of two:
+callers zero-pad, which adds only zero singular values. Imported only where triton is (CUDA
+machines); needs triton >= 3.2.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ EPS = tl.constexpr(1.2e-7)  # float32's unit roundoff (2**-23)
 
 
 @triton.jit
-def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SWEEPS: tl.constexpr):
+def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SWEEPS: tl.constexpr,
+                   QR: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     vec = tl.arange(0, N)
     v = tl.load(v_ptr + pid * N * M + vec[:, None] * M + tl.arange(0, M)[None, :])
+    if QR:  # the rows of v are the columns of A (N == M): rotate them into R, then take its rows
+        v = tl.trans(_householder_r(v, N))
     off = tl.zeros([N], dtype=tl.float32)
     for sweep in range(SWEEPS):
         norm2 = tl.sum(v * v, 1)
@@ -52,14 +59,34 @@ def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SW
     tl.store(off_ptr + pid, tl.max(off, 0))
 
 
-def jacobi_row_norms(v, sweeps: int, warps: int | None = None):
+@triton.jit
+def _householder_r(v, N: tl.constexpr):
+    """R^T of A = QR, where the rows of the square block `v` are the columns of A: Householder
+    reflections, each zeroing one column of A below the diagonal. Row j of the result is column j
+    of R (zero beyond position j)."""
+    pos = tl.arange(0, N)
+    for k in range(N - 1):
+        x = tl.sum(tl.where(pos[:, None] == k, v, 0.0), 0)  # column k of A
+        x = tl.where(pos >= k, x, 0.0)
+        head = tl.sum(tl.where(pos == k, x, 0.0), 0)
+        norm = tl.sqrt(tl.sum(x * x, 0))
+        alpha = tl.where(head > 0, -norm, norm)  # x -> alpha e_k, the sign that avoids cancellation
+        u = x - tl.where(pos == k, alpha, 0.0)
+        u2 = tl.sum(u * u, 0)
+        scale = tl.where(u2 > 0, 2.0 / u2, 0.0)  # a zero column needs no reflection
+        v = v - (scale * tl.sum(v * u[None, :], 1))[:, None] * u[None, :]
+    return v
+
+
+def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False):
     """(final row norms (B, N), off (B,)) of the Jacobi sweeps that orthogonalise the rows of
-    `v` (B, N, M) float32, contiguous, N and M powers of two."""
+    `v` (B, N, M) float32, contiguous, N and M powers of two. With `qr` (N == M), the sweeps run
+    on the rows of R from the QR of each v^T instead: the same singular values, fewer sweeps."""
     import torch
 
     b, n, m = v.shape
     out = torch.empty((b, n), device=v.device, dtype=torch.float32)
     off = torch.empty((b,), device=v.device, dtype=torch.float32)
     warps = warps or (2 if n * m <= 4096 else 4)  # the fastest on an H100 (benchmarks/bench_jacobi_tuning.py)
-    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, num_warps=warps)
+    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, QR=qr, num_warps=warps)
     return out, off

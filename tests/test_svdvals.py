@@ -66,6 +66,23 @@ def test_gpu_jacobi_kernel_on_rank_deficient_and_random_inputs(dim):
 
 
 @cuda
+@pytest.mark.parametrize(("shape", "fused"), [((300, 64, 64), True), ((300, 48, 48), True), ((300, 40, 64), True),
+                                              ((300, 33, 70), False), ((300, 100, 100), True)])
+def test_gpu_kernel_qr_matches_the_torch_qr_route(shape, fused, monkeypatch):
+    """Square blocks (after padding to powers of two) take the kernel's own QR; others torch's."""
+    import featstore.jacobi_triton as jt
+
+    calls, real = [], jt.jacobi_row_norms
+    monkeypatch.setattr(jt, "jacobi_row_norms", lambda *a, **k: calls.append(k["qr"]) or real(*a, **k))
+    x = lora(shape[0], max(shape[1:]))[:, : shape[1], : shape[2]].cuda()
+    values, off = jacobi_svdvals(x)
+    unfused, _ = jacobi_svdvals(x, dtype=torch.float64)  # float64: torch's QR, then the kernel
+    assert calls == [fused, False]
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    torch.testing.assert_close(values, unfused, rtol=0, atol=2e-5 * float(unfused[:, 0].max()))
+
+
+@cuda
 def test_gpu_gesvda_failure_goes_to_jacobi(monkeypatch):
     import featstore.svdvals as sv
 

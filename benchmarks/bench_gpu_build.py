@@ -7,14 +7,18 @@ A first build pays for CUDA, cuSOLVER and Triton start-up and warms the page cac
 counted. Then: `--repeat` GPU builds at Python's default GIL switch interval (5 ms) and as many
 at 0.5 ms (threads waiting for the GIL get it sooner), the three stages of the same work timed
 alone over all 256 columns (read = hash + copy to pinned memory + copy to the GPU; compute = svd
-+ copy back; write = publish the entry), and two builds on the CPU. Medians; prints the table and
-writes it to --out/build-1k-svd-<device>.txt.
++ copy back; write = publish the entry), and two builds on the CPU. Last, what a user's command
+costs: `featstore build` in fresh processes, twice per device (wall time, with the start-up of
+Python, torch and CUDA, and the build's own total). Medians; prints the table and writes it to
+--out/build-1k-svd-<device>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +41,16 @@ def build(device: str) -> tuple[float, dict]:
         start = time.perf_counter()
         report = featstore.build("1k", ["svd"], store=f"{tmp}/s", device=device)
         return time.perf_counter() - start, {k: round(v, 2) for k, v in report.seconds.items()}
+
+
+def cli_build(device: str) -> tuple[float, float]:
+    """(wall seconds, the build's own total) of `featstore build` in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "featstore.cli", "build", "-d", "1k", "-f", "svd", "--store", f"{tmp}/s",
+                   "--device", device, "--json", "--no-progress"]
+        start = time.perf_counter()
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        return time.perf_counter() - start, json.loads(out.stdout)["seconds"]["total"]
 
 
 def stages(device: str) -> dict[str, float]:
@@ -93,6 +107,10 @@ def main() -> None:
     cpu = [build("cpu") for _ in range(2)] if device != "cpu" else []
     for t, seconds in cpu:
         lines.append(f"  cpu build: {t:6.2f} s  {seconds}")
+    fresh = {d: [cli_build(d) for _ in range(2)] for d in dict.fromkeys((device, "cpu"))}
+    for d, runs in fresh.items():
+        for wall, total in runs:
+            lines.append(f"  featstore build --device {d} in a fresh process: {wall:6.2f} s wall, build {total:.2f} s")
     summary = len(lines)
     lines += [
         "",
@@ -104,7 +122,9 @@ def main() -> None:
     if cpu:
         cpu_median = statistics.median(t for t, _ in cpu)
         lines.append(f"cpu build (median of 2) / {device} build  {cpu_median / medians[best]:7.2f}x   (bar >= 20x)")
-    print("\n".join(lines[summary - len(cpu):]), flush=True)
+        walls = {d: statistics.median(w for w, _ in runs) for d, runs in fresh.items()}
+        lines.append(f"fresh processes, cpu / {device} wall       {walls['cpu'] / walls[device]:7.2f}x")
+    print("\n".join(lines[summary - len(cpu) - sum(map(len, fresh.values())):]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"build-1k-svd-{device.split(':')[0]}.txt").write_text("\n".join(lines) + "\n")

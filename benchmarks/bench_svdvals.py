@@ -1,6 +1,6 @@
 """Batched singular values of LoRA-like matrices: every route, time and accuracy, side by side.
 
-    python benchmarks/bench_svdvals.py [--device cuda] [--rows 1000] [--dims 32 64 128] [--batches 5]
+    python benchmarks/bench_svdvals.py [--device cuda] [--rows 1000] [--dims 16 32 64 128] [--batches 5]
 
 Inputs are the 1k preset's matrices (rank 4 + noise, rank-deficient like real LoRA deltas),
 generated in memory: `--batches` different layers per size. Error = max |s - s_ref| / s_max against
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--dims", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()

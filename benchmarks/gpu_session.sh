@@ -13,9 +13,10 @@ if [ "${1:-}" = multigpu ]; then  # Dask from .dwhl/, behind the machine's own p
     exit
 fi
 python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py tests/test_api.py tests/test_torch.py tests/test_examples.py 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
-python3 benchmarks/bench_svdvals.py --dims 32 64 128 --out "$OUT"
+python3 benchmarks/bench_svdvals.py --dims 8 16 32 64 128 --out "$OUT"
 (cd benchmarks && python3 bench_jacobi_tuning.py --out "$OUT")
 python3 -m featstore.cli datasets make 1k > /dev/null
+python3 benchmarks/bench_featurizers.py --device cuda --layers 128 --out "$OUT"
 python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"
 python3 benchmarks/bench_load.py --out "$OUT"
 python3 benchmarks/bench_experiment.py --device cuda --out "$OUT" 2>/dev/null

@@ -4,11 +4,12 @@
 measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H100):
 - CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there, the batch split over
   torch's threads (batched svdvals itself uses one).
-- CUDA, up to 32 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi): 1.5 ms per 1000.
-- CUDA, 33 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
-  matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input. It
-  reports its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh`
-  (336 ms per 1000 64x64, 6e-8), robust but slow on the GPU.
+- CUDA, up to 16 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi).
+- CUDA, 17 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
+  matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input (at
+  32 wide, 0.3 ms where torch's default takes 1.3 ms). It reports its own convergence; what it
+  leaves unconverged goes to float64 Gram + `eigvalsh` (326 ms per 1000 64x64, 6e-8), robust but
+  slow on the GPU.
 - CUDA, wider: cuSOLVER's `gesvda` (11 ms per 1000 128x128, 6e-8) is faster than the Jacobi
   there (20 ms), but it fails to converge on some rank-deficient batches (raising) and each result
   must match its matrix's Frobenius norm: *checked*, and what fails goes to the Jacobi (up to 128
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
-LIBRARY_MAX_WIDTH = 32  # up to this width, torch's default CUDA route (batched gesvdj) is fast
+LIBRARY_MAX_WIDTH = 16  # up to this width, torch's default CUDA route (batched gesvdj)
 JACOBI_FIRST_MAX_WIDTH = 64  # up to this width, our Jacobi beats a checked gesvda (1.5 vs 3.0 ms)
 TRITON_MAX_WIDTH = 128  # the Triton kernel keeps a matrix in registers; wider ones spill
 JACOBI_SWEEPS = 8

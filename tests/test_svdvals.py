@@ -49,7 +49,7 @@ def test_cpu_route_is_lapack_split_over_threads():
 
 
 @cuda
-@pytest.mark.parametrize("dim", [16, 64, 128])
+@pytest.mark.parametrize("dim", [16, 32, 64, 128])
 def test_gpu_singular_values_match_float64(dim):
     x = lora(1000, dim).cuda()
     assert max_error(singular_values(x), x) < 2e-5

@@ -61,7 +61,8 @@ def _cpu_svdvals(x):
 
     from featstore.device import cpu_count
 
-    threads = max(torch.get_num_threads(), cpu_count())
+    before = torch.get_num_threads()  # 1 during a CPU build (device.one_intra_op_thread)
+    threads = max(before, cpu_count())
     if threads < 2 or len(x) < 2 * threads:
         return torch.linalg.svdvals(x)
     # Concurrent calls queue on torch's intra-op pool unless each runs single-threaded.
@@ -69,7 +70,7 @@ def _cpu_svdvals(x):
     try:
         return torch.cat(list(_pool(threads).map(torch.linalg.svdvals, x.chunk(threads))))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @functools.cache

@@ -85,6 +85,8 @@ def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False)
     import torch
 
     b, n, m = v.shape
+    if qr and n != m:
+        raise ValueError(f"the kernel's QR needs square blocks, got {n}x{m}")
     out = torch.empty((b, n), device=v.device, dtype=torch.float32)
     off = torch.empty((b,), device=v.device, dtype=torch.float32)
     warps = warps or (2 if n * m <= 4096 else 4)  # the fastest on an H100 (benchmarks/bench_jacobi_tuning.py)

@@ -9,7 +9,7 @@ measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H
   matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input;
   from 8 to 32 wide 1.3-2.8x faster than torch's default, convergence check included, and more
   accurate (0.43 vs 0.58 ms per 1000 8x8, 0.59 vs 0.91 at 16, 0.47 vs 1.33 at 32). It reports
-  its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh` (326 ms per
+  its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh` (341 ms per
   1000 64x64, 6e-8), robust but slow on the GPU.
 - CUDA, wider: cuSOLVER's `gesvda` (11 ms per 1000 128x128, 6e-8) is faster than the Jacobi
   there (20 ms), but it fails to converge on some rank-deficient batches (raising) and each result

@@ -29,6 +29,11 @@ def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SW
     pid = tl.program_id(0).to(tl.int64)
     vec = tl.arange(0, N)
     v = tl.load(v_ptr + pid * N * M + vec[:, None] * M + tl.arange(0, M)[None, :])
+    # At unit scale: float32 squares underflow below ~1e-19 (1e-25 entries gave all-zero values
+    # that looked converged) and overflow above ~1e19.
+    unit = tl.max(tl.max(tl.abs(v), 1), 0)
+    unit = tl.where(unit > 0, unit, 1.0)
+    v = v / unit
     if QR:  # the rows of v are the columns of A (N == M): rotate them into R, then take its rows
         v = tl.trans(_householder_r(v, N))
     off = tl.zeros([N], dtype=tl.float32)
@@ -55,7 +60,7 @@ def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SW
             v = tl.where(lower[:, None], c[:, None] * v - s[:, None] * p, s[:, None] * p + c[:, None] * v)
             # The rotation moves t * gamma of squared norm from the lower vector to the upper one.
             norm2 = tl.maximum(tl.where(lower, norm2 - t * gamma, norm2 + t * gamma), 0.0)
-    tl.store(out_ptr + pid * N + vec, tl.sqrt(tl.sum(v * v, 1)))
+    tl.store(out_ptr + pid * N + vec, tl.sqrt(tl.sum(v * v, 1)) * unit)
     tl.store(off_ptr + pid, tl.max(off, 0))
 
 

@@ -159,12 +159,17 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
         v = torch.nn.functional.pad(v, (0, m - v.shape[2], 0, n - v.shape[1])).contiguous()
         norms, off = jacobi_row_norms(v, sweeps, qr=fused)
     else:
+        # At unit scale, as the kernel works: float32 squares underflow below ~1e-19 (1e-25
+        # entries gave all-zero values that looked converged) and overflow above ~1e19.
+        scale = a.abs().amax((1, 2))
+        scale = torch.where(scale > 0, scale, 1.0)[:, None]
+        a = a / scale[:, :, None]
         if precondition:
             a = torch.linalg.qr(a, mode="r").R.mT
         if width % 2:
             a = torch.nn.functional.pad(a, (0, 1))
         out, off = _sweeps(a.contiguous(), _round_robin(a.shape[2], a.device), sweeps)
-        norms = out.norm(dim=1)
+        norms = out.norm(dim=1) * scale
     values = norms.sort(dim=1, descending=True).values[:, :width]  # drops padding columns
     return values.to(torch.float32), off.to(torch.float32)
 

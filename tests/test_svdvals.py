@@ -30,6 +30,14 @@ def test_jacobi_matches_float64_on_random_matrices(shape):
     assert max_error(values, x) < 2e-5 and off.max() < 1e-5
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_jacobi_at_extreme_scales(scale):
+    """float32 squares of 1e-25 underflow to zero: unscaled, every value came out 0, 'converged'."""
+    x = lora(20, 64) * scale
+    values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+
+
 def test_jacobi_on_rank_deficient_lora_deltas():
     x = lora(64, 64)
     values, off = jacobi_svdvals(x, dtype=torch.float64)
@@ -98,6 +106,15 @@ def test_gpu_kernel_qr_matches_the_torch_qr_route(shape, fused, monkeypatch):
     assert calls == [fused, False]
     assert max_error(values, x) < 2e-5 and off.max() < 1e-5
     torch.testing.assert_close(values, unfused, rtol=0, atol=2e-5 * float(unfused[:, 0].max()))
+
+
+@cuda
+@pytest.mark.parametrize("scale", [1e-25, 1e-18, 1e18, 1e25])
+def test_gpu_singular_values_at_extreme_scales(scale):
+    x = lora(300, 64).cuda() * scale
+    values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    assert max_error(singular_values(x), x) < 2e-5
 
 
 @cuda

@@ -108,6 +108,19 @@ def test_changing_a_parameter_only_builds_that_featurizer(sanity_dir, store_dir)
     assert parse_spec("svd:k=32").identity != parse_spec("svd").identity
 
 
+def test_each_entry_records_what_made_it(sanity_dir, store_dir):
+    import datasets
+    import numpy
+    import zarr
+
+    featstore.build("sanity", ["svd"], store=store_dir, device="cpu")
+    fs = featstore.open("sanity", store=store_dir)
+    info = fs.store.entry_info(fs.row("layer_002", "svd").key)
+    assert info.device == "cpu"
+    assert info.versions == {"featstore": featstore.__version__, "torch": torch.__version__,
+                             "zarr": zarr.__version__, "datasets": datasets.__version__, "numpy": numpy.__version__}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_build_matches_cpu_build(sanity_dir, tmp_path):
     specs = ["stats", "svd", "spectral", "randproj:dim=32", "norms"]

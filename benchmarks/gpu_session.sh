@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What ran on the lent GPU machine (see benchmarks/results/*-h100*): tests, then benchmarks.
 # Needs the wheels of packages that machine lacks in .whl/ (README: "GPU measurements").
-# `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too).
+# `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too);
+# `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
@@ -10,6 +11,11 @@ if [ "${1:-}" = multigpu ]; then  # Dask from .dwhl/, behind the machine's own p
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dsite .dwhl/*.whl || exit 1
     echo 'import site; site.addsitedir("/tmp/dsite")' > /tmp/site/sitecustomize.py
     python3 benchmarks/bench_multigpu.py --preset 10k --gpus 1 2 --cpu --out "$OUT"
+    exit
+fi
+if [ "${1:-}" = startup ]; then
+    python3 benchmarks/bench_startup.py --device cuda --out "$OUT"
+    python3 benchmarks/bench_startup.py --device cpu --out "$OUT" && mv "$OUT/startup-cpu.txt" "$OUT/startup-cpu-h100-host.txt"
     exit
 fi
 python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py tests/test_api.py tests/test_torch.py tests/test_examples.py 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"

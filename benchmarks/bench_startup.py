@@ -18,11 +18,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_gpu_build import cli_build
 
 from featstore.device import resolve
 
@@ -53,14 +53,6 @@ def fresh(code: str) -> tuple[float, str]:
     return time.perf_counter() - start, out
 
 
-def cli_build(device: str) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", "1k", "-f", "svd", "--store",
-                        f"{tmp}/s", "--device", device, "--no-progress"], capture_output=True, check=True)
-        return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -84,7 +76,7 @@ def main() -> None:
         first, second = json.loads(fresh(TWO_BUILDS.format(device=device))[1])
         rows["build in a fresh process (its own seconds)"] = first
         rows["second build in that process"] = second
-        rows[f"featstore build --device {device} (wall)"] = cli_build(device)
+        rows[f"featstore build --device {device} (wall)"] = cli_build(device)[0]
         for label, seconds in rows.items():
             runs.setdefault(label, []).append(seconds)
     wall = statistics.median(runs[f"featstore build --device {device} (wall)"])

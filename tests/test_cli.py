@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import datasets
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -85,3 +87,19 @@ def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featsto
     hub = _featstore("build", "--dataset", "nobody/no-such-adapters", env=env)
     assert hub.returncode == 2
     assert "Hugging Face Hub failed" in hub.stderr and "Traceback" not in hub.stderr
+
+
+def test_installed_command_finds_a_featurizer_module_in_the_current_directory(sanity_dir, store_dir, tmp_path,
+                                                                              featstore_home):
+    (tmp_path / "labfeats.py").write_text("def diag(x):\n    return x.diagonal(dim1=1, dim2=2)\n")
+    command = os.path.join(os.path.dirname(sys.executable), "featstore")  # not python -m: no cwd on sys.path
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home))
+    built = subprocess.run([command, "build", "-d", "sanity", "-f", "labfeats:diag", "-l", "layer_000", "--json",
+                            "--no-progress"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["computed"] == 2
+    import featstore
+
+    values = featstore.open("sanity", store=store_dir).load("layer_000", "labfeats:diag", split="test")
+    column = featstore.read_column(datasets.load_from_disk(str(sanity_dir))["test"], "layer_000")
+    assert np.array_equal(values.numpy(), np.diagonal(column, axis1=1, axis2=2))

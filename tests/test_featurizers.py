@@ -1,3 +1,5 @@
+import sys
+
 import datasets
 import numpy as np
 import pytest
@@ -139,6 +141,17 @@ def test_undecorated_function_by_module_path(tmp_path, monkeypatch):
     assert bound.identity["version"].startswith("code:")
     with pytest.raises(SpecError, match=r"cannot load featurizer 'labfeats:nothing'"):
         parse_spec("labfeats:nothing")
+
+
+def test_module_path_found_in_the_current_directory(tmp_path, monkeypatch):
+    # The `featstore` command does not put the current directory on sys.path (python -m does).
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cwdfeats.py").write_text("def rowsum(x):\n    return x.sum(2)\n")
+    assert parse_spec("cwdfeats:rowsum")(torch.ones(2, 3, 4)).tolist() == [[4.0] * 3] * 2
+    assert sys.path[-1] == str(tmp_path)  # appended: never shadows an installed package
+    with pytest.raises(SpecError, match=rf"No module named 'nowhere' \(looked in the installed packages and in {tmp_path}\)"):
+        parse_spec("nowhere:fn")
 
 
 def test_entry_point_plugins_register(tmp_path, monkeypatch):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,13 +209,24 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
 
 
 def _import_target(target: str) -> None:
-    """Import `module.path:function`; register the function under that name unless the module
-    registered it under its own name."""
+    """Import `module.path:function`, from the installed packages or else the current directory
+    (where a user keeps their script: the `featstore` command, unlike `python -m`, does not put
+    it on `sys.path`); register the function under that name unless the module registered it
+    under its own name."""
     module_name, _, function = target.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), function)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            top, cwd = module_name.partition(".")[0], os.getcwd()
+            if e.name != top or cwd in sys.path or "" in sys.path:
+                raise
+            sys.path.append(cwd)  # last: a file here never shadows an installed package
+            module = importlib.import_module(module_name)
+        fn = getattr(module, function)
     except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot load featurizer {target!r}: {e}") from e
+        where = f" (looked in the installed packages and in {os.getcwd()})" if isinstance(e, ModuleNotFoundError) else ""
+        raise SpecError(f"cannot load featurizer {target!r}: {e}{where}") from e
     if not any(f.fn is fn for f in _REGISTRY.values()):
         register(fn, target)
     else:

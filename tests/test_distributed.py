@@ -28,6 +28,34 @@ def test_workers_build_the_same_entries_and_catalog(sanity_dir, tmp_path):
     assert sorted(Store.open(spread).entry_keys()) == sorted(Store.open(local).entry_keys())
 
 
+def test_workers_import_the_module_of_a_decorated_featurizer(sanity_dir, tmp_path, monkeypatch):
+    """A decorated featurizer is known by its own name only where its module was imported: the
+    workers import it too (here from the current directory, as the featstore command would)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labdeco.py").write_text(
+        "import featstore\n\n@featstore.featurizer('test_deco_colmax')\n"
+        "def colmax(x, top: int = 2):\n    return x.amax(1).topk(top, dim=1).values\n")
+    local, spread = str(tmp_path / "local"), str(tmp_path / "spread")
+    expected = featstore.build("sanity", ["labdeco:colmax:top=3"], store=local, device="cpu")
+    report = featstore.build("sanity", ["labdeco:colmax:top=3"], store=spread, device="cpu", workers=2)
+    assert {e.featurizer for e in report.entries} == {"test_deco_colmax:top=3"}
+    assert sorted(e.key for e in report.entries) == sorted(e.key for e in expected.entries)
+    assert report.computed == 16 and report.seconds["total"] >= report.seconds["plan"] > 0
+
+
+def test_a_featurizer_defined_in_main_is_refused_before_workers_start(sanity_dir, tmp_path):
+    from featstore.errors import FeatstoreError
+
+    def doubled(x):
+        return 2 * x.mean(1)
+
+    doubled.__module__ = "__main__"  # as if defined in the script that runs the build
+    featstore.featurizer("test_in_main", version="1")(doubled)
+    with pytest.raises(FeatstoreError, match=r"featurizer test_in_main is defined in the script .*move it into a module"):
+        featstore.build("sanity", ["test_in_main"], store=str(tmp_path / "s"), device="cpu", workers=2)
+    assert not (tmp_path / "s").exists()
+
+
 def test_peak_rss_is_the_process_own_not_its_parents():
     """getrusage's ru_maxrss survives fork + exec, so a worker started by a big client would
     report the client's peak; _peak_rss must not."""

@@ -28,7 +28,7 @@ from typing import Any
 from featstore.errors import SpecError
 from featstore.keys import canonical_json, featurizer_identity
 
-__all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "parse_spec"]
+__all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module", "parse_spec"]
 
 STORED_DTYPES = ("float32", "float16", "bfloat16")
 _PARAM_TYPES = (bool, int, float, str)
@@ -208,22 +208,26 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
     return tuple(out.shape[1:])
 
 
+def import_module(name: str):
+    """Import a module that defines featurizers, from the installed packages or else the current
+    directory (where a user keeps their script: the `featstore` command, unlike `python -m`, does
+    not put it on `sys.path`). Appended last, the directory never shadows an installed package."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != name.partition(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(name)
+
+
 def _import_target(target: str) -> None:
-    """Import `module.path:function`, from the installed packages or else the current directory
-    (where a user keeps their script: the `featstore` command, unlike `python -m`, does not put
-    it on `sys.path`); register the function under that name unless the module registered it
-    under its own name."""
+    """Import `module.path:function` (`import_module`); register the function under that name
+    unless the module registered it under its own name."""
     module_name, _, function = target.partition(":")
     try:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            top, cwd = module_name.partition(".")[0], os.getcwd()
-            if e.name != top or cwd in sys.path or "" in sys.path:
-                raise
-            sys.path.append(cwd)  # last: a file here never shadows an installed package
-            module = importlib.import_module(module_name)
-        fn = getattr(module, function)
+        fn = getattr(import_module(module_name), function)
     except (ImportError, AttributeError) as e:
         where = f" (looked in the installed packages and in {os.getcwd()})" if isinstance(e, ModuleNotFoundError) else ""
         raise SpecError(f"cannot load featurizer {target!r}: {e}{where}") from e

@@ -87,7 +87,10 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
         catalog = st.read_catalog(name)
         if catalog is None:
             known = ", ".join(c.dataset for c in st.catalogs()) or "none"
-            raise NotFoundError(f"the store {location} holds no features of {name!r}; it holds: {known}")
+            how = (f"featstore build --dataset {name} --store {location}" if isinstance(dataset, (str, os.PathLike))
+                   else f"featstore.build(dataset, featurizers, store={location!r})")
+            raise NotFoundError(f"the store {location} holds no features of {name!r} (it holds: {known}); "
+                                f"build them first: {how}")
         keys = {r.key for r in catalog.rows} | {s.labels for s in catalog.splits.values() if s.labels}
         try:
             lease = st.lease(keys)  # gc leaves these entries alone while this process lives

@@ -126,7 +126,7 @@ def test_open_errors_list_what_exists(sanity_dir, store_dir):
         fs.load("layer_001", "svd")
     with pytest.raises(NotFoundError, match=r"no split 'validation'.*splits: test, train"):
         fs.load("layer_001", "stats", split="validation")
-    with pytest.raises(NotFoundError, match=r"holds no features of '1k'; it holds: sanity"):
+    with pytest.raises(NotFoundError, match=r"holds no features of '1k' \(it holds: sanity\); build them first: featstore build --dataset 1k"):
         featstore.open("1k", store=store_dir)
     assert isinstance(NotFoundError("x"), KeyError)
 

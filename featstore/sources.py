@@ -265,7 +265,7 @@ def _files_by_split(directory: str) -> dict[str, list[str]]:
         found = DataFilesDict.from_patterns(patterns, base_path=directory, allowed_extensions=list(_DATA_EXTENSIONS))
     except Exception as e:  # datasets raises EmptyDatasetError / FileNotFoundError here
         raise DatasetError(f"no .parquet or .arrow files found in {directory}: {e}") from e
-    out = {split: sorted(str(f) for f in files) for split, files in found.items() if files}
+    out = {str(split): sorted(str(f) for f in files) for split, files in found.items() if files}  # not NamedSplit
     if not out:
         raise DatasetError(f"no .parquet or .arrow files found in {directory}")
     return out

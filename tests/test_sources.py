@@ -58,8 +58,22 @@ def test_parquet_directory_splits_by_file_name(tmp_path):
     ds.select(range(15, 20)).to_parquet(str(tmp_path / "pq" / "test.parquet"))
     src = load_source(str(tmp_path / "pq"))
     assert set(src.splits) == {"train", "test"} and src.layers == ["layer_a", "layer_b"]
+    assert all(type(name) is str for name in src.splits)  # datasets names them NamedSplit('train')
     np.testing.assert_array_equal(src.splits["train"].read("layer_b"), b[:15])
     assert src.splits["train"].label_names == ["x", "y", "z"]
+
+
+def test_build_from_a_directory_of_unnamed_parquet_files(tmp_path):
+    import featstore
+
+    ds, a, _ = _two_layer_dataset(rows=12)
+    (tmp_path / "flat").mkdir()
+    ds.select(range(8)).to_parquet(str(tmp_path / "flat" / "part-0.parquet"))
+    ds.select(range(8, 12)).to_parquet(str(tmp_path / "flat" / "part-1.parquet"))
+    report = featstore.build(str(tmp_path / "flat"), ["raw"], store=str(tmp_path / "store"), device="cpu")
+    assert report.computed == 2 and {e.split for e in report.entries} == {"train"}
+    loaded = featstore.open(str(tmp_path / "flat"), store=str(tmp_path / "store")).load("layer_a", "raw")
+    np.testing.assert_array_equal(loaded.numpy(), a)
 
 
 def test_parquet_glob_is_one_split(tmp_path):

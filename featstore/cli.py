@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import sys
 
 import click
@@ -32,6 +33,9 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # `featstore ls | head`: the reader has all it wants; end quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)  # what the shell reports for a command ended by SIGPIPE; never 1 ("stale")
         except Exception as e:  # a bug or an unforeseen failure: still exit 2, never 1 ("stale")
             if ctx.params.get("debug"):
                 raise

@@ -103,3 +103,13 @@ def test_installed_command_finds_a_featurizer_module_in_the_current_directory(sa
     values = featstore.open("sanity", store=store_dir).load("layer_000", "labfeats:diag", split="test")
     column = featstore.read_column(datasets.load_from_disk(str(sanity_dir))["test"], "layer_000")
     assert np.array_equal(values.numpy(), np.diagonal(column, axis1=1, axis2=2))
+
+
+def test_output_into_a_closed_pipe_ends_quietly(sanity_dir, store_dir, featstore_home):
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home))
+    assert _featstore("build", "-d", "sanity", "-f", "stats", "--no-progress", env=env).returncode == 0
+    ls = subprocess.Popen([sys.executable, "-m", "featstore.cli", "ls"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env)
+    ls.stdout.close()  # like `featstore ls | head -0`: the reader is gone before the first line
+    stderr = ls.stderr.read()
+    assert ls.wait(timeout=300) == 141 and stderr == ""

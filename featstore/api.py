@@ -15,7 +15,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.errors import FeatstoreError, NotFoundError, StaleError, StoreError
+from featstore.errors import FeatstoreError, NotFoundError, SpecError, StaleError, StoreError
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -312,7 +312,12 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None)
     """The featurizers asked for; else the ones the store's catalog of `name` holds; else build's default."""
     specs = tuple(featurizers)
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
-        specs = tuple(sorted({r.featurizer for r in catalog.rows}))
+        catalogued = sorted({r.featurizer for r in catalog.rows})
+        try:
+            return _featurizers_for(name, catalogued, None)
+        except SpecError as e:  # one of the user's own, defined in a module this process has not imported
+            raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(catalogued)}; pass "
+                            "each as --featurizer (your own as module.path:function, e.g. feats:mine)") from e
     return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
 
 

@@ -113,3 +113,23 @@ def test_output_into_a_closed_pipe_ends_quietly(sanity_dir, store_dir, featstore
     ls.stdout.close()  # like `featstore ls | head -0`: the reader is gone before the first line
     stderr = ls.stderr.read()
     assert ls.wait(timeout=300) == 141 and stderr == ""
+
+
+def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_dir, tmp_path, featstore_home):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "labmod.py").write_text("import featstore\n\n@featstore.featurizer('test_labtrace')\n"
+                                       "def trace(x):\n    return x.diagonal(dim1=1, dim2=2).sum(1, keepdim=True)\n")
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home))
+
+    def featstore_in(cwd, *args):
+        return subprocess.run([sys.executable, "-m", "featstore.cli", *args], cwd=cwd, capture_output=True,
+                              text=True, env=env, timeout=300, check=False)
+
+    built = featstore_in(project, "build", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000", "--no-progress")
+    assert built.returncode == 0, built.stderr
+    elsewhere = featstore_in(tmp_path, "status", "-d", "sanity")  # labmod is not importable here
+    assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr
+    assert "holds features of 'sanity' from: test_labtrace; pass each as --featurizer" in elsewhere.stderr
+    named = featstore_in(project, "status", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000")
+    assert named.returncode == 0 and "4 fresh, 0 stale, 0 missing" in named.stdout, named.stderr

@@ -15,7 +15,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.errors import FeatstoreError, NotFoundError, SpecError, StaleError, StoreError
+from featstore.errors import FeatstoreError, NotFoundError, SpecError, StaleError, StoreError, brief
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -172,7 +172,7 @@ class FeatureSet:
         if (split, layer, spec) in self._rows:
             return self._rows[(split, layer, spec)]
         if layer not in self.layers:
-            raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {_brief(self.layers)}")
+            raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")
 
     def load(self, layer: str, featurizer: str, split: str = "train", *, device=None, dtype=None,
@@ -302,10 +302,6 @@ def _map(fn, items, rows: list[CatalogRow]) -> list:
 def _release(store: Store, lease: str, owner: int) -> None:
     if os.getpid() == owner:  # a forked child (a DataLoader worker) must not drop its parent's lease
         store.release(lease)
-
-
-def _brief(names: list[str], limit: int = 12) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None) -> tuple:

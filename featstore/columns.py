@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from featstore.errors import ColumnError
+from featstore.errors import ColumnError, brief
 
 __all__ = [
     "ColumnLayout",
@@ -132,7 +132,7 @@ def _chunks(ds, name: str) -> list[tuple[pa.Array, int]]:
     try:
         column = table.column(name)
     except KeyError:
-        raise ColumnError(f"column {name!r} not found; columns: {', '.join(table.schema.names)}") from None
+        raise ColumnError(f"column {name!r} not found; columns: {brief(table.schema.names)}") from None
     if isinstance(column.type, pa.ExtensionType):  # datasets' ArrayND: read its list storage
         column = column.cast(column.type.storage_type)
     storage_type = column.type

@@ -5,6 +5,13 @@ can catch either. Messages name the dataset / column / row / file involved and s
 """
 
 
+def brief(names, limit: int = 12) -> str:
+    """`names` for an error message: the first `limit`, then how many in all (a 1k dataset has 129
+    columns)."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 class FeatstoreError(Exception):
     """Base class of every error featstore raises on purpose."""
 

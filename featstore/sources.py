@@ -30,7 +30,7 @@ from featstore.columns import (
     release_pages,
     release_ranges,
 )
-from featstore.errors import DatasetError
+from featstore.errors import DatasetError, brief
 
 DEFAULT_LABEL_COLUMN = "category_label"
 _DATA_EXTENSIONS = (".parquet", ".arrow")
@@ -165,7 +165,7 @@ def load_source(
     first = next(iter(splits.values()))
     if explicit_label and label_column not in first.column_names:
         raise DatasetError(
-            f"label column {label_column!r} not in dataset {dataset!r}; columns: {', '.join(first.column_names)}"
+            f"label column {label_column!r} not in dataset {dataset!r}; columns: {brief(first.column_names)}"
         )
     chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
     for split_name, split in splits.items():
@@ -193,14 +193,17 @@ def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str)
         if not chosen:
             raise DatasetError(
                 f"no layer columns found in {dataset!r} (numeric tensor-valued columns); columns: "
-                f"{', '.join(schema.names)}. Choose some with --layers GLOB"
+                f"{brief(schema.names)}. Choose some with --layers GLOB"
             )
         return chosen
     chosen = []
     for pattern in patterns:
         matched = fnmatch.filter(names, pattern)
+        if not matched and label_column and fnmatch.fnmatch(label_column, pattern):
+            raise DatasetError(f"--layers {pattern!r} matches only {label_column!r}, the label column: it is "
+                               "stored as the split's labels, not as a layer (--label-column names another)")
         if not matched:
-            raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}; columns: {', '.join(names)}")
+            raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}; columns: {brief(names)}")
         chosen += [m for m in matched if m not in chosen]
     return chosen
 

@@ -108,6 +108,15 @@ def test_layers_globs_choose_and_complain(tmp_path):
         load_source(str(tmp_path / "one"), layers=["attn*"])
     with pytest.raises(DatasetError, match=r"label column 'cls' not in dataset"):
         load_source(str(tmp_path / "one"), label_column="cls")
+    with pytest.raises(DatasetError, match=r"'category\*' matches only 'category_label', the label column"):
+        load_source(str(tmp_path / "one"), layers=["category*"])
+
+
+def test_column_lists_in_errors_stay_short(tmp_path):
+    wide = {f"layer_{i:03d}": [[[1.0]]] for i in range(129)}
+    datasets.Dataset.from_dict(wide).save_to_disk(str(tmp_path / "wide"))
+    with pytest.raises(DatasetError, match=r"columns: layer_000, .*, layer_011, \.\.\. \(129 in all\)$"):
+        load_source(str(tmp_path / "wide"), layers=["attn*"])
 
 
 def test_no_layer_columns(tmp_path):

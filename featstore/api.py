@@ -32,9 +32,9 @@ THREADED_BYTES = 1 << 20  # load_many reads entries in threads from this mean si
 
 def build(
     dataset: Any,
-    featurizers: Iterable[str] = DEFAULT_FEATURIZERS,
+    featurizers: str | Iterable[str] = DEFAULT_FEATURIZERS,
     *,
-    layers: Iterable[str] = (),
+    layers: str | Iterable[str] = (),
     label_column: str | None = None,
     store: str | None = None,
     device: str = "auto",
@@ -43,7 +43,7 @@ def build(
     progress: bool = False,
     workers: int = 0,
     scheduler: str | None = None,
-    devices: Iterable[str] = (),
+    devices: str | Iterable[str] = (),
 ) -> builder.BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
@@ -55,17 +55,17 @@ def build(
     address) spread the layers over Dask workers (see featstore.distributed). `devices` (or
     `device="cuda"` where torch sees several GPUs) spreads them over one worker per device.
     """
-    bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in featurizers)}.values())
+    bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in names(featurizers))}.values())
     location = store or default_store()
-    devices = _devices(tuple(devices), device, workers, scheduler)
+    devices = _devices(names(devices), device, workers, scheduler)
     if workers or scheduler or devices:
         if not isinstance(dataset, (str, os.PathLike)):
             raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")
         from featstore import distributed
 
-        return distributed.build(str(dataset), bound, tuple(layers), label_column, location, device, rehash,
+        return distributed.build(str(dataset), bound, names(layers), label_column, location, device, rehash,
                                  progress, workers, scheduler, devices)
-    source = load_source(dataset, tuple(layers), label_column, progress=progress)
+    source = load_source(dataset, names(layers), label_column, progress=progress)
     try:
         existing = None if rehash else Store.open(location)
     except StoreError:
@@ -183,13 +183,13 @@ class FeatureSet:
         row = self.row(layer, featurizer, split)
         return self._read(row, rows, device, dtype)
 
-    def load_many(self, layers: Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
+    def load_many(self, layers: str | Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
                   device=None, dtype=None, rows: slice | None = None):
         """`load` for several layers, read in parallel: a dict {layer: tensor}, or with `stack` one
         tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`."""
         import torch
 
-        layers = list(layers)
+        layers = list(names(layers))
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
@@ -304,9 +304,15 @@ def _release(store: Store, lease: str, owner: int) -> None:
         store.release(lease)
 
 
+def names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Featurizer specs, layer globs or devices as given: one string is one name (`"svd"` means
+    `("svd",)`, not its letters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None) -> tuple:
     """The featurizers asked for; else the ones the store's catalog of `name` holds; else build's default."""
-    specs = tuple(featurizers)
+    specs = names(featurizers)
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
         catalogued = sorted({r.featurizer for r in catalog.rows})
         try:
@@ -317,18 +323,20 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None)
     return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
 
 
-def status(dataset: Any, featurizers: Iterable[str] = (), *, layers: Iterable[str] = (), store: str | None = None):
+def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
+           store: str | None = None):
     """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
     (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
     or missing. Featurizers default to those the store holds for the dataset."""
     from featstore import freshness
 
     st = Store.open(store or default_store())
-    source = load_source(dataset, tuple(layers))
+    source = load_source(dataset, names(layers))
     return freshness.status(source, _featurizers_for(source.name, featurizers, st), st)
 
 
-def lock(dataset: Any, featurizers: Iterable[str] = (), *, layers: Iterable[str] = (), store: str | None = None) -> dict:
+def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
+         store: str | None = None) -> dict:
     """The lockfile contents for `dataset` (see `featstore lock`); uses the store, if there is one,
     for the digest cache and the default featurizers."""
     from featstore import freshness
@@ -338,11 +346,11 @@ def lock(dataset: Any, featurizers: Iterable[str] = (), *, layers: Iterable[str]
         st = Store.open(location)
     except FeatstoreError:
         st = None
-    source = load_source(dataset, tuple(layers))
+    source = load_source(dataset, names(layers))
     return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st)
 
 
-def status_against_lock(lock_path: str, dataset: Any = None, *, layers: Iterable[str] = ()):
+def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | Iterable[str] = ()):
     """`status` against a lockfile instead of a store (see `featstore status --lock`)."""
     from pathlib import Path
 
@@ -353,7 +361,7 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: Iterable
     except OSError as e:
         raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
     lock = freshness.read_lock(raw, lock_path)
-    source = load_source(lock["dataset"] if dataset is None else dataset, tuple(layers))
+    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers))
     return freshness.status_against_lock(source, lock)
 
 

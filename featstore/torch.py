@@ -14,15 +14,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from featstore.api import FeatureSet
+from featstore.api import FeatureSet, names
 from featstore.api import open as open_store
 from featstore.device import from_stored
 from featstore.store import Store
 
 
-def _choose(fs: FeatureSet, layers: Iterable[str] | None, featurizers: Iterable[str] | None, split: str):
-    layers = list(layers) if layers is not None else fs.layers
-    featurizers = list(featurizers) if featurizers is not None else fs.featurizers
+def _choose(fs: FeatureSet, layers: str | Iterable[str] | None, featurizers: str | Iterable[str] | None,
+            split: str):
+    layers = names(layers) if layers is not None else fs.layers
+    featurizers = names(featurizers) if featurizers is not None else fs.featurizers
     return [(layer, fs.row(layer, f, split)) for layer in layers for f in featurizers]
 
 
@@ -36,8 +37,9 @@ class FeatureDataset(Dataset):
         loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
     """
 
-    def __init__(self, dataset: Any, layers: Iterable[str] | None = None, featurizers: Iterable[str] | None = None,
-                 split: str = "train", store: str | None = None, flatten: bool = False):
+    def __init__(self, dataset: Any, layers: str | Iterable[str] | None = None,
+                 featurizers: str | Iterable[str] | None = None, split: str = "train", store: str | None = None,
+                 flatten: bool = False):
         self._view = open_store(dataset, store)  # checks every name now; leases the entries
         chosen = _choose(self._view, layers, featurizers, split)
         self.location = self._view.store.location
@@ -71,7 +73,7 @@ class FeatureDataset(Dataset):
         return features, labels[i] if labels is not None else None
 
 
-def load_split(dataset: Any, layers: Iterable[str] | None = None, featurizers: Iterable[str] | None = None,
+def load_split(dataset: Any, layers: str | Iterable[str] | None = None, featurizers: str | Iterable[str] | None = None,
                split: str = "train", store: str | None = None, device=None, dtype=None):
     """A whole split as tensors: ({(layer, featurizer spec): tensor (n_rows, ...)}, labels or None)."""
     with open_store(dataset, store) as fs:

@@ -57,6 +57,18 @@ def test_second_build_computes_nothing_and_a_new_param_only_itself(sanity_dir, s
     assert fs.row("layer_000", "svd:k=16").featurizer == "svd"  # any spelling of the same spec
 
 
+def test_one_string_is_one_spec_or_glob_not_its_letters(sanity_dir, store_dir):
+    from featstore.torch import load_split
+
+    report = featstore.build("sanity", "svd:k=4", layers="layer_00[01]", store=store_dir)
+    assert {(e.layer, e.featurizer) for e in report.entries} == {("layer_000", "svd:k=4"), ("layer_001", "svd:k=4")}
+    assert featstore.status("sanity", "svd:k=4", layers="layer_00[01]", store=store_dir).fresh
+    fs = featstore.open("sanity", store=store_dir)
+    assert fs.load_many("layer_001", "svd:k=4", stack=True).shape == (1, 256, 4)
+    features, _ = load_split("sanity", layers="layer_000", featurizers="svd:k=4", store=store_dir)
+    assert list(features) == [("layer_000", "svd:k=4")]
+
+
 def test_a_bare_name_without_its_defaults_is_ambiguous(sanity_dir, store_dir):
     featstore.build("sanity", ["svd:k=4", "svd:k=8"], layers=["layer_000"], store=store_dir)
     fs = featstore.open("sanity", store=store_dir)

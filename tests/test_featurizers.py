@@ -152,6 +152,9 @@ def test_module_path_found_in_the_current_directory(tmp_path, monkeypatch):
     assert sys.path[-1] == str(tmp_path)  # appended: never shadows an installed package
     with pytest.raises(SpecError, match=rf"No module named 'nowhere' \(looked in the installed packages and in {tmp_path}\)"):
         parse_spec("nowhere:fn")
+    (tmp_path / "needsdep.py").write_text("import not_installed_dep\n")
+    with pytest.raises(SpecError, match=r"'needsdep:fn': No module named 'not_installed_dep'$"):
+        parse_spec("needsdep:fn")
 
 
 def test_entry_point_plugins_register(tmp_path, monkeypatch):

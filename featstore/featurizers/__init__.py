@@ -229,7 +229,8 @@ def _import_target(target: str) -> None:
     try:
         fn = getattr(import_module(module_name), function)
     except (ImportError, AttributeError) as e:
-        where = f" (looked in the installed packages and in {os.getcwd()})" if isinstance(e, ModuleNotFoundError) else ""
+        missing = isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]  # not a dependency
+        where = f" (looked in the installed packages and in {os.getcwd()})" if missing else ""
         raise SpecError(f"cannot load featurizer {target!r}: {e}{where}") from e
     if not any(f.fn is fn for f in _REGISTRY.values()):
         register(fn, target)

@@ -201,9 +201,11 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
         for s in shown:
             click.echo(f"{s.state:8} {s.split:6} {s.layer:12} {s.featurizer:14} {s.reason}".rstrip())
         counts, work = r.counts, r.work()
+        would = [f"compute {work['entries']} entries from {work['columns']} columns ({_size(work['input_bytes'])})"
+                 ] if work["entries"] else []
+        would += [f"reuse {work['reused']} entries the store holds"] if work["reused"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
-                   f"{counts['missing']} missing" + (f"; a build would compute {work['entries']} entries from "
-                   f"{work['columns']} columns ({_size(work['input_bytes'])})" if work["entries"] else ""))
+                   f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
     sys.exit(0 if all(r.fresh for r in reports) else 1)
 
 

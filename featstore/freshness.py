@@ -42,6 +42,7 @@ class SlotStatus:
     reason: str  # "" when fresh
     key: str  # the entry a build would want
     input_bytes: int  # the column's bytes (what a build would read to compute it)
+    stored: bool = False  # the store holds the wanted entry: a build catalogues it, computing nothing
 
 
 @dataclass
@@ -59,10 +60,14 @@ class StatusReport:
         return all(s.state == "fresh" for s in self.slots)
 
     def work(self) -> dict[str, int]:
-        """What a build would do: entries to compute, columns to read and their bytes."""
+        """What a build would do: entries to compute, the columns they need and their bytes, and
+        entries it would only catalogue (`reused`: the store holds them, e.g. from an interrupted
+        build or another dataset sharing the layer)."""
         todo = [s for s in self.slots if s.state != "fresh"]
-        columns = {(s.split, s.layer): s.input_bytes for s in todo}
-        return {"entries": len(todo), "columns": len(columns), "input_bytes": sum(columns.values())}
+        compute = [s for s in todo if not s.stored]
+        columns = {(s.split, s.layer): s.input_bytes for s in compute}
+        return {"entries": len(compute), "columns": len(columns), "input_bytes": sum(columns.values()),
+                "reused": len(todo) - len(compute)}
 
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "fresh": self.fresh, "counts": dict(self.counts), "work": self.work(),
@@ -102,22 +107,23 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
             for f in featurizers:
                 key = entry_key(digest, f.identity)
                 old = served.get((split, layer, f.spec))
+                stored = store.has_entry(key)
                 if old is None:
-                    state, reason = "missing", "not built"
+                    state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
                 elif old.key != key:
                     state, reason = "stale", why_stale(old, digest, f.identity)
-                elif not store.has_entry(key):
+                elif not stored:
                     state, reason = "missing", "entry removed (by gc or verify --repair)"
                 else:
                     state, reason = "fresh", ""
-                report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size))
+                report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size, stored))
     if source.label_column and catalog:
-        report.slots += _label_slots(source, catalog)
+        report.slots += _label_slots(source, catalog, store)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _label_slots(source: Source, catalog) -> list[SlotStatus]:
+def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
     """One slot per split for its labels (featurizer `labels`): the labels entry is keyed like any other."""
     out = []
     for split_name, split in source.splits.items():
@@ -126,7 +132,8 @@ def _label_slots(source: Source, catalog) -> list[SlotStatus]:
         served = catalog.splits.get(split_name)
         state, reason = (("fresh", "") if served and served.labels == key
                          else ("stale", "labels changed") if served and served.labels else ("missing", "not built"))
-        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, values.nbytes))
+        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, values.nbytes,
+                              store.has_entry(key)))
     return out
 
 

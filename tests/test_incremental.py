@@ -46,13 +46,37 @@ def test_one_changed_layer_rebuilds_only_its_entries(tmp_path, store_dir):
     report = featstore.status(path, store=store_dir)
     stale = {(s.layer, s.featurizer): s.reason for s in report.slots if s.state != "fresh"}
     assert stale == {("layer_1", "raw"): "input bytes changed", ("layer_1", "stats"): "input bytes changed"}
-    assert report.work() == {"entries": 2, "columns": 1, "input_bytes": ROWS * DIM * DIM * 4}
+    assert report.work() == {"entries": 2, "columns": 1, "input_bytes": ROWS * DIM * DIM * 4, "reused": 0}
 
     rebuilt = featstore.build(path, ["raw", "stats"], store=store_dir)
     assert computed(rebuilt) == {("layer_1", "raw"), ("layer_1", "stats")}
     assert rebuilt.reasons == {"input bytes changed": 2}
     assert featstore.status(path, store=store_dir).fresh
     np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_1", "raw").numpy(), data["layer_1"])
+
+
+def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, store_dir):
+    from click.testing import CliRunner
+
+    from featstore.cli import main
+
+    data = layers_of(2)
+    original = data["layer_1"].copy()
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    data["layer_1"][0, 0, 0] += 1.0
+    featstore.build(save_layers(tmp_path / "d", data), ["stats"], store=store_dir)  # the old entry stays until gc
+    data["layer_1"] = original
+    save_layers(tmp_path / "d", data)  # the change reverted
+    report = featstore.status(path, store=store_dir)
+    [slot] = [s for s in report.slots if s.state != "fresh"]
+    assert (slot.layer, slot.reason, slot.stored) == ("layer_1", "input bytes changed", True)
+    assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 1}
+    shown = CliRunner().invoke(main, ["status", "-d", path, "--store", store_dir])
+    assert shown.exit_code == 1
+    assert shown.output.splitlines()[-1].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entries the store holds")
+    assert featstore.build(path, ["stats"], store=store_dir).computed == 0
+    assert featstore.status(path, store=store_dir).fresh
 
 
 def test_an_added_layer_builds_only_itself(tmp_path, store_dir):

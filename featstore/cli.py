@@ -33,6 +33,10 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, which status keeps for stale
+            click.echo("\nInterrupted. A build keeps the entries it finished (the next build reuses them) and "
+                       "catalogues nothing.", err=True)
+            sys.exit(130)  # 128 + SIGINT, as the shell reports it
         except BrokenPipeError:  # `featstore ls | head`: the reader has all it wants; end quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(141)  # what the shell reports for a command ended by SIGPIPE; never 1 ("stale")

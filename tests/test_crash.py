@@ -1,6 +1,7 @@
-"""A real `featstore build` killed with SIGKILL mid-way leaves no entry that looks valid but is not,
-and the next build completes from where the store is."""
+"""A real `featstore build` killed with SIGKILL (or interrupted with Ctrl-C) mid-way leaves no
+entry that looks valid but is not, and the next build completes from where the store is."""
 
+import json
 import os
 import signal
 import subprocess
@@ -53,3 +54,27 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
     expected = parse_spec("svd")(torch.from_numpy(column.copy()))
     torch.testing.assert_close(fs.load("layer_011", "svd"), expected, rtol=0, atol=0)
     assert len(_entry_keys(store_dir)) == 32
+
+
+def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store_dir):
+    data = tmp_path / "data"
+    saved_layers_dataset(data, layers=8, rows=32, dim=4)
+    (tmp_path / "slowfeat.py").write_text(  # one slow column at a time, so SIGINT lands mid-build
+        "import time\n\ndef slow(x):\n    time.sleep(0.3)\n    return x.sum(2)\n")
+    command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
+               "--store", store_dir, "--no-progress", "--device", "cpu"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_entry_keys(store_dir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    assert "Interrupted. A build keeps the entries it finished" in stderr and "Traceback" not in stderr
+    kept = _entry_keys(store_dir)
+    assert 2 <= len(kept) < 16 and Store.open(store_dir).read_catalog(os.path.realpath(data)) is None
+    again = subprocess.run([*command, "--json"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert (report["reused"], report["computed"]) == (len(kept), 8 - len(kept))

@@ -312,15 +312,17 @@ def names(value: str | Iterable[str]) -> tuple[str, ...]:
 
 def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None) -> tuple:
     """The featurizers asked for; else the ones the store's catalog of `name` holds; else build's default."""
-    specs = names(featurizers)
+    specs, catalogued = names(featurizers), False
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
-        catalogued = sorted({r.featurizer for r in catalog.rows})
-        try:
-            return _featurizers_for(name, catalogued, None)
-        except SpecError as e:  # one of the user's own, defined in a module this process has not imported
-            raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(catalogued)}; pass "
-                            "each as --featurizer (your own as module.path:function, e.g. feats:mine)") from e
-    return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
+        specs, catalogued = tuple(sorted({r.featurizer for r in catalog.rows})), True
+    try:
+        return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
+    except SpecError as e:
+        if not catalogued:
+            raise
+        # one of the user's own, defined in a module this process has not imported
+        raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(specs)}; pass each as "
+                        "--featurizer (your own as module.path:function, e.g. feats:mine)") from e
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),

@@ -102,9 +102,8 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
         n_workers = len(devices) or workers or len(client.scheduler_info()["workers"]) or 1
         per_task = max(1, -(-len(source.layers) // (TASKS_PER_WORKER * n_workers)))
         groups = [tuple(source.layers[i : i + per_task]) for i in range(0, len(source.layers), per_task)]
-        futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, modules, location, device,
-                                 rehash,
-                                 retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
+        futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, modules, location,
+                                 device, rehash, retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
                    for i, group in enumerate(groups)]
         if progress:
             from dask.distributed import progress as show

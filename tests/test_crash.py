@@ -63,7 +63,12 @@ def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store
         "import time\n\ndef slow(x):\n    time.sleep(0.3)\n    return x.sum(2)\n")
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
                "--store", store_dir, "--no-progress", "--device", "cpu"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (this suite run in the background); a handled one it does not.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while len(_entry_keys(store_dir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

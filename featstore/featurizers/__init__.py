@@ -28,7 +28,8 @@ from typing import Any
 from featstore.errors import SpecError
 from featstore.keys import canonical_json, featurizer_identity
 
-__all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module", "parse_spec"]
+__all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
+           "parse_spec"]
 
 STORED_DTYPES = ("float32", "float16", "bfloat16")
 _PARAM_TYPES = (bool, int, float, str)

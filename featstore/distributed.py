@@ -19,7 +19,7 @@ from typing import Any
 
 from featstore import builder
 from featstore import device as devs
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import import_module, parse_spec
 from featstore.sources import load_source
 from featstore.store import Store
@@ -43,7 +43,11 @@ def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | Non
     reads the next layer while it computes this one (one layer per task was 4x slower on a GPU).
     `modules` define the featurizers: a decorated one is known by its name only once imported."""
     for module in modules:
-        import_module(module)
+        try:
+            import_module(module)
+        except ImportError as e:
+            raise SpecError(f"a Dask worker cannot import {module!r}, which defines featurizers of this build "
+                            f"({e}); install it where the workers run") from e
     bound = tuple(parse_spec(s) for s in specs)
     source = load_source(dataset, tuple(glob.escape(layer) for layer in layers), label_column)
     return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,

@@ -43,6 +43,19 @@ def test_workers_import_the_module_of_a_decorated_featurizer(sanity_dir, tmp_pat
     assert report.computed == 16 and report.seconds["total"] >= report.seconds["plan"] > 0
 
 
+def test_a_worker_that_cannot_import_a_featurizer_module_says_so(sanity_dir, tmp_path, monkeypatch):
+    from featstore.errors import SpecError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "onlyclient.py").write_text(  # importable here, not in a worker process
+        "import multiprocessing\nimport featstore\n\nif multiprocessing.parent_process() is not None:\n"
+        "    raise ImportError('not installed on this worker')\n\n"
+        "@featstore.featurizer('test_onlyclient', version='1')\ndef f(x):\n    return x.mean(1)\n")
+    with pytest.raises(SpecError, match=r"a Dask worker cannot import 'onlyclient'.*not installed on this worker"):
+        featstore.build("sanity", ["onlyclient:f"], store=str(tmp_path / "s"), device="cpu", workers=1)
+    assert Store.open(str(tmp_path / "s")).read_catalog("sanity") is None
+
+
 def test_a_featurizer_defined_in_main_is_refused_before_workers_start(sanity_dir, tmp_path):
     from featstore.errors import FeatstoreError
 

@@ -299,17 +299,21 @@ def gc(dry_run, max_size, keep_days, store, as_json):
 
 
 @main.command(name="featurizers")
+@click.argument("specs", nargs=-1, metavar="[SPEC]...")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: name, params, version, per_row, doc.")
-def featurizers_cmd(as_json):
-    """List the featurizers: built-ins, entry-point plugins, with parameters and docs.
+def featurizers_cmd(specs, as_json):
+    """List the featurizers: built-ins, entry-point plugins, with parameters and docs; or only
+    SPECs, where module.path:function loads your own (installed, or a file in the current
+    directory) and shows the version its code hashes to.
 
     \b
     Spec syntax: NAME[:key=value,...] or module.path:function[:key=value,...]; every spec also
     takes dtype=float32|float16|bfloat16. Add your own with @featstore.featurizer("name").
+      featstore featurizers feats:mine        # is it found, what does it take, what is its version
     """
-    from featstore.featurizers import available
+    from featstore.featurizers import available, parse_spec
 
-    found = available()
+    found = {b.name: b.featurizer for b in map(parse_spec, specs)} if specs else available()
     if as_json:
         click.echo(json.dumps([{"name": f.name, "params": f.params, "version": f.version, "per_row": f.per_row,
                                 "doc": f.doc} for f in found.values()], indent=1))

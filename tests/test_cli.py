@@ -133,3 +133,15 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     assert "holds features of 'sanity' from: test_labtrace; pass each as --featurizer" in elsewhere.stderr
     named = featstore_in(project, "status", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000")
     assert named.returncode == 0 and "4 fresh, 0 stale, 0 missing" in named.stdout, named.stderr
+
+
+def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labdesc.py").write_text('def spread(x, q: float = 0.9):\n    """Quantile spread."""\n'
+                                         '    return x.flatten(1).quantile(q, dim=1, keepdim=True)\n')
+    out = run("featurizers", "labdesc:spread", "svd").output.splitlines()
+    assert out[0].startswith("labdesc:spread  (q=0.9; version code:") and out[1] == "    Quantile spread."
+    assert out[2].startswith("svd  (k=16, normalize=False; version 1)") and len([o for o in out if "  (" in o]) == 2
+    listed = json.loads(run("featurizers", "--json").output)
+    assert {"raw", "stats", "svd", "spectral", "randproj", "norms"} <= {f["name"] for f in listed}

@@ -80,7 +80,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
         raise FeatstoreError(f"--workers, --scheduler and --devices need Dask ({e}); "
                              "pip install 'featstore[dask]'") from e
 
-    homes = {f.name: getattr(f.featurizer.fn, "__module__", None) for f in bound}  # what workers import
+    homes = {f.name: f.module for f in bound}  # what workers import
     in_main = [name for name, module in homes.items() if module == "__main__"]
     if in_main:
         raise FeatstoreError(f"featurizer {', '.join(in_main)} is defined in the script that runs the build "

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from featstore.builder import LABELS_IDENTITY, cached_digests, column_digest, why_stale
-from featstore.errors import FeatstoreError
-from featstore.featurizers import BoundFeaturizer, parse_spec
+from featstore.errors import FeatstoreError, SpecError
+from featstore.featurizers import BoundFeaturizer, import_module, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, entry_key
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
@@ -146,6 +146,7 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "key_version": KEY_VERSION,
         "dataset": source.name,
         "featurizers": {f.spec: f.identity for f in featurizers},
+        "modules": sorted({f.module for f in featurizers if f.module and not f.module.startswith("featstore.")}),
         "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},
         "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
                         for layer in source.layers} for s in source.splits},
@@ -172,6 +173,12 @@ def status_against_lock(source: Source, lock: dict) -> StatusReport:
     key that differs from the locked one is stale (with the reason), every slot the lock lacks is
     missing, every locked layer the data lacks is stale ("layer gone")."""
     started = time.perf_counter()
+    for module in lock.get("modules", []):  # those defining the user's own featurizers, by name
+        try:
+            import_module(module)
+        except ImportError as e:
+            raise SpecError(f"the lockfile's featurizers are defined in {module!r}, which cannot be imported here "
+                            f"({e}); run from the project that has it, or install it") from e
     featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
     digests = _digests(source, None)
     report = StatusReport(source.name)

@@ -176,6 +176,7 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     assert _cli("lock", "-d", path, "-f", "stats", "-f", "svd:k=2", "-o", str(lock), "--store", store_dir).returncode == 0
     locked = json.loads(lock.read_text())
     assert set(locked["featurizers"]) == {"stats", "svd:k=2"} and set(locked["entries"]["train"]) == {"layer_0", "layer_1"}
+    assert locked["modules"] == []  # the built-ins need no import
     assert lock.read_text() == json.dumps(locked, indent=1, sort_keys=True) + "\n"  # stable, diff-friendly
 
     clean = _cli("status", "--lock", str(lock), "-d", path)
@@ -192,6 +193,25 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
 
     broken = _cli("status", "--lock", str(tmp_path / "nope.lock"), "-d", path)
     assert broken.returncode == 2 and "nope.lock" in broken.stderr
+
+
+def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
+    path = save_layers(tmp_path / "d", layers_of(2))
+    project = tmp_path / "project"
+    project.mkdir()
+    helper = "def _scale(x):\n    return 2 * x\n\n"
+    decorated = "import featstore\n\n{}@featstore.featurizer('test_lockfeat')\ndef f(x):\n    return _scale(x).mean(1)\n"
+    (project / "lockfeats.py").write_text(decorated.format(helper))
+    lock = project / "featstore.lock"
+    assert _cli("lock", "-d", path, "-f", "lockfeats:f", "-o", str(lock), cwd=project).returncode == 0
+    assert json.loads(lock.read_text())["modules"] == ["lockfeats"]
+    clean = _cli("status", "--lock", str(lock), "-d", path, cwd=project)  # the lock says which module to import
+    assert clean.returncode == 0 and "2 fresh, 0 stale, 0 missing" in clean.stdout, clean.stderr
+    (project / "lockfeats.py").write_text(decorated.format(helper.replace("2 * x", "3 * x")))
+    changed = _cli("status", "--lock", str(lock), "-d", path, cwd=project)
+    assert changed.returncode == 1 and "featurizer code changed" in changed.stdout
+    elsewhere = _cli("status", "--lock", str(lock), "-d", path, cwd=tmp_path)
+    assert elsewhere.returncode == 2 and "defined in 'lockfeats', which cannot be imported here" in elsewhere.stderr
 
 
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):

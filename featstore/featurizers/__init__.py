@@ -78,6 +78,12 @@ class BoundFeaturizer:
         1,536 times."""
         return featurizer_identity(self.name, self.params, self.featurizer.version, self.dtype)
 
+    @property
+    def module(self) -> str | None:
+        """The module that defines the function: importing it registers the featurizer (Dask
+        workers and `status --lock` import it to know a decorated featurizer by its name)."""
+        return getattr(self.featurizer.fn, "__module__", None)
+
     def output_shape(self, value_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
         if self.featurizer.output_shape is not None:

@@ -19,8 +19,8 @@ from typing import Any
 
 from featstore import builder
 from featstore import device as devs
-from featstore.errors import FeatstoreError, SpecError
-from featstore.featurizers import import_module, parse_spec
+from featstore.errors import FeatstoreError
+from featstore.featurizers import import_modules, parse_spec
 from featstore.sources import load_source
 from featstore.store import Store
 
@@ -42,12 +42,7 @@ def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | Non
     the worker's own device if it has one. Several layers per task, so that the build's pipeline
     reads the next layer while it computes this one (one layer per task was 4x slower on a GPU).
     `modules` define the featurizers: a decorated one is known by its name only once imported."""
-    for module in modules:
-        try:
-            import_module(module)
-        except ImportError as e:
-            raise SpecError(f"a Dask worker cannot import {module!r}, which defines featurizers of this build "
-                            f"({e}); install it where the workers run") from e
+    import_modules(modules, "install it where the Dask workers run")
     bound = tuple(parse_spec(s) for s in specs)
     source = load_source(dataset, tuple(glob.escape(layer) for layer in layers), label_column)
     return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from featstore.builder import LABELS_IDENTITY, cached_digests, column_digest, why_stale
-from featstore.errors import FeatstoreError, SpecError
-from featstore.featurizers import BoundFeaturizer, import_module, parse_spec
+from featstore.errors import FeatstoreError
+from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, entry_key
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
@@ -173,12 +173,7 @@ def status_against_lock(source: Source, lock: dict) -> StatusReport:
     key that differs from the locked one is stale (with the reason), every slot the lock lacks is
     missing, every locked layer the data lacks is stale ("layer gone")."""
     started = time.perf_counter()
-    for module in lock.get("modules", []):  # those defining the user's own featurizers, by name
-        try:
-            import_module(module)
-        except ImportError as e:
-            raise SpecError(f"the lockfile's featurizers are defined in {module!r}, which cannot be imported here "
-                            f"({e}); run from the project that has it, or install it") from e
+    import_modules(lock.get("modules", []), "the lockfile names it: run from the project that has it, or install it")
     featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
     digests = _digests(source, None)
     report = StatusReport(source.name)

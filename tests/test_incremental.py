@@ -211,7 +211,7 @@ def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
     changed = _cli("status", "--lock", str(lock), "-d", path, cwd=project)
     assert changed.returncode == 1 and "featurizer code changed" in changed.stdout
     elsewhere = _cli("status", "--lock", str(lock), "-d", path, cwd=tmp_path)
-    assert elsewhere.returncode == 2 and "defined in 'lockfeats', which cannot be imported here" in elsewhere.stderr
+    assert elsewhere.returncode == 2 and "cannot import 'lockfeats', which defines featurizers" in elsewhere.stderr
 
 
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):

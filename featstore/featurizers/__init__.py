@@ -29,7 +29,7 @@ from featstore.errors import SpecError
 from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
-           "parse_spec"]
+           "import_modules", "parse_spec"]
 
 STORED_DTYPES = ("float32", "float16", "bfloat16")
 _PARAM_TYPES = (bool, int, float, str)
@@ -227,6 +227,16 @@ def import_module(name: str):
             raise
         sys.path.append(cwd)
         return importlib.import_module(name)
+
+
+def import_modules(modules, hint: str) -> None:
+    """Import the modules that define featurizers (`import_module`), so that each decorated one is
+    known by its name (Dask workers, `status --lock`); one that fails is named, with `hint`."""
+    for module in modules:
+        try:
+            import_module(module)
+        except ImportError as e:
+            raise SpecError(f"cannot import {module!r}, which defines featurizers ({e}); {hint}") from e
 
 
 def _import_target(target: str) -> None:

@@ -51,7 +51,8 @@ def test_a_worker_that_cannot_import_a_featurizer_module_says_so(sanity_dir, tmp
         "import multiprocessing\nimport featstore\n\nif multiprocessing.parent_process() is not None:\n"
         "    raise ImportError('not installed on this worker')\n\n"
         "@featstore.featurizer('test_onlyclient', version='1')\ndef f(x):\n    return x.mean(1)\n")
-    with pytest.raises(SpecError, match=r"cannot import 'onlyclient', which defines featurizers \(not installed on this worker\); install it where the Dask workers run"):
+    expected = r"cannot import 'onlyclient', which defines featurizers \(not installed on this worker\); install it where"
+    with pytest.raises(SpecError, match=expected):
         featstore.build("sanity", ["onlyclient:f"], store=str(tmp_path / "s"), device="cpu", workers=1)
     assert Store.open(str(tmp_path / "s")).read_catalog("sanity") is None
 

@@ -2,7 +2,8 @@
 # What ran on the lent GPU machine (see benchmarks/results/*-h100*): tests, then benchmarks.
 # Needs the wheels of packages that machine lacks in .whl/ (README: "GPU measurements").
 # `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too);
-# `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU.
+# `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU;
+# `gpu_session.sh cpu-build` the CPU build table (bench_cpu_build.py) on the host's cores.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
@@ -11,6 +12,12 @@ if [ "${1:-}" = multigpu ]; then  # Dask from .dwhl/, behind the machine's own p
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/dsite .dwhl/*.whl || exit 1
     echo 'import site; site.addsitedir("/tmp/dsite")' > /tmp/site/sitecustomize.py
     python3 benchmarks/bench_multigpu.py --preset 10k --gpus 1 2 --cpu --out "$OUT"
+    exit
+fi
+if [ "${1:-}" = cpu-build ]; then  # CPU builds on the host's cores; with .old/featstore (carried), that version's too
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/bench_cpu_build.py --layers 'layer_0[0-3]*' --out "$OUT"
+    [ -d .old/featstore ] && PYTHONPATH=/tmp/site:$PWD/.old python3 benchmarks/bench_cpu_build.py --layers 'layer_0[0-3]*' --out "$OUT/old"
     exit
 fi
 if [ "${1:-}" = startup ]; then

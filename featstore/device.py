@@ -42,21 +42,21 @@ def cpu_count() -> int:
 _saved_threads: list[int] = []
 
 
-def one_intra_op_thread() -> None:
-    """Run torch's CPU ops single-threaded until `restore_threads` ends. A CPU build keeps every
-    core busy with its own threads (readers, writers, the singular-value split); torch's intra-op
-    threads competing with them made a 10%-append rebuild of 1k 1.4x and a cold build 1.1x slower
-    (benchmarks/bench_incremental.py)."""
+def intra_op_threads(threads: int) -> None:
+    """Give torch's CPU ops `threads` intra-op threads until `restore_threads` ends. A CPU build
+    computes several columns at once, one core each, beside its reader and writer threads; torch's
+    intra-op threads competing with them made a 10%-append rebuild of 1k 1.4x and a cold build 1.1x
+    slower (benchmarks/bench_incremental.py)."""
     import torch
 
     if not _saved_threads:
         _saved_threads.append(torch.get_num_threads())
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 @contextmanager
 def restore_threads():
-    """Give torch back the intra-op thread count that `one_intra_op_thread` took, when the block ends."""
+    """Give torch back the intra-op thread count that `intra_op_threads` took, when the block ends."""
     try:
         yield
     finally:

@@ -1,6 +1,8 @@
 """Featurizer failures during a build: clear errors, nothing partial published; stored dtypes."""
 
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -52,13 +54,27 @@ def _small(x):
 
 def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store_dir):
     from featstore import read_column
+    from featstore.builder import column_digest
+    from featstore.keys import entry_key
     from featstore.sources import load_source
+    from featstore.store import Store
 
-    _FIRST_VALUE_OF_LAYER_3[0] = float(read_column(load_source("sanity").splits["train"]._data, "layer_003")[0, 0, 0])
+    source = load_source("sanity")
+    _FIRST_VALUE_OF_LAYER_3[0] = float(read_column(source.splits["train"]._data, "layer_003")[0, 0, 0])
     with pytest.raises(FeaturizerError, match=r"featurizer test_fails_on_layer_3 on column 'layer_003' \(split "
                                               r"train, rows 0-255\) failed: ValueError\('boom'\)"):
-        featstore.build("sanity", ["test_fails_on_layer_3"], store=store_dir)
-    assert len(_entries(store_dir)) == 6  # layers 0-2 x 2 splits, each complete; nothing of layer 3
+        featstore.build("sanity", ["test_fails_on_layer_3"], store=store_dir, device="cpu")
+    identity = parse_spec("test_fails_on_layer_3").identity
+    key = {(s, layer): entry_key(column_digest(split, layer), identity)
+           for s, split in source.splits.items() for layer in source.layers}
+    stored = set(_entries(store_dir))
+    # Layers 0-2 in both splits, each complete; nothing of the failed column; beyond it, at most the
+    # columns computed beside it in the CPU build's other lanes (here: layer 3's test split).
+    assert {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(3)} <= stored
+    assert key["train", "layer_003"] not in stored
+    assert stored <= {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(4)}
+    store = Store.open(store_dir)
+    assert all(store.check_entry(k)[0] is None for k in stored)  # every chunk matches its digest
     with pytest.raises(NotFoundError):
         featstore.open("sanity", store=store_dir)  # the catalog is only written by a finished build
 
@@ -178,3 +194,42 @@ def test_a_cpu_build_gives_torch_its_threads_back(sanity_dir, store_dir):
     before = torch.get_num_threads()
     featstore.build("sanity", ["svd"], store=store_dir, device="cpu")
     assert torch.get_num_threads() == before
+
+
+_lanes_seen = []  # per call: (thread name, torch's intra-op threads, calls running at that moment)
+_running = [0]
+_running_lock = threading.Lock()
+
+
+@featstore.featurizer("test_records_its_lane", version="1", output_shape=lambda shape: shape[:1])
+def _records_its_lane(x):
+    with _running_lock:
+        _running[0] += 1
+        _lanes_seen.append((threading.current_thread().name, torch.get_num_threads(), _running[0]))
+    time.sleep(0.2)  # long enough for the next column to be read and handed to another lane
+    with _running_lock:
+        _running[0] -= 1
+    return x.mean(2)
+
+
+def test_a_cpu_build_computes_columns_in_parallel_one_core_each(sanity_dir, store_dir, monkeypatch):
+    from featstore.sources import load_source
+
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
+    _lanes_seen.clear()
+    report = featstore.build("sanity", ["test_records_its_lane"], store=store_dir, device="cpu")
+    assert len(_lanes_seen) == 16
+    assert {(name.split("_")[0], threads) for name, threads, _ in _lanes_seen} == {("featstore-compute", 1)}
+    assert max(running for *_, running in _lanes_seen) >= 2
+    source = load_source("sanity")  # entries are reported in build order, whichever lane finished first
+    assert [(e.layer, e.split) for e in report.entries] == [(layer, s) for layer in source.layers for s in source.splits]
+    torch.testing.assert_close(featstore.open("sanity", store=store_dir).load("layer_005", "test_records_its_lane"),
+                               torch.from_numpy(source.splits["train"].read("layer_005").mean(2)))
+
+
+def test_columns_too_large_to_compute_side_by_side_get_torchs_threads_instead(sanity_dir, store_dir, monkeypatch):
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
+    monkeypatch.setattr("featstore.builder.COMPUTE_BYTES", 1)  # room for one column at a time
+    _lanes_seen.clear()
+    featstore.build("sanity", ["test_records_its_lane"], store=store_dir, device="cpu")
+    assert {(name, threads, running) for name, threads, running in _lanes_seen} == {("MainThread", 3, 1)}

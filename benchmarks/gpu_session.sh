@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What ran on the lent GPU machine (see benchmarks/results/*-h100*): tests, then benchmarks.
-# Needs the wheels of packages that machine lacks in .whl/ (README: "GPU measurements").
+# What ran on the lent GPU machine (benchmarks/results/*-h100*, *-h200*): tests, then benchmarks.
+# Needs the wheels of packages that machine lacks in .whl/ (DEVELOPERS.md says how).
 # `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too);
 # `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU;
 # `gpu_session.sh cpu-build` the CPU build table (bench_cpu_build.py) on the host's cores.

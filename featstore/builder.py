@@ -4,9 +4,10 @@
 only) and every featurizer's output shape, so a bad column or featurizer fails before the store
 changes. `execute` streams the (split, layer) columns through threads that hash each column
 straight from its Arrow buffers and, only if the store lacks one of its entries, copy it out
-(pinned for a GPU); the main thread computes the missing entries; a writer thread publishes them,
-each atomically; the dataset's catalog is written last. A few columns are in flight at a time, so
-memory stays bounded by a few columns: memory-mapped pages are released after each one.
+(pinned for a GPU); the missing entries are computed (on a GPU by the main thread; on the CPU by
+compute lanes, a column per core); writer threads publish them, each atomically; the dataset's
+catalog is written last. A few columns are in flight at a time, so memory stays bounded by a few
+columns: memory-mapped pages are released after each one.
 """
 
 from __future__ import annotations

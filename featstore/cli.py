@@ -119,7 +119,8 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(report.reasons.items()))
     click.echo(f"  entries  {report.computed} computed{f' ({why})' if why else ''}, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
-    click.echo("  seconds  " + "  ".join(f"{k} {s[k]:.2f}" for k in ("plan", "hash", "read", "compute", "write", "total")))
+    phases = "  ".join(f"{k} {s[k]:.2f}" for k in ("plan", "hash", "read", "compute", "write"))
+    click.echo(f"  seconds  {s['total']:.2f} in all; per phase, summed over threads: {phases}")
 
 
 @main.command(name="ls")

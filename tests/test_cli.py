@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,8 @@ def test_build_then_ls(run, sanity_dir):
     out = run("build", "--dataset", "sanity", "--featurizer", "raw", "--featurizer", "svd:k=4",
               "--layers", "layer_00[01]", "--no-progress").output
     assert "8 computed (8 new), 0 reused" in out and "written" in out
+    assert re.search(r"seconds  [\d.]+ in all; per phase, summed over threads: plan [\d.]+  hash [\d.]+  "
+                     r"read [\d.]+  compute [\d.]+  write [\d.]+$", out, re.MULTILINE)
     table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()
     assert table[0].split() == ["dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created"]
     assert [line.split()[:6] for line in table[1:-1]] == [

@@ -302,9 +302,9 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             if ready.missing and not lanes:  # the first column to compute: now the device matters
                 report.device = devices.resolve(device)
                 lanes = 1
-                if report.device == "cpu":  # columns side by side, the cores shared out among them
+                if report.device == "cpu":  # columns side by side, one core each; or one column, every core
                     lanes = _cpu_lanes(build_plan)
-                    devices.intra_op_threads(max(1, devices.cpu_count() // lanes))
+                    devices.intra_op_threads(1 if lanes > 1 else devices.cpu_count())
             settle(max(lanes, 1))
             args = (build_plan, ready, store, report, created, before, write)
             if lanes > 1 and ready.missing:
@@ -428,7 +428,9 @@ def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildRe
 
 def _cpu_lanes(build_plan: BuildPlan) -> int:
     """How many columns a CPU build computes at once: one per core (as many as fit in
-    COMPUTE_BYTES, counting each as float32 at least). Columns side by side, torch single-threaded
+    COMPUTE_BYTES, counting each as float32 at least; a single lane gets torch's intra-op threads
+    on every core instead: torch's thread count is one setting for the whole process, so lanes
+    cannot share spare cores out among themselves). Columns side by side, torch single-threaded
     in each, beat torch's intra-op threads on one column at a time for every featurizer measured:
     on 16 cores, 80 columns of 1k, `randproj:dim=1024` (matmul-heavy) 0.64 s against 2.22 s,
     `stats` 0.32 against 0.78, `svd` 0.85 against 1.09 (benchmarks/bench_cpu_build.py)."""

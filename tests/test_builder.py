@@ -212,15 +212,19 @@ def _records_its_lane(x):
     return x.mean(2)
 
 
-def test_a_cpu_build_computes_columns_in_parallel_one_core_each(sanity_dir, store_dir, monkeypatch):
+@pytest.mark.parametrize("cores, columns_that_fit", [(3, None), (4, 2)])
+def test_a_cpu_build_computes_columns_in_parallel_one_core_each(cores, columns_that_fit, sanity_dir, store_dir,
+                                                                monkeypatch):
     from featstore.sources import load_source
 
-    monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: cores)
+    if columns_that_fit:  # fewer lanes than cores: still one thread each (torch's count is process-wide)
+        monkeypatch.setattr("featstore.builder.COMPUTE_BYTES", columns_that_fit * 256 * 16 * 16 * 4)
     _lanes_seen.clear()
     report = featstore.build("sanity", ["test_records_its_lane"], store=store_dir, device="cpu")
     assert len(_lanes_seen) == 16
     assert {(name.split("_")[0], threads) for name, threads, _ in _lanes_seen} == {("featstore-compute", 1)}
-    assert max(running for *_, running in _lanes_seen) >= 2
+    assert 2 <= max(running for *_, running in _lanes_seen) <= (columns_that_fit or cores)
     source = load_source("sanity")  # entries are reported in build order, whichever lane finished first
     assert [(e.layer, e.split) for e in report.entries] == [(layer, s) for layer in source.layers for s in source.splits]
     torch.testing.assert_close(featstore.open("sanity", store=store_dir).load("layer_005", "test_records_its_lane"),

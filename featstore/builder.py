@@ -280,13 +280,16 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         def settle(running_limit: int) -> None:
             """Finish the columns done at the head of the queue, in build order; while
             `running_limit` or more still compute, wait for any of them (not the oldest: a 200-row
-            column must not wait behind an 800-row one). A column that failed raises at once."""
+            column must not wait behind an 800-row one). Once a column fails, the columns before
+            it finish and the first failure in build order raises: the error a one-column-at-a-time
+            build would give."""
             while True:
                 while computing and computing[0].done():
                     finish(computing.popleft())
-                for built in computing:
-                    if built.done() and built.exception():
-                        built.result()
+                failed = [i for i, built in enumerate(computing) if built.done() and built.exception()]
+                if failed:
+                    wait(list(computing)[: failed[0]])
+                    next(built for built in computing if built.exception()).result()
                 running = [built for built in computing if not built.done()]
                 if len(running) < running_limit:
                     return

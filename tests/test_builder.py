@@ -237,3 +237,18 @@ def test_columns_too_large_to_compute_side_by_side_get_torchs_threads_instead(sa
     _lanes_seen.clear()
     featstore.build("sanity", ["test_records_its_lane"], store=store_dir, device="cpu")
     assert {(name, threads, running) for name, threads, running in _lanes_seen} == {("MainThread", 3, 1)}
+
+
+@featstore.featurizer("test_fails_slowly_on_train", version="1", output_shape=lambda shape: shape[:1])
+def _fails_slowly_on_train(x):
+    if len(x) == 256:  # the sanity preset's train split; its test split has 64 rows
+        time.sleep(0.3)
+    raise ValueError(f"boom on {len(x)} rows")
+
+
+def test_lanes_report_the_first_failure_in_build_order(sanity_dir, store_dir, monkeypatch):
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
+    # layer_000's test split fails first, but its train split comes first in the build
+    with pytest.raises(FeaturizerError, match=r"column 'layer_000' \(split train, rows 0-255\) failed: "
+                                              r"ValueError\('boom on 256 rows'\)"):
+        featstore.build("sanity", ["test_fails_slowly_on_train"], store=store_dir, device="cpu")

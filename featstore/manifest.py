@@ -99,16 +99,19 @@ class Catalog:
         )
 
     def to_bytes(self) -> bytes:
-        data = {
+        """JSON with one entry per line, each written by json's C encoder: `indent` takes its
+        pure-Python encoder, and with `asdict` that took 0.12 s for the 1k preset's 514 entries,
+        a fifth of a rebuild after one layer changed."""
+        head = json.dumps({
             "schema_version": SCHEMA_VERSION,
             "dataset": self.dataset,
             "updated": self.updated,
             "label_column": self.label_column,
             "label_names": list(self.label_names) if self.label_names else None,
             "splits": {k: asdict(v) for k, v in sorted(self.splits.items())},
-            "entries": [asdict(r) | {"shape": list(r.shape)} for r in self.rows],
-        }
-        return json.dumps(data, indent=1).encode()
+        })
+        entries = ",\n".join(json.dumps(vars(r)) for r in self.rows)  # fields as they are: tuples become lists
+        return f'{head[:-1]}, "entries": [\n{entries}\n]}}\n'.encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes, where: str) -> Catalog:

@@ -3,7 +3,7 @@
 `singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
 measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H100):
 - CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there, the batch split over
-  torch's intra-op threads (batched svdvals itself uses one).
+  torch's threads (batched svdvals itself uses one).
 - CUDA, up to 4 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi).
 - CUDA, 5 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
   matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input;
@@ -54,13 +54,15 @@ def singular_values(x):
 
 
 def _cpu_svdvals(x):
-    """LAPACK per matrix, the batch split over torch's intra-op threads: batched svdvals runs on
-    one thread however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in
-    two threads take half the time (measured on 2 cores). Each matrix's values are the same bits.
-    A CPU build computes several columns at once with one thread each: no split there."""
+    """LAPACK per matrix, the batch split over the cores: batched svdvals runs on one thread
+    however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in two
+    threads take half the time (measured on 2 cores). Each matrix's values are the same bits."""
     import torch
 
-    threads = torch.get_num_threads()
+    from featstore.device import cpu_count
+
+    before = torch.get_num_threads()  # 1 during a CPU build (device.one_intra_op_thread)
+    threads = max(before, cpu_count())
     if threads < 2 or len(x) < 2 * threads:
         return torch.linalg.svdvals(x)
     # Concurrent calls queue on torch's intra-op pool unless each runs single-threaded.
@@ -68,7 +70,7 @@ def _cpu_svdvals(x):
     try:
         return torch.cat(list(_pool(threads).map(torch.linalg.svdvals, x.chunk(threads))))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @functools.cache

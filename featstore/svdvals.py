@@ -56,12 +56,15 @@ def singular_values(x):
 def _cpu_svdvals(x):
     """LAPACK per matrix, the batch split over the cores: batched svdvals runs on one thread
     however many torch has (800 x 64x64: 126 ms with 2 threads or 1), and two halves in two
-    threads take half the time (measured on 2 cores). Each matrix's values are the same bits."""
+    threads take half the time (measured on 2 cores). Each matrix's values are the same bits.
+    A CPU build's compute lanes (torch single-threaded in each) all split into the one pool of a
+    thread per core: never more calls at once than cores, and a column computed alone (one layer
+    changed) still gets every core."""
     import torch
 
     from featstore.device import cpu_count
 
-    before = torch.get_num_threads()  # 1 during a CPU build (device.one_intra_op_thread)
+    before = torch.get_num_threads()  # 1 in a CPU build's compute lanes (device.intra_op_threads)
     threads = max(before, cpu_count())
     if threads < 2 or len(x) < 2 * threads:
         return torch.linalg.svdvals(x)

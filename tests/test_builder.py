@@ -68,11 +68,11 @@ def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store
     key = {(s, layer): entry_key(column_digest(split, layer), identity)
            for s, split in source.splits.items() for layer in source.layers}
     stored = set(_entries(store_dir))
-    # Layers 0-2 in both splits, each complete; nothing of the failed column; beyond it, at most the
-    # columns computed beside it in the CPU build's other lanes (here: layer 3's test split).
+    # Layers 0-2 in both splits; nothing of the failed column; beyond it, whatever the CPU build's
+    # other lanes finished meanwhile (one per core); every entry there complete.
     assert {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(3)} <= stored
     assert key["train", "layer_003"] not in stored
-    assert stored <= {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(4)}
+    assert stored <= set(key.values())
     store = Store.open(store_dir)
     assert all(store.check_entry(k)[0] is None for k in stored)  # every chunk matches its digest
     with pytest.raises(NotFoundError):

@@ -73,6 +73,20 @@ def test_cpu_route_leaves_torch_thread_count_as_it_found_it(threads, monkeypatch
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("running, chunks", [(0, 4), (1, 2), (3, 1)])
+def test_cpu_calls_running_at_once_share_the_cores(running, chunks, monkeypatch):
+    import featstore.svdvals as sv
+
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: 4)
+    monkeypatch.setattr(sv, "_calls", [running])  # other calls running: a CPU build's compute lanes
+    split = []
+    monkeypatch.setattr(sv, "_pool", lambda n: type("Pool", (), {"map": lambda self, f, xs: split.append(len(xs))
+                                                                  or [f(x) for x in xs]})())
+    x = lora(40, 16)
+    torch.testing.assert_close(singular_values(x), torch.linalg.svdvals(x), rtol=0, atol=0)
+    assert split == ([chunks] if chunks > 1 else []) and sv._calls == [running]
+
+
 @cuda
 @pytest.mark.parametrize("dim", [3, 5, 8, 16, 32, 64, 128])
 def test_gpu_singular_values_match_float64(dim):

@@ -60,7 +60,7 @@ def _cpu_svdvals(x):
     threads take half the time (measured on 2 cores). Each matrix's values are the same bits.
     Calls running at once (a CPU build's compute lanes) share the cores out: a column computed
     alone (one layer changed) gets every core, sixteen lanes on sixteen cores one each (splitting
-    each lane's batch sixteen ways there made a cold `svd` build 1.26x slower)."""
+    each lane's batch sixteen ways there: 1.07 s for 80 columns against 0.85 s, separate runs)."""
     import torch
 
     from featstore.device import cpu_count

@@ -3,7 +3,7 @@
 `singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
 measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H100):
 - CPU: `torch.linalg.svdvals` (LAPACK gesdd), robust and the fastest there, the batch split over
-  torch's threads (batched svdvals itself uses one).
+  the cores, shared out among the calls running at once (batched svdvals itself uses one thread).
 - CUDA, up to 4 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi).
 - CUDA, 5 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
   matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input;

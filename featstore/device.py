@@ -44,9 +44,9 @@ _saved_threads: list[int] = []
 
 def intra_op_threads(threads: int) -> None:
     """Give torch's CPU ops `threads` intra-op threads until `restore_threads` ends. A CPU build
-    computes several columns at once, one core each, beside its reader and writer threads; torch's
-    intra-op threads competing with them made a 10%-append rebuild of 1k 1.4x and a cold build 1.1x
-    slower (benchmarks/bench_incremental.py)."""
+    gives its compute lanes one each (torch's intra-op threads competing with the lanes and the
+    reader and writer threads made a 10%-append rebuild of 1k 1.4x and a cold build 1.1x slower,
+    benchmarks/bench_incremental.py), or every core to a lone lane."""
     import torch
 
     if not _saved_threads:

@@ -111,7 +111,7 @@ class Catalog:
             "splits": {k: asdict(v) for k, v in sorted(self.splits.items())},
         })
         entries = ",\n".join(json.dumps(vars(r)) for r in self.rows)  # fields as they are: tuples become lists
-        return f'{head[:-1]}, "entries": [\n{entries}\n]}}\n'.encode()
+        return f'{head[:-1]}, "entries": [\n{entries}\n]}}\n'.encode()  # head without its closing brace
 
     @classmethod
     def from_bytes(cls, raw: bytes, where: str) -> Catalog:

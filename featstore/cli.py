@@ -80,7 +80,8 @@ def main(debug: bool) -> None:
                    "tensor-valued column except the label column]")
 @click.option("--label-column", default=None, help="Label column. [default: category_label, if present]")
 @click.option("--device", default="auto", show_default=True,
-              help="auto (a GPU if torch sees one), cpu, cuda (every visible GPU, one worker each), cuda:N.")
+              help="auto (a GPU if torch sees one), cpu (columns side by side, a core each), cuda (every "
+                   "visible GPU, one worker each), cuda:N.")
 @click.option("--devices", default=None, metavar="LIST",
               help="Spread the layers over one worker per device, e.g. cuda:0,cuda:1 (a local Dask cluster).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,

@@ -231,6 +231,13 @@ def test_a_cpu_build_computes_columns_in_parallel_one_core_each(cores, columns_t
                                torch.from_numpy(source.splits["train"].read("layer_005").mean(2)))
 
 
+def test_omp_num_threads_1_computes_one_column_at_a_time(sanity_dir, store_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what the README offers for featurizers that keep state
+    _lanes_seen.clear()
+    featstore.build("sanity", ["test_records_its_lane"], store=store_dir, device="cpu")
+    assert {(name, threads, running) for name, threads, running in _lanes_seen} == {("MainThread", 1, 1)}
+
+
 def test_columns_too_large_to_compute_side_by_side_get_torchs_threads_instead(sanity_dir, store_dir, monkeypatch):
     monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
     monkeypatch.setattr("featstore.builder.COMPUTE_BYTES", 1)  # room for one column at a time

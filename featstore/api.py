@@ -70,8 +70,8 @@ def build(
         existing = None if rehash else Store.open(location)
     except StoreError:
         existing = None
-    checked = builder.known_layouts(existing, source)
-    build_plan = builder.plan(source, bound, checked)  # every check first: a failed build creates no store
+    cache = builder.cached_digests(existing, source, rehash)  # the files' stats before any column is read
+    build_plan = builder.plan(source, bound, cache)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 
 

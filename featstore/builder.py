@@ -72,6 +72,7 @@ class BuildPlan:
     units: tuple[Unit, ...]  # layer by layer, each layer's splits together
     seconds: float  # spent checking
     labels: dict[str, ColumnLayout] = field(default_factory=dict)  # split -> its label column
+    cache: tuple | None = None  # cached_digests() taken before the plan read any column
 
 
 @dataclass
@@ -139,13 +140,13 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
-         checked: dict[tuple[str, str], ColumnLayout] | None = None) -> BuildPlan:
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple | None = None) -> BuildPlan:
     """Check every chosen column of every split and every featurizer's output shape for it.
     Raises (naming the column, row or featurizer) before anything is written; copies no values.
-    `checked` holds layouts that a previous build checked in files unchanged since
-    (`known_layouts`): those columns are not read again."""
-    checked = checked or {}
+    `cache` is `cached_digests(store, source)`, taken before any column is read: a column whose
+    split's files it vouches for is not read again (a build checked it), and `execute` keeps it,
+    so that what the build learns is cached with the files' stats from before it read them."""
+    checked = _known_layouts(cache)
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
@@ -172,7 +173,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...],
     if source.label_column:
         for split_name, split in source.splits.items():
             labels[split_name] = checked.get((split_name, source.label_column)) or split.layout(source.label_column)
-    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels)
+    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
@@ -200,15 +201,11 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False) ->
     return cached, stats, trusted
 
 
-def known_layouts(store: Store | None, source: Source) -> dict[tuple[str, str], ColumnLayout]:
+def _known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
     """{(split, column): layout} that a build checked in files unchanged since (see `plan`)."""
-    cached, stats, _ = cached_digests(store, source)
-    out = {}
-    for name in source.splits:
-        if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]:
-            for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items():
-                out[(name, column)] = ColumnLayout(rows, tuple(shape), np.dtype(dtype))
-    return out
+    cached, _, trusted = cache or ({}, {}, {})
+    return {(name, column): ColumnLayout(rows, tuple(shape), np.dtype(dtype))
+            for name in trusted for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items()}
 
 
 def column_digest(split, layer: str) -> str:
@@ -226,7 +223,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     source = build_plan.source
     report = BuildReport(source.name, store.location, device)  # resolved once something is computed
     report.seconds["plan"] = build_plan.seconds
-    report.cache = cached_digests(store, source, rehash)  # stats taken before any column is read
+    # the files' stats, taken before any column is read
+    report.cache = build_plan.cache if build_plan.cache is not None else cached_digests(store, source, rehash)
     trusted = report.cache[2]
     previous = store.read_catalog(source.name)
     before = {r.slot: r for r in previous.rows} if previous else {}

@@ -53,6 +53,7 @@ class Split:
         self.filesystem = filesystem  # an fsspec filesystem for remote files, None for local ones
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
+        self._stats: list[list] | None = None  # the files' stats from before they were mapped
 
     @classmethod
     def from_dataset(cls, ds, label_column: str | None) -> Split:
@@ -64,8 +65,11 @@ class Split:
     def from_arrow_files(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
         """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format);
         remote ones (on `filesystem`) are read into memory, never copied to local disk."""
+        stats = None if filesystem else _stats(files)  # before mapping: what is read is never older
         table = pa.concat_tables([_read_arrow(f, filesystem) for f in files])
-        return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem)
+        split = cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem)
+        split._stats = stats
+        return split
 
     @classmethod
     def from_parquet(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
@@ -106,11 +110,11 @@ class Split:
 
     def file_stats(self) -> list[list] | None:
         """(path, inode, size, mtime_ns) of each file the split reads, or None when it is not
-        read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts."""
+        read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts.
+        Arrow files are stat'ed before they are mapped: a file replaced since is hashed next time."""
         if not self.files or self.filesystem is not None or getattr(self._data, "_indices", None) is not None:
             return None
-        stats = [os.stat(f) for f in self.files]
-        return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in zip(self.files, stats)]
+        return self._stats or _stats(self.files)
 
     def release(self, parts: list[np.ndarray] | None = None) -> None:
         """Let go of the memory-mapped pages under `parts`, or of every mapped page of the split's
@@ -312,6 +316,10 @@ def _open_remote(url: str, label_column: str) -> dict[str, Split]:
     if not files or not all(f.endswith(".parquet") for f in files):
         raise DatasetError(f"--dataset {url!r}: expected a save_to_disk directory or .parquet files there")
     return {"train": Split.from_parquet(files, label_column, fs)}
+
+
+def _stats(files: list[str]) -> list[list]:
+    return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in ((f, os.stat(f)) for f in files)]
 
 
 def _arrow_filesystem(filesystem):

@@ -165,21 +165,23 @@ def test_in_place_rewrite_of_the_same_size_is_detected(tmp_path, store_dir):
     assert [s.reason for s in featstore.status(path, store=store_dir).slots] == ["input bytes changed"]
 
 
-def test_a_file_replaced_while_a_build_runs_is_hashed_again_next_time(tmp_path, store_dir, monkeypatch):
-    from featstore import builder
+@pytest.mark.parametrize("after", ["mapping", "plan"])
+def test_a_file_replaced_while_a_build_runs_is_hashed_again_next_time(tmp_path, store_dir, monkeypatch, after):
+    from featstore import builder, sources
 
     path = save_layers(tmp_path / "d", layers_of(1))
     new = layers_of(1, seed=1)
     save_layers(tmp_path / "new", new)
-    real_plan = builder.plan
+    module, name = (sources, "_read_arrow") if after == "mapping" else (builder, "plan")
+    real = getattr(module, name)
 
-    def plan_then_replace(*args, **kwargs):  # the dataset is re-saved once the build has checked it
-        out = real_plan(*args, **kwargs)
+    def then_replace(*args, **kwargs):  # the dataset is re-saved once the build has mapped / checked it
+        out = real(*args, **kwargs)
         for data_file in (tmp_path / "new").glob("*.arrow"):
             data_file.replace(tmp_path / "d" / data_file.name)
         return out
 
-    monkeypatch.setattr(builder, "plan", plan_then_replace)
+    monkeypatch.setattr(module, name, then_replace)
     featstore.build(path, ["raw"], store=store_dir)  # built what it had mapped: the old file
     monkeypatch.undo()
     # The digest cache must not vouch for the new file with the old file's digests.

@@ -3,7 +3,8 @@
 # Needs the wheels of packages that machine lacks in .whl/ (DEVELOPERS.md says how).
 # `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too);
 # `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU;
-# `gpu_session.sh cpu-build` the CPU build table (bench_cpu_build.py) on the host's cores.
+# `gpu_session.sh cpu-build` the CPU build table (bench_cpu_build.py) on the host's cores;
+# `gpu_session.sh incremental` the incremental-build table (bench_incremental.py) on the host's cores.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
@@ -18,6 +19,11 @@ if [ "${1:-}" = cpu-build ]; then  # CPU builds on the host's cores; with .old/f
     python3 -m featstore.cli datasets make 1k > /dev/null
     python3 benchmarks/bench_cpu_build.py --layers 'layer_0[0-3]*' --out "$OUT"
     [ -d .old/featstore ] && PYTHONPATH=/tmp/site:$PWD/.old python3 benchmarks/bench_cpu_build.py --layers 'layer_0[0-3]*' --out "$OUT/old"
+    exit
+fi
+if [ "${1:-}" = incremental ]; then
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/bench_incremental.py --out "$OUT" && mv "$OUT/incremental.txt" "$OUT/incremental-16cores-h200-host.txt"
     exit
 fi
 if [ "${1:-}" = startup ]; then

@@ -59,14 +59,17 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
 def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store_dir):
     data = tmp_path / "data"
     saved_layers_dataset(data, layers=8, rows=32, dim=4)
-    (tmp_path / "slowfeat.py").write_text(  # one slow column at a time, so SIGINT lands mid-build
+    (tmp_path / "slowfeat.py").write_text(  # slow columns, two at a time, so SIGINT lands mid-build
         "import time\n\ndef slow(x):\n    time.sleep(0.3)\n    return x.sum(2)\n")
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
                "--store", store_dir, "--no-progress", "--device", "cpu"]
     # A child inherits an ignored SIGINT (this suite run in the background); a handled one it does not.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Two compute lanes whatever the cores: on 16, all 8 columns ran at once and the build had
+        # finished when the signal came (seen on the GPU host).
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "2"})
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120

@@ -173,7 +173,7 @@ def load_source(
         )
     chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
     for split_name, split in splits.items():
-        missing = [c for c in chosen if c not in split.column_names]
+        missing = sorted(set(chosen) - set(split.column_names), key=chosen.index)
         if missing:
             raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
     has_label = label_column in first.column_names

@@ -155,7 +155,8 @@ class Store:
                 chunks[name] = bytes_digest(data)
             info = replace(info, chunks=chunks)
             meta = zarr_metadata(values.shape, values.dtype, rows, {"featstore": info.to_json()})
-            return self.storage.publish(staging, self.entry_path(info.key), ("zarr.json", json.dumps(meta, indent=1).encode()))
+            # one line: json's C encoder (`indent` takes the pure-Python one, 4x slower)
+            return self.storage.publish(staging, self.entry_path(info.key), ("zarr.json", json.dumps(meta).encode()))
         except BaseException:
             if staging != self.entry_path(info.key):  # in place (object stores), orphans are gc's to remove
                 _quietly(self.storage.delete, staging)  # a failed write (ENOSPC, ...) leaves nothing behind

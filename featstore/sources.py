@@ -44,7 +44,7 @@ class Split:
     """
 
     def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
-                 files: list[str] = (), filesystem=None):
+                 files: list[str] = (), filesystem=None, stats: list[list] | None = None):
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
@@ -53,7 +53,7 @@ class Split:
         self.filesystem = filesystem  # an fsspec filesystem for remote files, None for local ones
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
-        self._stats: list[list] | None = None  # the files' stats from before they were mapped
+        self._stats = stats  # the files' stats from before they were mapped, if taken then
 
     @classmethod
     def from_dataset(cls, ds, label_column: str | None) -> Split:
@@ -67,9 +67,8 @@ class Split:
         remote ones (on `filesystem`) are read into memory, never copied to local disk."""
         stats = None if filesystem else _stats(files)  # before mapping: what is read is never older
         table = pa.concat_tables([_read_arrow(f, filesystem) for f in files])
-        split = cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem)
-        split._stats = stats
-        return split
+        return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem,
+                   stats)
 
     @classmethod
     def from_parquet(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
@@ -173,7 +172,8 @@ def load_source(
         )
     chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
     for split_name, split in splits.items():
-        missing = sorted(set(chosen) - set(split.column_names), key=chosen.index)
+        names = set(split.column_names)
+        missing = [c for c in chosen if c not in names]
         if missing:
             raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
     has_label = label_column in first.column_names
@@ -319,7 +319,11 @@ def _open_remote(url: str, label_column: str) -> dict[str, Split]:
 
 
 def _stats(files: list[str]) -> list[list]:
-    return [[os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns] for f, s in ((f, os.stat(f)) for f in files)]
+    out = []
+    for f in files:
+        s = os.stat(f)
+        out.append([os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns])
+    return out
 
 
 def _arrow_filesystem(filesystem):

@@ -13,6 +13,7 @@ import fnmatch
 import glob
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ from featstore.columns import (
     column_parts,
     join_parts,
     mapped_ranges,
-    release_pages,
     release_ranges,
 )
 from featstore.errors import DatasetError, brief
 
 DEFAULT_LABEL_COLUMN = "category_label"
+RELEASE_BYTES = 64 << 20  # column bytes read between two releases of a split's mapped pages
 _DATA_EXTENSIONS = (".parquet", ".arrow")
 
 
@@ -54,6 +55,8 @@ class Split:
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
         self._stats = stats  # the files' stats from before they were mapped, if taken then
+        self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
+        self._releasing = threading.Lock()
 
     @classmethod
     def from_dataset(cls, ds, label_column: str | None) -> Split:
@@ -116,14 +119,19 @@ class Split:
         return self._stats or _stats(self.files)
 
     def release(self, parts: list[np.ndarray] | None = None) -> None:
-        """Let go of the memory-mapped pages under `parts`, or of every mapped page of the split's
-        files (see columns.release_pages, release_ranges)."""
+        """Let go of every memory-mapped page of the split's files (they stay in the page cache;
+        see columns.release_ranges): now, or, given `parts` (a column just read, from any
+        thread), once RELEASE_BYTES of columns were read since the last time. One madvise per
+        file every 64 MB, not one per Arrow chunk of every column."""
+        if parts is not None:
+            with self._releasing:
+                self._unreleased += sum(p.nbytes for p in parts)
+                if self._unreleased < RELEASE_BYTES:
+                    return
+                self._unreleased = 0
         if self._mapped is None:
             self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
-        if parts is None:
-            release_ranges(self._mapped)
-        else:
-            release_pages(parts, self._mapped)
+        release_ranges(self._mapped)
 
 
 @dataclass(frozen=True)

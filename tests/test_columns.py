@@ -1,3 +1,6 @@
+import os
+import re
+
 import datasets
 import numpy as np
 import pyarrow as pa
@@ -5,7 +8,7 @@ import pytest
 from conftest import array2d_dataset, list_column, matrices
 
 from featstore import ColumnError, read_column
-from featstore.columns import column_layout, column_parts, join_parts, mapped_ranges, release_pages
+from featstore.columns import column_layout, column_parts, join_parts, mapped_ranges
 from featstore.keys import array_digest, parts_digest
 
 
@@ -129,17 +132,35 @@ def test_strings_and_missing_columns_are_named_errors():
     assert isinstance(ColumnError("x"), ValueError)
 
 
-def test_release_pages_keeps_values_and_spares_heap_memory(tmp_path):
-    values = matrices(300, (32, 32))
-    array2d_dataset(values).save_to_disk(str(tmp_path / "saved"))
-    mapped = datasets.load_from_disk(str(tmp_path / "saved"))
-    ranges = mapped_ranges([f["filename"] for f in mapped.cache_files])
-    assert ranges, "a saved dataset is memory-mapped"
-    _, parts = column_parts(mapped, "layer_a")
-    release_pages(parts, ranges)
-    np.testing.assert_array_equal(read_column(mapped, "layer_a"), values)  # pages fault back in
-    in_memory = array2d_dataset(values)
-    assert in_memory.cache_files == [] and mapped_ranges([]) == []
-    _, parts = column_parts(in_memory, "layer_a")
-    release_pages(parts, ranges)  # heap arrays are outside the mapped ranges: untouched
-    np.testing.assert_array_equal(read_column(in_memory, "layer_a"), values)
+def _resident(path) -> int:
+    """Bytes of the file at `path` resident in this process: its mappings' Rss in /proc/self/smaps."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(os.path.realpath(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the resident set from /proc")
+def test_mapped_pages_are_let_go_of_every_release_bytes_and_fault_back_in(tmp_path, monkeypatch):
+    from featstore import sources
+
+    values = matrices(300, (32, 32))  # 1.2 MB a column
+    features = datasets.Features({name: datasets.Array2D((32, 32), "float32") for name in "abc"})
+    datasets.Dataset.from_dict(dict.fromkeys("abc", values), features=features).save_to_disk(str(tmp_path / "saved"))
+    split = sources.load_source(str(tmp_path / "saved")).splits["train"]
+    monkeypatch.setattr(sources, "RELEASE_BYTES", 3 * values.nbytes)
+    assert mapped_ranges(split.files), "a saved dataset is memory-mapped"
+    resident = []
+    for layer in "abc":
+        _, parts = split.parts(layer)
+        assert sum(float(p.sum()) for p in parts) == pytest.approx(float(values.sum()), rel=1e-4)  # pages in
+        split.release(parts)
+        resident.append(_resident(split.files[0]))
+    assert resident[0] >= values.nbytes and resident[1] >= 2 * values.nbytes  # kept until 3 columns were read
+    assert resident[2] < values.nbytes / 4  # then all let go of at once
+    np.testing.assert_array_equal(split.read("b"), values)  # and read back from the page cache
+    assert mapped_ranges([]) == []  # nothing but the files' own mappings is ever released

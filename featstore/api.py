@@ -15,6 +15,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
+from featstore.device import check_device
 from featstore.errors import FeatstoreError, NotFoundError, SpecError, StaleError, StoreError, brief
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
@@ -57,7 +58,7 @@ def build(
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in names(featurizers))}.values())
     location = store or default_store()
-    devices = _devices(names(devices), device, workers, scheduler)
+    devices = _devices(names(devices), check_device(device), workers, scheduler)
     if workers or scheduler or devices:
         if not isinstance(dataset, (str, os.PathLike)):
             raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")
@@ -288,7 +289,7 @@ def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str
             devices = ()
     if len(set(devices)) < len(devices) and not all(d == "cpu" for d in devices):
         raise FeatstoreError(f"--devices names a device twice: {','.join(devices)}")
-    return tuple(devs.resolve(d) for d in devices)
+    return tuple(devs.resolve(check_device(d)) for d in devices)
 
 
 def _map(fn, items, rows: list[CatalogRow]) -> list:

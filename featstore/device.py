@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from contextlib import contextmanager
 
 import numpy as np
 
 from featstore.errors import FeatstoreError
+
+_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """`device` if a build can run on it by name (auto, cpu, cuda, cuda:N), checked without
+    importing torch: a typo fails at once, even in a build that has nothing to compute."""
+    if not isinstance(device, str) or not _NAMES.fullmatch(device):
+        raise FeatstoreError(f"device {device!r} is not usable here: a build runs on auto, cpu, cuda or cuda:N")
+    return device
 
 
 @functools.cache

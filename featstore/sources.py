@@ -3,7 +3,8 @@
 `--dataset` is, in this order: a preset name (`sanity`, `1k`, `10k`); an existing path (a
 `save_to_disk` directory of a `Dataset` or `DatasetDict`, or a directory of parquet / arrow files,
 split by file name like `datasets` does); a glob of parquet / arrow files (one split, `train`);
-otherwise a Hugging Face Hub id for `datasets.load_dataset`. Parquet is read one column at a time,
+otherwise a Hugging Face Hub id for `datasets.load_dataset` (unless it can only be a path: then
+the path does not exist, and that is the error). Parquet is read one column at a time,
 so memory stays bounded by one column whatever the file size.
 """
 
@@ -151,7 +152,7 @@ def dataset_id(dataset: Any) -> str:
     text = str(dataset)
     if "://" in text and not text.startswith("file://"):
         return text.rstrip("/")  # a URL names itself
-    text = text.removeprefix("file://")
+    text = os.path.expanduser(text.removeprefix("file://"))
     if presets.get(text) is not None:
         return presets.get(text).name
     if os.path.exists(text):
@@ -233,7 +234,7 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
     text = str(dataset)
     if "://" in text and not text.startswith("file://"):
         return _open_remote(text, label_column)
-    text = text.removeprefix("file://")
+    text = os.path.expanduser(text.removeprefix("file://"))
     if presets.get(text) is not None:
         return _open_saved(presets.ensure(text, progress=progress), label_column)
     if os.path.isdir(text):
@@ -247,6 +248,10 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
         if not files:
             raise DatasetError(f"--dataset {text!r} matches no .parquet or .arrow file")
         return _open_files({"train": files}, label_column)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(_DATA_EXTENSIONS):
+        # not a Hub id ('name' or 'org/name', no leading dot): a path that is not there
+        raise DatasetError(f"--dataset {text!r}: no such file or directory (nor a preset: "
+                           f"{', '.join(presets.PRESETS)})")
     return _open_hub(text, label_column)
 
 

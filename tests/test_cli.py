@@ -60,6 +60,14 @@ def test_errors_are_one_line_and_exit_2(run, tmp_path):
     assert result.exit_code == 2 and "no featstore at" in result.output and "Traceback" not in result.output
 
 
+def test_a_device_typo_fails_even_when_nothing_is_to_compute(run, sanity_dir):
+    run("build", "-d", "sanity", "-f", "stats", "--no-progress")
+    for typo in ("tpu", "cuda:x", "gpu", "CPU"):
+        result = run("build", "-d", "sanity", "-f", "stats", "--device", typo, ok=False)
+        assert result.exit_code == 2, typo
+        assert result.output.strip() == f"Error: device {typo!r} is not usable here: a build runs on auto, cpu, cuda or cuda:N"
+
+
 def test_datasets_make_and_ls(run, tmp_path, featstore_home):
     out = run("datasets", "make", "sanity", "--out", str(tmp_path / "mine")).output
     assert "saved to" in out and (tmp_path / "mine" / "dataset_dict.json").exists()

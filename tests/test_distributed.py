@@ -117,7 +117,7 @@ def test_devices_are_checked_before_anything_starts(sanity_dir, tmp_path):
 
     with pytest.raises(FeatstoreError, match="not both"):
         featstore.build("sanity", ["stats"], store=str(tmp_path / "s"), devices=["cpu", "cpu"], workers=2)
-    with pytest.raises(FeatstoreError, match="device 'nonsense' is not usable"):
+    with pytest.raises(FeatstoreError, match="device 'nonsense' is not usable here: a build runs on auto, cpu, cuda or cuda:N"):
         featstore.build("sanity", ["stats"], store=str(tmp_path / "s"), devices=["cpu", "nonsense"])
     assert not (tmp_path / "s").exists()
 

@@ -135,6 +135,24 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
         load_source("someone/adapters")
 
 
+@pytest.mark.parametrize("name", ["./adapters_v2", "/no/such/dir", "runs/2026/adapters", "~/no_such_dir", "x.parquet"])
+def test_a_path_that_is_not_there_is_not_looked_up_on_the_hub(name, monkeypatch):
+    # the Hub would be asked (and retried for ~25 s offline) if these reached datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(DatasetError, match=r"no such file or directory \(nor a preset: sanity, 1k, 10k\)"):
+        load_source(name)
+
+
+def test_a_path_under_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"layer_a": pa.array([[1.0, 2.0]] * 3, pa.list_(pa.float32(), 2))}),
+                   tmp_path / "data" / "train.parquet")
+    source = load_source("~/data")
+    assert list(source.splits) == ["train"] and source.layers == ["layer_a"]
+    assert dataset_id("~/data") == str(tmp_path / "data")
+
+
 def test_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"no .parquet or .arrow files"):

@@ -456,7 +456,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             extended = ready.appends.get(f.spec)
             start = extended.shape[0] if extended else 0  # rows already computed
             with _timed(report, "compute"):
-                out = compute(f, tensor[start - ready.offset :], shape, unit, report.device)
+                out = compute(f, tensor[start - ready.offset :], shape, unit, report.device, first=start)
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
@@ -475,12 +475,13 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
     return entries, rows
 
 
-def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str) -> np.ndarray:
-    """`f` over the rows of `x` in batches (one call unless the featurizer is per-row and the rows
-    do not fit), checked (a floating tensor of `shape`, finite once stored), as the array the store
-    keeps (`device.to_stored`). Out of memory halves the batch. Copying the result to the host is
-    the only wait for the GPU: the finiteness check runs on the host copy, which also catches
-    values beyond the range of a 16-bit stored dtype."""
+def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str, first: int = 0) -> np.ndarray:
+    """`f` over the rows of `x` (the column's rows from `first` on) in batches (one call unless the
+    featurizer is per-row and the rows do not fit), checked (a floating tensor of `shape`, finite
+    once stored), as the array the store keeps (`device.to_stored`). Out of memory halves the
+    batch. Copying the result to the host is the only wait for the GPU: the finiteness check runs
+    on the host copy, which also catches values beyond the range of a 16-bit stored dtype. A
+    failure names the input's first NaN or inf row, if any: then the data is the likely cause."""
     import torch
 
     rows = len(x)
@@ -489,7 +490,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     outs, start = [], 0
     while start < rows or not outs:
         stop = min(rows, start + batch)
-        where = f"{column}, rows {start}-{max(stop - 1, 0)})"
+        where = f"{column}, rows {first + start}-{first + max(stop - 1, 0)})"
         try:
             out = f(x[start:stop])
         except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
@@ -499,7 +500,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
                 continue
-            raise FeaturizerError(f"{where} failed: {e!r}") from e
+            raise FeaturizerError(f"{where} failed: {e!r}{_nonfinite_input(x[start:stop], first + start)}") from e
         expected = (stop - start, *shape[1:])
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
             got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
@@ -509,9 +510,25 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     stored = devices.to_stored(torch.cat(outs) if len(outs) > 1 else outs[0], f.dtype)
     bad = devices.first_nonfinite_row(stored, f.dtype)
     if bad is not None:
-        beyond = "" if f.dtype == "float32" else f" (stored as {f.dtype}: a value beyond its range?)"
-        raise FeaturizerError(f"{column}) returned NaN or inf at row {bad}{beyond}; nothing of it was stored")
+        cause = _nonfinite_input(x[bad : bad + 1], first + bad)
+        beyond = "" if f.dtype == "float32" or cause else f" (stored as {f.dtype}: a value beyond its range?)"
+        raise FeaturizerError(f"{column}) returned NaN or inf at row {first + bad}{beyond}; nothing of it was "
+                              f"stored{cause}")
     return stored
+
+
+def _nonfinite_input(x, first: int) -> str:
+    """'; its input holds NaN or inf at row N ...' for the first such row of `x` (the column's
+    rows from `first` on), else ''. Only looked at once a featurizer has failed."""
+    import torch
+
+    if not x.is_floating_point() or not len(x):
+        return ""
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+    if bool(finite.all()):
+        return ""
+    row = first + int((~finite).nonzero()[0, 0])
+    return f"; its input holds NaN or inf at row {row} (fix or drop such rows, or leave the column out with --layers)"
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:

@@ -35,6 +35,13 @@ def _nan(x):
     return out
 
 
+@featstore.featurizer("test_refuses_nonfinite", version="1")
+def _refuses(x):
+    if not torch.isfinite(x).all():
+        raise ValueError("non-finite")
+    return x.mean(2)
+
+
 @featstore.featurizer("test_huge", version="1")
 def _huge(x):
     return x.mean(2) * 0 + 1e6  # fine in float32, inf in float16
@@ -91,6 +98,22 @@ def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
                                               r"tensor of shape \[256, 3\]"):
         featstore.build("sanity", ["test_wrong_shape"], store=store_dir)
     assert _entries(store_dir) == []
+
+
+def test_a_failure_caused_by_nan_or_inf_in_the_input_names_the_input_row(tmp_path, store_dir):
+    from conftest import saved_layers_dataset
+
+    saved_layers_dataset(tmp_path / "d", layers=2, rows=30, dim=8, inf_at=(1, 17))
+    where = r"on column 'layer_001' \(split train"
+    hint = r"; its input holds NaN or inf at row 17 \(fix or drop such rows, or leave the column out with --layers\)$"
+    with pytest.raises(FeaturizerError, match=where + r", rows 0-29\) failed: ValueError\('non-finite'\)" + hint):
+        featstore.build(str(tmp_path / "d"), ["test_refuses_nonfinite"], store=store_dir, device="cpu")
+    with pytest.raises(FeaturizerError, match=where + r".*" + hint):  # raises or returns NaN, by LAPACK path
+        featstore.build(str(tmp_path / "d"), ["svd:k=2"], store=store_dir, device="cpu")
+    with pytest.raises(FeaturizerError, match=where + r"\) returned NaN or inf at row 17; nothing of it was stored" + hint):
+        featstore.build(str(tmp_path / "d"), ["stats:dtype=float16"], store=store_dir, device="cpu")
+    with pytest.raises(FeaturizerError, match=r"returned NaN or inf at row 5; nothing of it was stored$"):
+        featstore.build(str(tmp_path / "d"), ["test_nan"], store=store_dir, device="cpu")  # finite input: no hint
 
 
 def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplog):

@@ -156,6 +156,20 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     assert again.reasons == {"input bytes changed": 1} and _CALLS == [110]
 
 
+def test_a_failure_in_appended_rows_names_the_rows_of_the_column(tmp_path, store_dir):
+    data = layers_of(1, rows=100)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    more = np.concatenate([data["layer_0"], np.ones((10, DIM, DIM), np.float32)])
+    more[104, 1, 2] = np.nan
+    save_layers(tmp_path / "d", {"layer_0": more})
+    with pytest.raises(featstore.FeaturizerError, match=r"stats on column 'layer_0' \(split train\) returned NaN or inf "
+                                                        r"at row 104; nothing of it was stored; its input holds NaN or "
+                                                        r"inf at row 104 "):
+        featstore.build(path, ["stats"], store=store_dir)
+    assert featstore.open(path, store=store_dir).load("layer_0", "stats").shape == (100, 4)  # the old entry stays
+
+
 def test_in_place_rewrite_of_the_same_size_is_detected(tmp_path, store_dir):
     data = layers_of(1)
     path = save_layers(tmp_path / "d", data)

@@ -268,7 +268,10 @@ class FeatureSet:
         if len(same_name) == 1:
             return same_name[0]
         hint = "ambiguous, pass one of" if same_name else "available"
-        raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}")
+        build = (f"; or build it: featstore build --dataset {self.dataset} --featurizer {canonical} "
+                 f"--store {self.store.location}") if canonical and not same_name else ""
+        raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}"
+                            f"{build}")
 
 
 def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str | None) -> tuple[str, ...]:

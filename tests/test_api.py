@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import datasets
@@ -134,8 +135,11 @@ def test_open_errors_list_what_exists(sanity_dir, store_dir):
     fs = featstore.open("sanity", store=store_dir)
     with pytest.raises(NotFoundError, match=r"no layer 'layer_009'.*layers: layer_001, layer_002"):
         fs.load("layer_009", "stats")
-    with pytest.raises(NotFoundError, match=r"no featurizer 'svd'.*available: stats"):
-        fs.load("layer_001", "svd")
+    with pytest.raises(NotFoundError, match=rf"no featurizer 'svd:k=16'.*available: stats; or build it: featstore build "
+                                            rf"--dataset sanity --featurizer svd --store {re.escape(store_dir)}$"):
+        fs.load("layer_001", "svd:k=16")
+    with pytest.raises(NotFoundError, match=r"no featurizer 'no_such'.*available: stats$"):  # nothing to build
+        fs.load("layer_001", "no_such")
     with pytest.raises(NotFoundError, match=r"no split 'validation'.*splits: test, train"):
         fs.load("layer_001", "stats", split="validation")
     with pytest.raises(NotFoundError, match=r"holds no features of '1k' \(it holds: sanity\); build them first: featstore build --dataset 1k"):

@@ -164,7 +164,7 @@ def ls(dataset, split, layer, featurizer, store, as_json):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     total = sum(r["nbytes"] for r in rows)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
-    click.echo(f"{len(rows)} entries, {_size(total)}", err=True)
+    click.echo(f"{_count(len(rows), 'entry')}, {_size(total)}", err=True)
 
 
 DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "
@@ -207,9 +207,10 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
         for s in shown:
             click.echo(f"{s.state:8} {s.split:6} {s.layer:12} {s.featurizer:14} {s.reason}".rstrip())
         counts, work = r.counts, r.work()
-        would = [f"compute {work['entries']} entries from {work['columns']} columns ({_size(work['input_bytes'])})"
+        columns = _count(work["columns"], "column")
+        would = [f"compute {_count(work['entries'], 'entry')} from {columns} ({_size(work['input_bytes'])})"
                  ] if work["entries"] else []
-        would += [f"reuse {work['reused']} entries the store holds"] if work["reused"] else []
+        would += [f"reuse {_count(work['reused'], 'entry')} the store holds"] if work["reused"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
     sys.exit(0 if all(r.fresh for r in reports) else 1)
@@ -238,7 +239,7 @@ def lock(dataset, featurizers, layers, output, store):
 
     LocalStorage(".").write_bytes(output, data)  # atomic: a reader never sees half a lockfile
     entries = sum(len(f) for layers_ in json.loads(data)["entries"].values() for f in layers_.values())
-    click.echo(f"wrote {output}: {entries} entries", err=True)
+    click.echo(f"wrote {output}: {_count(entries, 'entry')}", err=True)
 
 
 @main.command()
@@ -265,7 +266,7 @@ def verify(sample, recompute, repair, seed, store, as_json):
         for key, problem in sorted(report.mismatched.items()):
             click.echo(f"mismatch {key}  {problem}")
         rate = report.bytes_read / report.seconds / 1e9 if report.seconds else 0.0
-        click.echo(f"checked {report.checked} entries ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
+        click.echo(f"checked {_count(report.checked, 'entry')} ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
                    f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
                    f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
                    + (f", {len(report.skipped)} not recomputable (stale or unloadable)" if report.skipped else ""))
@@ -295,7 +296,7 @@ def gc(dry_run, max_size, keep_days, store, as_json):
     verb = "would remove" if dry_run else "removed"
     for key, size, why in report.removed:
         click.echo(f"{verb} {key}  {_size(size)}  {why}")
-    click.echo(f"{verb} {len(report.removed)} entries, freeing {_size(report.freed)} of {_size(report.size_before)}"
+    click.echo(f"{verb} {_count(len(report.removed), 'entry')}, freeing {_size(report.freed)} of {_size(report.size_before)}"
                f"; kept {report.held} leased by open readers; {len(report.leftovers)} leftovers of crashed builds, "
                f"{len(report.stale_leases)} stale leases")
 
@@ -365,6 +366,11 @@ def datasets_make(name, out):
         raise DatasetError(f"unknown preset {name!r}; presets: {', '.join(presets.PRESETS)}")
     path = presets.make(name, out or presets.default_dir(name), progress=True)
     click.echo(f"{presets.get(name).name}: {presets.get(name).description} saved to {path}")
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 entry', '2 entries', '1 column', '3 columns'."""
+    return f"{n} {noun if n == 1 else noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
 def _size(n: float) -> str:

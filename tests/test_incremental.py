@@ -74,7 +74,7 @@ def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, 
     assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 1}
     shown = CliRunner().invoke(main, ["status", "-d", path, "--store", store_dir])
     assert shown.exit_code == 1
-    assert shown.output.splitlines()[-1].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entries the store holds")
+    assert shown.output.splitlines()[-1].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entry the store holds")
     assert featstore.build(path, ["stats"], store=store_dir).computed == 0
     assert featstore.status(path, store=store_dir).fresh
 

@@ -237,8 +237,9 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     workers = min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
+    writing_at_once = WRITERS or workers
     with ThreadPoolExecutor(workers, "featstore-read") as readers, \
-            ThreadPoolExecutor(WRITERS or workers, "featstore-write") as writers, \
+            ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
         prepared: deque = deque()
         upcoming = iter(build_plan.units)
@@ -263,7 +264,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             # Small entries are bound by per-entry costs (fsync, rename), so several are written at
             # once; waiting ones are capped in count and bytes.
             with writing:
-                while len(writes) >= 2 * workers or (writes and sum(o.nbytes for _, o in writes) > PENDING_BYTES):
+                while len(writes) >= 2 * writing_at_once or (writes and sum(o.nbytes for _, o in writes) > PENDING_BYTES):
                     report.bytes_written += writes.popleft()[0].result()
                 writes.append((writers.submit(_write_entry, store, info, out, report), out))
 

@@ -415,9 +415,10 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     if ready.missing:
         if set(ready.appends) == ready.missing:
             ready.offset = min(old.shape[0] for old in ready.appends.values())
+        target = devices.resolve(device)  # the first call imports torch: not part of reading
         with _timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
-            ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), devices.resolve(device))
+            ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), target)
     if parts is not None:
         split.release(parts)
     return ready

@@ -521,15 +521,19 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
 
 def _nonfinite_input(x, first: int) -> str:
     """'; its input holds NaN or inf at row N ...' for the first such row of `x` (the column's
-    rows from `first` on), else ''. Only looked at once a featurizer has failed."""
+    rows from `first` on), else ''. Only looked at once a featurizer has failed, and never in the
+    way of that failure's own error (a GPU that failed may fail again)."""
     import torch
 
     if not x.is_floating_point() or not len(x):
         return ""
-    finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
-    if bool(finite.all()):
+    try:
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+        if bool(finite.all()):
+            return ""
+        row = first + int((~finite).nonzero()[0, 0])
+    except Exception:  # noqa: BLE001 (a hint only: the failure being reported must stay the error)
         return ""
-    row = first + int((~finite).nonzero()[0, 0])
     return f"; its input holds NaN or inf at row {row} (fix or drop such rows, or leave the column out with --layers)"
 
 

@@ -370,7 +370,8 @@ def datasets_make(name, out):
 
 def _count(n: int, noun: str) -> str:
     """'1 entry', '2 entries', '1 column', '3 columns'."""
-    return f"{n} {noun if n == 1 else noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
 
 
 def _size(n: float) -> str:

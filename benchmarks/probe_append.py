@@ -20,10 +20,14 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from bench_incremental import FEATURIZERS, append_rows  # benchmarks/ is on sys.path: the script's folder
+from bench_incremental import (  # benchmarks/ is on sys.path: the script's folder
+    FEATURIZERS,
+    append_rows,
+    copy_of_1k,
+)
 
 import featstore
-from featstore import builder, presets
+from featstore import builder
 from featstore.store import Store
 
 EVENTS: list[tuple[str, str, float, float]] = []  # (thread, phase, start, end)
@@ -106,11 +110,7 @@ def main() -> None:
     Store.write_entry = _span(Store.write_entry, "write_entry")
     out: list[str] = [f"probe_append: 1k, {os.cpu_count()} cores, featurizers {FEATURIZERS}"]
     with tempfile.TemporaryDirectory() as tmp:
-        data, store = Path(tmp) / "1k", f"{tmp}/store"
-        source = presets.default_dir("1k")
-        if not (source / "dataset_dict.json").exists():
-            presets.make("1k", source)
-        shutil.copytree(source, data)
+        data, store = copy_of_1k(Path(tmp)), f"{tmp}/store"
         EVENTS.clear()
         t0 = time.perf_counter()
         featstore.build(str(data), FEATURIZERS, store=store, device="cpu")

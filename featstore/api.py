@@ -49,7 +49,8 @@ def build(
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
     `dataset` is anything `--dataset` accepts, or a `datasets.Dataset` / `DatasetDict`.
-    `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names; `dtype` is
+    `featurizers` are specs like `"svd:k=32"`; `layers` are globs over column names; `device` is
+    auto, cpu, cuda, cuda:N (or a `torch.device` of those); `dtype` is
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
     `workers` (a local Dask cluster of that many processes) or `scheduler` (a Dask scheduler's
@@ -58,7 +59,8 @@ def build(
     """
     bound = tuple({b.spec: b for b in (parse_spec(s, dtype) for s in names(featurizers))}.values())
     location = store or default_store()
-    devices = _devices(names(devices), check_device(device), workers, scheduler)
+    device = check_device(device)
+    devices = _devices(names(devices), device, workers, scheduler)
     if workers or scheduler or devices:
         if not isinstance(dataset, (str, os.PathLike)):
             raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")

@@ -19,12 +19,15 @@ from featstore.errors import FeatstoreError
 _NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def check_device(device: str) -> str:
-    """`device` if a build can run on it by name (auto, cpu, cuda, cuda:N), checked without
-    importing torch: a typo fails at once, even in a build that has nothing to compute."""
-    if not isinstance(device, str) or not _NAMES.fullmatch(device):
+def check_device(device) -> str:
+    """The name of `device` (a string or a `torch.device`) if a build can run on it: auto, cpu,
+    cuda, cuda:N. Checked without importing torch: a typo fails at once, even in a build that has
+    nothing to compute."""
+    torch = sys.modules.get("torch")  # a torch.device comes from an imported torch
+    name = str(device) if torch is not None and isinstance(device, torch.device) else device
+    if not isinstance(name, str) or not _NAMES.fullmatch(name):
         raise FeatstoreError(f"device {device!r} is not usable here: a build runs on auto, cpu, cuda or cuda:N")
-    return device
+    return name
 
 
 @functools.cache

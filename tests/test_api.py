@@ -70,6 +70,14 @@ def test_one_string_is_one_spec_or_glob_not_its_letters(sanity_dir, store_dir):
     assert list(features) == [("layer_000", "svd:k=4")]
 
 
+def test_a_build_takes_a_torch_device_and_refuses_other_objects(sanity_dir, store_dir):
+    report = featstore.build("sanity", ["stats"], layers="layer_000", store=store_dir, device=torch.device("cpu"))
+    assert report.device == "cpu" and report.computed == 2
+    for bad in (None, 0, torch.device("meta")):
+        with pytest.raises(featstore.FeatstoreError, match=r"is not usable here: a build runs on auto, cpu, cuda or cuda:N"):
+            featstore.build("sanity", ["stats"], store=store_dir, device=bad)
+
+
 def test_a_bare_name_without_its_defaults_is_ambiguous(sanity_dir, store_dir):
     featstore.build("sanity", ["svd:k=4", "svd:k=8"], layers=["layer_000"], store=store_dir)
     fs = featstore.open("sanity", store=store_dir)

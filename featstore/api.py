@@ -281,6 +281,7 @@ def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str
     GPU for `device="cuda"` when there are several (and no other cluster was asked for); else ()."""
     from featstore import device as devs
 
+    devices = tuple(map(check_device, devices))
     if devices and (workers or scheduler):
         raise FeatstoreError("give --devices, or --workers / --scheduler, not both")
     if not devices and device == "cuda" and not (workers or scheduler):
@@ -294,7 +295,7 @@ def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str
             devices = ()
     if len(set(devices)) < len(devices) and not all(d == "cpu" for d in devices):
         raise FeatstoreError(f"--devices names a device twice: {','.join(devices)}")
-    return tuple(devs.resolve(check_device(d)) for d in devices)
+    return tuple(devs.resolve(d) for d in devices)
 
 
 def _map(fn, items, rows: list[CatalogRow]) -> list:

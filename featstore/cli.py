@@ -159,9 +159,7 @@ def ls(dataset, split, layer, featurizer, store, as_json):
          r["dtype"], _size(r["nbytes"]), r["key"][:12], r["created"].replace("+00:00", "Z"))
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(table)
     total = sum(r["nbytes"] for r in rows)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
     click.echo(f"{_count(len(rows), 'entry')}, {_size(total)}", err=True)
@@ -203,9 +201,8 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=1))
     for r in reports if not as_json else []:
-        shown = [s for s in r.slots if show_all or s.state != "fresh"]
-        for s in shown:
-            click.echo(f"{s.state:8} {s.split:6} {s.layer:12} {s.featurizer:14} {s.reason}".rstrip())
+        _print_table([(s.state, s.split, s.layer, s.featurizer, s.reason)
+                      for s in r.slots if show_all or s.state != "fresh"])
         counts, work = r.counts, r.work()
         columns = _count(work["columns"], "column")
         would = [f"compute {_count(work['entries'], 'entry')} from {columns} ({_size(work['input_bytes'])})"
@@ -366,6 +363,13 @@ def datasets_make(name, out):
         raise DatasetError(f"unknown preset {name!r}; presets: {', '.join(presets.PRESETS)}")
     path = presets.make(name, out or presets.default_dir(name), progress=True)
     click.echo(f"{presets.get(name).name}: {presets.get(name).description} saved to {path}")
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as left-aligned columns, each as wide as its widest cell."""
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _count(n: int, noun: str) -> str:

@@ -254,13 +254,18 @@ def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
 
 
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):
-    path = save_layers(tmp_path / "d", layers_of(2))
+    data = layers_of(2)
+    data["model.layers.0.self_attn.q_proj"] = data.pop("layer_1")  # a long name keeps the columns aligned
+    path = save_layers(tmp_path / "d", data)
     assert _cli("build", "-d", path, "-f", "stats", "--store", store_dir, "--no-progress").returncode == 0
     fresh = _cli("status", "-d", path, "--store", store_dir)
     assert fresh.returncode == 0 and "2 fresh, 0 stale, 0 missing" in fresh.stdout
     missing = _cli("status", "-d", path, "-f", "stats", "-f", "norms", "--store", store_dir)
     assert missing.returncode == 1
-    assert "missing  train  layer_0      norms          not built" in missing.stdout
+    assert missing.stdout.splitlines()[:2] == [
+        "missing  train  layer_0                          norms  not built",
+        "missing  train  model.layers.0.self_attn.q_proj  norms  not built",
+    ]
     assert "2 fresh, 0 stale, 2 missing; a build would compute 2 entries from 2 columns" in missing.stdout
     error = _cli("status", "-d", str(tmp_path / "nowhere"), "--store", store_dir)
     assert error.returncode == 2 and "nowhere" in error.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featstore
-from featstore import FeaturizerError, NotFoundError
+from featstore import FeaturizerError, NotFoundError, SpecError
 from featstore.featurizers import parse_spec
 
 
@@ -114,6 +114,20 @@ def test_a_failure_caused_by_nan_or_inf_in_the_input_names_the_input_row(tmp_pat
         featstore.build(str(tmp_path / "d"), ["stats:dtype=float16"], store=store_dir, device="cpu")
     with pytest.raises(FeaturizerError, match=r"returned NaN or inf at row 5; nothing of it was stored$"):
         featstore.build(str(tmp_path / "d"), ["test_nan"], store=store_dir, device="cpu")  # finite input: no hint
+
+
+def test_a_matrix_featurizer_on_a_vector_column_says_how_to_leave_it_out(tmp_path, store_dir):
+    import datasets
+    import numpy as np
+
+    matrices = np.ones((4, 3, 3), np.float32)
+    datasets.Dataset.from_dict({"layer_0": matrices, "bias": [[1.0, 2.0]] * 4}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(SpecError, match=r"^featurizer svd cannot use column 'bias' \(split train\): svd needs 2-D "
+                       r"values .* shape \(2,\) \(pick the matrix columns with --layers, or use raw, stats or randproj"):
+        featstore.build(str(tmp_path / "d"), ["stats", "svd"], store=store_dir)
+    assert not os.path.exists(store_dir)  # refused before anything was computed
+    report = featstore.build(str(tmp_path / "d"), ["stats", "svd"], layers=["layer_*"], store=store_dir)
+    assert sorted((e.layer, e.featurizer) for e in report.entries) == [("layer_0", "stats"), ("layer_0", "svd")]
 
 
 def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplog):

@@ -41,7 +41,8 @@ def stats(x):
 def matrix_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
     """`shape` if it is a matrix's, else the error every matrix featurizer gives."""
     if len(shape) != 2:
-        raise SpecError(f"{name} needs 2-D values (a matrix per row); this column has values of shape {shape}")
+        raise SpecError(f"{name} needs 2-D values (a matrix per row); this column has values of shape {shape} "
+                        "(pick the matrix columns with --layers, or use raw, stats or randproj, which take any shape)")
     return shape
 
 

@@ -6,7 +6,7 @@ changes. `execute` streams the (split, layer) columns through threads that hash 
 straight from its Arrow buffers and, only if the store lacks one of its entries, copy it out
 (pinned for a GPU); the missing entries are computed (on a GPU by the main thread; on the CPU by
 compute lanes, a column per core); writer threads publish them, each atomically; the dataset's
-catalog is written last. A few columns are in flight at a time, so memory stays bounded by a few
+catalog is written last, with the columns that finished even when a later one fails. A few columns are in flight at a time, so memory stays bounded by a few
 columns: memory-mapped pages are released every 64 MB of columns read (sources.RELEASE_BYTES).
 """
 
@@ -183,8 +183,14 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
     trusted only while every one matches; `rehash` ignores the cache."""
     started = time.perf_counter()
+    report = BuildReport(build_plan.source.name, store.location, device)  # resolved once something is computed
     with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT), devices.restore_threads():  # no gc meanwhile
-        report = _execute(build_plan, store, device, progress, rehash)
+        try:
+            _execute(build_plan, store, device, progress, rehash, report)
+        except BaseException:  # a failure, Ctrl-C: catalogue what finished, so that gc keeps it
+            if commit:
+                commit_finished(build_plan, store, report)
+            raise
         if commit:
             commit_catalog(build_plan, store, report)
     report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
@@ -217,11 +223,13 @@ def column_digest(split, layer: str) -> str:
         split.release(parts)
 
 
-def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, rehash: bool) -> BuildReport:
+def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, rehash: bool,
+             report: BuildReport) -> None:
+    """Fill `report` as columns finish: its rows are those of every column done, even when a
+    later one fails."""
     from tqdm.auto import tqdm
 
     source = build_plan.source
-    report = BuildReport(source.name, store.location, device)  # resolved once something is computed
     report.seconds["plan"] = build_plan.seconds
     # the files' stats, taken before any column is read
     report.cache = build_plan.cache if build_plan.cache is not None else cached_digests(store, source, rehash)
@@ -229,8 +237,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     previous = store.read_catalog(source.name)
     before = {r.slot: r for r in previous.rows} if previous else {}
     created = {r.key: r.created for r in previous.rows} if previous else {}
-    rows: list[CatalogRow] = []
-    seen: dict[tuple[str, str], str] = {}  # (split, layer) -> input digest
+    rows, seen = report.rows, report.seen  # seen: (split, layer) -> input digest
     # Hashing and copying run mostly outside the GIL (xxhash, page faults, memcpy): a thread per
     # core, but no more than 4, since every reader also needs the GIL that the compute thread uses
     # to launch kernels; 4 keep well ahead of an H100 (benchmarks/bench_gpu_build.py).
@@ -319,8 +326,6 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         while writes:
             report.bytes_written += writes.popleft()[0].result()
     bar.close()
-    report.rows, report.seen = rows, seen
-    return report
 
 
 def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
@@ -360,6 +365,19 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         merged = latest.merged(catalog) if latest else catalog
         if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
             store.write_catalog(merged)
+
+
+def commit_finished(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
+    """Catalogue the columns a failed build finished whose entries are all published (a write
+    may have failed): `ls` and `open` see them and gc keeps them. Never raises: the build's own
+    error is the one to report."""
+    try:
+        report.rows[:] = [r for r in report.rows if store.has_entry(r.key)]
+        if report.rows:
+            commit_catalog(build_plan, store, report)
+    except Exception as e:  # noqa: BLE001 (the disk may be full: the build's error says so)
+        log.warning("could not catalogue the %d entries the build finished (%s); the next build reuses them, "
+                    "unless a gc runs before it", len(report.rows), e)
 
 
 def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import time
+from contextlib import nullcontext, suppress
 from typing import Any
 
 from featstore import builder
@@ -91,9 +92,9 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     # One task at a time per worker; a device's worker gets its share of the cores for the build's
     # reader and writer threads (Dask would set OMP_NUM_THREADS, which cpu_count honours, to 1).
     cores = {"OMP_NUM_THREADS": str(max(1, devs.cpu_count() // len(devices)))} if devices else {}
-    cluster = None if scheduler else LocalCluster(n_workers=len(devices) or workers, threads_per_worker=1,
-                                                  processes=True, dashboard_address=":0", env=cores)
-    with Client(scheduler or cluster) as client:
+    cluster = nullcontext() if scheduler else LocalCluster(n_workers=len(devices) or workers, threads_per_worker=1,
+                                                           processes=True, dashboard_address=":0", env=cores)
+    with cluster, Client(scheduler or cluster) as client:  # the cluster closes on failure too
         if devices:
             addresses = sorted(client.scheduler_info()["workers"])
             for address, assigned in zip(addresses, devices):
@@ -108,21 +109,30 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
             from dask.distributed import progress as show
 
             show(futures)
-        parts = client.gather(futures)
+        try:
+            parts = client.gather(futures)
+        except BaseException:  # a failed task, Ctrl-C: catalogue the tasks that finished, so that gc keeps them
+            with suppress(Exception):  # what they returned, while the client can fetch it
+                _add(report, [f.result() for f in futures if f.status == "finished"])
+            builder.commit_finished(build_plan, store, report)
+            raise
         report.worker_peak_rss = client.run(_peak_rss)
-        used = sorted({part.device for part in parts if part.computed})
-        report.device = ",".join(used) or report.device
-        for part in parts:
-            report.entries += part.entries
-            report.rows += part.rows
-            report.seen.update(part.seen)
-            report.bytes_written += part.bytes_written
-            for phase, seconds in part.seconds.items():
-                if phase != "total":
-                    report.seconds[phase] += seconds
-    if cluster is not None:
-        cluster.close()
+        _add(report, parts)
     builder.commit_catalog(build_plan, store, report)
     report.seconds["plan"] = build_plan.seconds
     report.seconds["total"] = time.perf_counter() - started
     return report
+
+
+def _add(report: builder.BuildReport, parts: list[builder.BuildReport]) -> None:
+    """Sum the tasks' reports into the build's."""
+    used = sorted({part.device for part in parts if part.computed})
+    report.device = ",".join(used) or report.device
+    for part in parts:
+        report.entries += part.entries
+        report.rows += part.rows
+        report.seen.update(part.seen)
+        report.bytes_written += part.bytes_written
+        for phase, seconds in part.seconds.items():
+            if phase != "total":
+                report.seconds[phase] += seconds

@@ -61,7 +61,7 @@ class StatusReport:
 
     def work(self) -> dict[str, int]:
         """What a build would do: entries to compute, the columns they need and their bytes, and
-        entries it would only catalogue (`reused`: the store holds them, e.g. from an interrupted
+        entries it would only catalogue (`reused`: the store holds them, e.g. from a killed
         build or another dataset sharing the layer)."""
         todo = [s for s in self.slots if s.state != "fresh"]
         compute = [s for s in todo if not s.stored]

@@ -284,7 +284,9 @@ def _io_errors(path: Path):
     except StoreError:
         raise
     except OSError as e:
-        raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+        hint = {errno.ENOSPC: "; free some space and run it again: a build computes only what the store lacks",
+                errno.EACCES: "; use a store you can write to (--store, FEATSTORE_STORE)"}.get(e.errno, "")
+        raise StoreError(f"cannot write {path}: {e.strerror or e}{hint}") from e
 
 
 class FsspecStorage(Storage):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featstore
-from featstore import FeaturizerError, NotFoundError, SpecError
+from featstore import FeaturizerError, SpecError
 from featstore.featurizers import parse_spec
 
 
@@ -74,16 +74,21 @@ def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store
     identity = parse_spec("test_fails_on_layer_3").identity
     key = {(s, layer): entry_key(column_digest(split, layer), identity)
            for s, split in source.splits.items() for layer in source.layers}
-    stored = set(_entries(store_dir))
-    # Layers 0-2 in both splits; nothing of the failed column; beyond it, whatever the CPU build's
-    # other lanes finished meanwhile (one per core); every entry there complete.
-    assert {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(3)} <= stored
+    # The columns finished before the failure are catalogued (with the labels): loadable, and gc keeps them.
+    fs = featstore.open("sanity", store=store_dir)
+    fs.close()
+    finished = {key[s, f"layer_00{i}"] for s in ("train", "test") for i in range(3)}
+    assert {r.key for r in fs.catalog.rows} == finished
+    labels = {s.labels for s in fs.catalog.splits.values()}
+    stored = set(_entries(store_dir)) - labels
+    # Nothing of the failed column; beyond it, whatever the CPU build's other lanes finished
+    # meanwhile (one per core), uncatalogued; every entry complete.
     assert key["train", "layer_003"] not in stored
-    assert stored <= set(key.values())
+    assert finished <= stored <= set(key.values())
     store = Store.open(store_dir)
     assert all(store.check_entry(k)[0] is None for k in stored)  # every chunk matches its digest
-    with pytest.raises(NotFoundError):
-        featstore.open("sanity", store=store_dir)  # the catalog is only written by a finished build
+    featstore.gc(store_dir)
+    assert set(_entries(store_dir)) == finished | labels
 
 
 def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):

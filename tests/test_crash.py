@@ -73,16 +73,22 @@ def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
-    while len(_entry_keys(store_dir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(_entry_keys(store_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, stderr
-    assert "Interrupted. A build keeps the entries it finished" in stderr and "Traceback" not in stderr
+    assert "Interrupted. A build keeps and catalogues the columns it finished" in stderr and "Traceback" not in stderr
     kept = _entry_keys(store_dir)
-    assert 2 <= len(kept) < 16 and Store.open(store_dir).read_catalog(os.path.realpath(data)) is None
+    assert 3 <= len(kept) < 8
+    # The finished columns are catalogued (an entry still in a lane when the signal came may not
+    # be): gc keeps them, and the next build reuses them.
+    catalogued = {r.key for r in Store.open(store_dir).read_catalog(os.path.realpath(data)).rows}
+    assert 1 <= len(catalogued) and catalogued <= set(kept)
+    assert subprocess.run([sys.executable, "-m", "featstore.cli", "gc", "--store", store_dir], check=False).returncode == 0
+    assert set(_entry_keys(store_dir)) == catalogued
     again = subprocess.run([*command, "--json"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=300, check=False)
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
-    assert (report["reused"], report["computed"]) == (len(kept), 8 - len(kept))
+    assert (report["reused"], report["computed"]) == (len(catalogued), 8 - len(catalogued))

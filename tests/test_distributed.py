@@ -97,19 +97,24 @@ def test_one_worker_per_device_equals_one_process(sanity_dir, tmp_path):
         assert (b.load(row.layer, row.featurizer, row.split) == a.load(row.layer, row.featurizer, row.split)).all()
 
 
-def test_a_failing_device_worker_publishes_nothing_partial(tmp_path):
+def test_a_failing_device_worker_publishes_nothing_partial_and_keeps_what_finished(tmp_path):
     from conftest import saved_layers_dataset
 
     from featstore.errors import FeaturizerError
 
-    saved_layers_dataset(tmp_path / "bad", layers=4, rows=64, dim=8, inf_at=(2, 7))
+    saved_layers_dataset(tmp_path / "bad", layers=4, rows=64, dim=8, inf_at=(3, 7))
     store = str(tmp_path / "store")
-    with pytest.raises(FeaturizerError, match=r"stats on column 'layer_002'.*row 7"):
+    with pytest.raises(FeaturizerError, match=r"stats on column 'layer_003'.*row 7"):
         featstore.build(str(tmp_path / "bad"), ["stats"], store=store, devices=["cpu", "cpu"])
     st = Store.open(store)
-    assert st.read_catalog(str(tmp_path / "bad")) is None  # nothing catalogued
     assert featstore.verify(store).ok  # what the other worker published is whole
     assert len(st.entry_keys()) <= 3
+    # One task per layer, started in order on two workers: the failing layer's worker had
+    # finished another before it. What finished is catalogued, so gc keeps it.
+    catalogued = {r.layer: r.key for r in st.read_catalog(str(tmp_path / "bad")).rows}
+    assert catalogued and set(catalogued) <= {"layer_000", "layer_001", "layer_002"}
+    featstore.gc(store)
+    assert set(catalogued.values()) <= set(st.entry_keys())
 
 
 def test_devices_are_checked_before_anything_starts(sanity_dir, tmp_path):

@@ -146,7 +146,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
     `cache` is `cached_digests(store, source)`, taken before any column is read: a column whose
     split's files it vouches for is not read again (a build checked it), and `execute` keeps it,
     so that what the build learns is cached with the files' stats from before it read them."""
-    checked = _known_layouts(cache)
+    checked = known_layouts(cache)
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
     started = time.perf_counter()
@@ -207,7 +207,7 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False) ->
     return cached, stats, trusted
 
 
-def _known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
+def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
     """{(split, column): layout} that a build checked in files unchanged since (see `plan`)."""
     cached, _, trusted = cache or ({}, {}, {})
     return {(name, column): ColumnLayout(rows, tuple(shape), np.dtype(dtype))

@@ -79,6 +79,25 @@ def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, 
     assert featstore.status(path, store=store_dir).fresh
 
 
+def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir, monkeypatch):
+    from featstore import sources
+
+    data = layers_of(2)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    read = []
+    real = sources.column_parts
+    monkeypatch.setattr(sources, "column_parts", lambda ds, name: read.append(name) or real(ds, name))
+    report = featstore.status(path, ["stats", "norms"], store=store_dir)
+    assert read == []  # not even the list offsets (seconds for 1k from a cold page cache)
+    assert report.work() == {"entries": 2, "columns": 2, "input_bytes": 2 * data["layer_0"].nbytes, "reused": 0}
+    data["layer_1"][0, 0, 0] += 1.0
+    save_layers(tmp_path / "d", data)
+    assert [(s.layer, s.reason) for s in featstore.status(path, store=store_dir).slots if s.state != "fresh"] == [
+        ("layer_1", "input bytes changed")]
+    assert sorted(set(read)) == ["layer_0", "layer_1"]  # the files changed: hashed again
+
+
 def test_an_added_layer_builds_only_itself(tmp_path, store_dir):
     data = layers_of(3)
     path = save_layers(tmp_path / "d", data)

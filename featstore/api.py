@@ -387,4 +387,6 @@ def gc(store: str | None = None, *, dry_run: bool = False, max_size: int | None 
     """Remove unreferenced, then least recently used entries (see `featstore gc`); a `garbage.GcReport`."""
     from featstore import garbage
 
+    if max_size is not None and not max_size >= 0 or not keep_days >= 0:
+        raise ValueError(f"gc needs max_size >= 0 (bytes) and keep_days >= 0, got {max_size!r} and {keep_days!r}")
     return garbage.gc(Store.open(store or default_store()), dry_run, max_size, keep_days)

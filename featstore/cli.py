@@ -275,7 +275,7 @@ def verify(sample, recompute, repair, seed, store, as_json):
 @click.option("--max-size", default=None, metavar="SIZE",
               help="After unreferenced entries, remove least recently used ones until entries fit in SIZE "
                    "(e.g. 500MB, 20GB).")
-@click.option("--keep", "keep_days", default=0.0, type=float, metavar="DAYS", show_default=True,
+@click.option("--keep", "keep_days", default=0.0, type=click.FloatRange(min=0), metavar="DAYS", show_default=True,
               help="Never remove entries built or loaded in the last DAYS days.")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -391,9 +391,13 @@ def _parse_size(text: str) -> int:
     number = text.strip().upper().rstrip("BKMGTI") or "x"
     unit = text.strip().upper()[len(number):]
     try:
-        return int(float(number) * units[unit])
+        size = float(number) * units[unit]
+        if not 0 <= size < float("inf"):  # '-1GB' would have removed every entry
+            raise ValueError(size)
+        return int(size)
     except (ValueError, KeyError):
-        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500MB, 20GB, 1.5TiB", param_hint="--max-size") from None
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500MB, 20GB, 1.5TiB (0 removes every "
+                                 "entry not leased or kept)", param_hint="--max-size") from None
 
 
 def _short_dataset(name: str, limit: int = 40) -> str:

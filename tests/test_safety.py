@@ -232,8 +232,13 @@ def test_gc_size_budget_removes_least_recently_used_first(tmp_path, small):
     report = featstore.gc(store_dir, max_size=total - raw_size)
     assert {k for k, _, _ in report.removed} == raw_keys and set(store.entry_keys()) == stats_keys
     assert featstore.gc(store_dir, max_size=0, keep_days=1).removed == []  # all used within a day
-    listing = _cli("gc", "--max-size", "lots", "--store", store_dir)
-    assert listing.returncode == 2 and "not a size" in listing.stderr
+    for bad in ("lots", "-1GB", "-0.5", "infGB", "nan"):  # a negative budget would remove every entry
+        listing = _cli("gc", "--max-size", bad, "--store", store_dir)
+        assert listing.returncode == 2 and f"'{bad}' is not a size" in listing.stderr, bad
+    assert _cli("gc", "--keep", "-1", "--store", store_dir).returncode == 2
+    with pytest.raises(ValueError, match="max_size >= 0"):
+        featstore.gc(store_dir, max_size=-1)
+    assert set(store.entry_keys()) == stats_keys
 
 
 def test_a_killed_build_never_leaves_the_store_locked(tmp_path, small):

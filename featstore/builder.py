@@ -96,7 +96,7 @@ class EntryResult:
     featurizer: str
     key: str
     status: str  # "computed" | "reused"
-    reason: str = ""  # why it was computed: why_stale, "new", "entry missing"
+    reason: str = ""  # why it was computed: why_stale, "new", "removed from the store" (by gc or verify --repair)
 
 
 @dataclass
@@ -472,7 +472,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             if tensor is None:
                 tensor = ready.host.to(report.device, non_blocking=True)
             old = before.get((unit.split, unit.layer, f.spec))
-            reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "entry missing"
+            reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "removed from the store"
             extended = ready.appends.get(f.spec)
             start = extended.shape[0] if extended else 0  # rows already computed
             with _timed(report, "compute"):

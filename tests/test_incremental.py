@@ -98,6 +98,16 @@ def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir
     assert sorted(set(read)) == ["layer_0", "layer_1"]  # the files changed: hashed again
 
 
+def test_an_entry_gc_removed_is_reported_and_rebuilt(tmp_path, store_dir):
+    path = save_layers(tmp_path / "d", layers_of(2))
+    featstore.build(path, ["stats"], store=store_dir)
+    featstore.gc(store_dir, max_size=0)  # evicts even catalogued entries
+    assert {(s.layer, s.state, s.reason) for s in featstore.status(path, store=store_dir).slots} == {
+        (f"layer_{i}", "missing", "entry removed (by gc or verify --repair)") for i in range(2)}
+    assert featstore.build(path, ["stats"], store=store_dir).reasons == {"removed from the store": 2}
+    assert featstore.status(path, store=store_dir).fresh
+
+
 def test_an_added_layer_builds_only_itself(tmp_path, store_dir):
     data = layers_of(3)
     path = save_layers(tmp_path / "d", data)

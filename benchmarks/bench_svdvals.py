@@ -10,6 +10,8 @@ float64 NumPy. Times are medians over the batches (after one warm-up). Prints on
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import platform
 import statistics
 import time
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from featstore import presets
-from featstore.svdvals import _jacobi_then_gram, gram_svdvals, jacobi_svdvals, singular_values
+from featstore.svdvals import _cpu_svdvals, _jacobi_then_gram, gram_svdvals, jacobi_svdvals, singular_values
 
 
 def lora_batch(rows: int, dim: int, layer: int) -> np.ndarray:
@@ -38,6 +40,13 @@ def torch_qr_then_kernel(x):
 
 
 def routes(device: str) -> dict:
+    if not device.startswith("cuda"):  # the library routes and ours; the Jacobi is a GPU kernel
+        return {
+            "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
+            "gram float64 + eigvalsh": gram_svdvals,
+            "featstore singular_values": singular_values,
+            "svdvals split over the cores (before)": functools.partial(_cpu_svdvals, route=torch.linalg.svdvals),
+        }
     out = {
         "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
         "gram float64 + eigvalsh": gram_svdvals,
@@ -68,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
     title = (f"bench_svdvals on {args.device} ({name}), torch {torch.__version__}, ({args.rows}, d, d) "
              f"rank-4 + noise batches, {args.batches} per d")
     lines = [title,

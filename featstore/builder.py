@@ -295,7 +295,9 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                 failed = [i for i, built in enumerate(computing) if built.done() and built.exception()]
                 if failed:
                     wait(list(computing)[: failed[0]])
-                    next(built for built in computing if built.exception()).result()
+                    while not computing[0].exception():  # the columns before it: done, catalogued
+                        finish(computing.popleft())
+                    computing[0].result()
                 running = [built for built in computing if not built.done()]
                 if len(running) < running_limit:
                     return

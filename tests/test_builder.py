@@ -301,3 +301,21 @@ def test_lanes_report_the_first_failure_in_build_order(sanity_dir, store_dir, mo
     with pytest.raises(FeaturizerError, match=r"column 'layer_000' \(split train, rows 0-255\) failed: "
                                               r"ValueError\('boom on 256 rows'\)"):
         featstore.build("sanity", ["test_fails_slowly_on_train"], store=store_dir, device="cpu")
+
+
+@featstore.featurizer("test_slow_on_train_fails_on_test", version="1", output_shape=lambda shape: shape[:1])
+def _slow_on_train_fails_on_test(x):
+    if len(x) == 64:  # the sanity preset's test split
+        raise ValueError("boom")
+    time.sleep(0.3)
+    return x.mean(2)
+
+
+def test_columns_before_a_failure_still_computing_when_it_came_are_catalogued(sanity_dir, store_dir, monkeypatch):
+    """layer_000's test split fails while its train split, first in the build, still computes in
+    another lane: the build waits for it and catalogues it (seen on 16 cores)."""
+    monkeypatch.setattr("featstore.device.cpu_count", lambda: 3)
+    with pytest.raises(FeaturizerError, match=r"column 'layer_000' \(split test, rows 0-63\) failed"):
+        featstore.build("sanity", ["test_slow_on_train_fails_on_test"], store=store_dir, device="cpu")
+    with featstore.open("sanity", store=store_dir) as fs:
+        assert [(r.split, r.layer) for r in fs.catalog.rows] == [("train", "layer_000")]

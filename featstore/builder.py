@@ -6,8 +6,9 @@ changes. `execute` streams the (split, layer) columns through threads that hash 
 straight from its Arrow buffers and, only if the store lacks one of its entries, copy it out
 (pinned for a GPU); the missing entries are computed (on a GPU by the main thread; on the CPU by
 compute lanes, a column per core); writer threads publish them, each atomically; the dataset's
-catalog is written last, with the columns that finished even when a later one fails. A few columns are in flight at a time, so memory stays bounded by a few
-columns: memory-mapped pages are released every 64 MB of columns read (sources.RELEASE_BYTES).
+catalog is written last, with the columns that finished even when a later one fails. A few
+columns are in flight at a time, so memory stays bounded by a few columns: memory-mapped pages
+are released every 64 MB of columns read (sources.RELEASE_BYTES).
 """
 
 from __future__ import annotations

@@ -131,9 +131,13 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
 @click.option("--featurizer", "-f", default=None, metavar="NAME", help="Only this featurizer (name or spec).")
 @_store_option
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON list of {dataset, split, layer, featurizer, shape, dtype, nbytes, key, created}.")
+              help="One JSON list of {dataset, split, layer, featurizer, shape, dtype, nbytes, key, created, "
+                   "stored}.")
 def ls(dataset, split, layer, featurizer, store, as_json):
-    """List the features the store holds, one row per (dataset, split, layer, featurizer)."""
+    """List the features the store holds, one row per (dataset, split, layer, featurizer); an entry
+    gc or verify --repair removed since is listed as removed."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from featstore.sources import dataset_id
     from featstore.store import Store
 
@@ -147,6 +151,9 @@ def ls(dataset, split, layer, featurizer, store, as_json):
         if (split in (None, r.split) and (layer is None or fnmatch.fnmatch(r.layer, layer))
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]
+    with ThreadPoolExecutor(16) as pool:  # gc --max-size evicts catalogued entries: say which are gone
+        for row, stored in zip(rows, pool.map(st.has_entry, [r["key"] for r in rows])):
+            row["stored"] = stored
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -156,13 +163,17 @@ def ls(dataset, split, layer, featurizer, store, as_json):
     header = ("dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created")
     table = [header] + [
         (_short_dataset(r["dataset"]), r["split"], r["layer"], r["featurizer"], "x".join(map(str, r["shape"])),
-         r["dtype"], _size(r["nbytes"]), r["key"][:12], r["created"].replace("+00:00", "Z"))
+         r["dtype"], _size(r["nbytes"]) if r["stored"] else "removed", r["key"][:12],
+         r["created"].replace("+00:00", "Z"))
         for r in rows
     ]
     _print_table(table)
-    total = sum(r["nbytes"] for r in rows)
+    held = [r for r in rows if r["stored"]]
+    gone = len(rows) - len(held)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
-    click.echo(f"{_count(len(rows), 'entry')}, {_size(total)}", err=True)
+    click.echo(f"{_count(len(held), 'entry')}, {_size(sum(r['nbytes'] for r in held))}" + (
+        f"; {_count(gone, 'entry')} removed by gc or verify --repair (featstore build computes "
+        f"{'it' if gone == 1 else 'them'} again)" if gone else ""), err=True)
 
 
 DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import featstore
 from featstore.cli import main
+from featstore.store import Store
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def run(store_dir):
     return invoke
 
 
-def test_build_then_ls(run, sanity_dir):
+def test_build_then_ls(run, sanity_dir, store_dir):
     out = run("build", "--dataset", "sanity", "--featurizer", "raw", "--featurizer", "svd:k=4",
               "--layers", "layer_00[01]", "--no-progress").output
     assert "8 computed (8 new), 0 reused" in out and "written" in out
@@ -37,6 +39,12 @@ def test_build_then_ls(run, sanity_dir):
         ["sanity", "train", "layer_001", "svd:k=4", "256x4", "float32"],
     ]
     assert table[-1] == "4 entries, 10.2 KB"  # (64 + 64 + 256 + 256) rows x 4 values x 4 bytes
+    with featstore.open("sanity", store=store_dir) as fs:
+        evicted = fs.row("layer_001", "svd:k=4", "train").key
+    Store.open(store_dir).delete_entry(evicted)  # as gc --max-size does
+    table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()
+    assert table[4].split()[6:8] == ["removed", evicted[:12]]
+    assert table[-1] == "3 entries, 6.1 KB; 1 entry removed by gc or verify --repair (featstore build computes it again)"
 
 
 def test_build_json_and_ls_json(run, sanity_dir):
@@ -48,7 +56,7 @@ def test_build_json_and_ls_json(run, sanity_dir):
     rows = json.loads(run("ls", "--json", "--layer", "layer_007", "--split", "test").output)
     assert rows == [{"dataset": "sanity", "split": "test", "layer": "layer_007", "featurizer": "stats",
                      "shape": [64, 4], "dtype": "float32", "nbytes": 1024, "key": rows[0]["key"],
-                     "created": rows[0]["created"]}]
+                     "created": rows[0]["created"], "stored": True}]
     assert rows[0]["key"] == next(e["key"] for e in first["entries"] if e["layer"] == "layer_007" and e["split"] == "test")
 
 

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import LABELS_IDENTITY, cached_digests, column_digest, known_layouts, why_stale
+from featstore.builder import LABELS_IDENTITY, cached_digests, known_layouts, why_stale
 from featstore.errors import FeatstoreError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
-from featstore.keys import KEY_VERSION, array_digest, entry_key
+from featstore.keys import KEY_VERSION, array_digest, entry_key, parts_digest
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
 from featstore.store import Store
@@ -74,45 +74,66 @@ class StatusReport:
                 "seconds": round(self.seconds, 4), "slots": [asdict(s) for s in self.slots]}
 
 
-def _digests(source: Source, store: Store | None, cache: tuple | None = None) -> dict[tuple[str, str], str]:
-    """Every chosen column's digest: from the digest cache where it vouches, else hashed (in threads)."""
+def _digests(source: Source, store: Store | None, cache: tuple | None = None,
+             cuts: dict | None = None) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], dict[int, str]]]:
+    """Every chosen column's digest: from the digest cache where it vouches, else hashed (in
+    threads); and, for the columns hashed, the digests of their first n rows for each n that
+    `cuts` names per (split, layer) (how an append is recognised: see keys.parts_digest)."""
     _, _, trusted = cache or cached_digests(store, source)
     todo = [(s, layer) for layer in source.layers for s in source.splits if layer not in trusted.get(s, {})]
+
+    def digest(unit):
+        split = source.splits[unit[0]]
+        layout, parts = split.parts(unit[1])
+        try:
+            return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape), (cuts or {}).get(unit, ()))
+        finally:
+            split.release(parts)
+
     with ThreadPoolExecutor(4) as pool:
-        hashed = pool.map(lambda unit: column_digest(source.splits[unit[0]], unit[1]), todo)
-        out = dict(zip(todo, hashed))
+        hashed = dict(zip(todo, pool.map(digest, todo)))
+    out = {unit: d if isinstance(d, str) else d[0] for unit, d in hashed.items()}
+    prefixes = {unit: d[1] for unit, d in hashed.items() if not isinstance(d, str)}
     for split, layers in trusted.items():
         out.update({(split, layer): d for layer, d in layers.items() if layer in source.layers})
-    return out
+    return out, prefixes
 
 
-def _input_bytes(source: Source, split: str, layer: str, known: dict) -> int:
-    """The column's bytes, from the layout a build cached (unchanged files), else by checking it
-    (which reads its list offsets: 2.5 s for the 1k preset's 256 columns from a cold page cache)."""
+def _rows_and_row_bytes(source: Source, split: str, layer: str, known: dict) -> tuple[int, int]:
+    """The column's rows and bytes per row, from the layout a build cached (unchanged files), else
+    by checking it (which reads its list offsets: 2.5 s for the 1k preset's 256 columns from a
+    cold page cache)."""
     layout = known.get((split, layer)) or source.splits[split].layout(layer)
-    n = layout.rows
-    for d in layout.value_shape:
-        n *= d
-    return n * layout.dtype.itemsize
+    return layout.rows, int(np.prod(layout.value_shape, dtype=np.int64)) * layout.dtype.itemsize
 
 
 def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store) -> StatusReport:
     """The state of every (split, layer, featurizer) of `source` in `store`; reads, never writes."""
     started = time.perf_counter()
     cache = cached_digests(store, source)
-    digests, known = _digests(source, store, cache), known_layouts(cache)
     catalog = store.read_catalog(source.name)
     served = {r.slot: r for r in catalog.rows} if catalog else {}
+    cuts = {}  # (split, layer) -> row counts of catalogued entries that the column may extend
+    for (split, layer, spec), old in served.items():
+        f = next((f for f in featurizers if f.spec == spec), None)
+        if f and f.featurizer.per_row and old.identity == f.identity and old.shape and old.shape[0] > 0:
+            cuts.setdefault((split, layer), set()).add(old.shape[0])
+    (digests, prefixes), known = _digests(source, store, cache, cuts), known_layouts(cache)
     report = StatusReport(source.name)
     for layer in source.layers:
         for split in source.splits:
-            digest, size = digests[(split, layer)], _input_bytes(source, split, layer, known)
+            digest = digests[(split, layer)]
+            rows, row_bytes = _rows_and_row_bytes(source, split, layer, known)
             for f in featurizers:
                 key = entry_key(digest, f.identity)
                 old = served.get((split, layer, f.spec))
                 stored = store.has_entry(key)
+                size = rows * row_bytes
                 if old is None:
                     state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
+                elif old.key != key and not stored and _appended(old, prefixes.get((split, layer), {}), f, store):
+                    kept = old.shape[0]  # a build computes the new rows only, as it says
+                    state, reason, size = "stale", f"{rows - kept} rows appended ({kept} reused)", (rows - kept) * row_bytes
                 elif old.key != key:
                     state, reason = "stale", why_stale(old, digest, f.identity)
                 elif not stored:
@@ -124,6 +145,13 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
         report.slots += _label_slots(source, catalog, store)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _appended(old: CatalogRow, prefixes: dict[int, str], f: BoundFeaturizer, store: Store) -> bool:
+    """Whether the column extends the rows `old` was computed from (same featurizer, per row, and
+    its first rows byte-identical), so that a build computes only the new rows."""
+    return (f.featurizer.per_row and old.identity == f.identity and bool(old.shape) and old.shape[0] > 0
+            and prefixes.get(old.shape[0]) == old.input_digest and store.has_entry(old.key))
 
 
 def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
@@ -143,7 +171,7 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
 def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None) -> dict:
     """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
     featurizer its identity, and the entry keys they give. JSON, sorted, one value per line."""
-    digests = _digests(source, store)
+    digests = _digests(source, store)[0]
     return {
         "featstore_lock": LOCK_FORMAT,
         "key_version": KEY_VERSION,
@@ -178,7 +206,7 @@ def status_against_lock(source: Source, lock: dict) -> StatusReport:
     started = time.perf_counter()
     import_modules(lock.get("modules", []), "the lockfile names it: run from the project that has it, or install it")
     featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
-    digests = _digests(source, None)
+    digests = _digests(source, None)[0]
     report = StatusReport(source.name)
     locked_columns, locked_entries = lock["columns"], lock["entries"]
     for split in sorted(set(source.splits) | set(locked_columns)):
@@ -186,7 +214,7 @@ def status_against_lock(source: Source, lock: dict) -> StatusReport:
         for layer in sorted(set(layers) | set(locked_columns.get(split, {}))):
             here = layer in layers
             digest = digests[(split, layer)] if here else ""
-            size = _input_bytes(source, split, layer, {}) if here else 0
+            size = int(np.prod(_rows_and_row_bytes(source, split, layer, {}))) if here else 0
             for f in featurizers:
                 key = entry_key(digest, f.identity) if here else ""
                 then = locked_entries.get(split, {}).get(layer, {}).get(f.spec)

@@ -166,6 +166,10 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     featstore.build(path, ["test_counting", "raw"], store=store_dir)
     more = {name: np.concatenate([v, np.full((10, DIM, DIM), 3.0, np.float32)]) for name, v in data.items()}
     save_layers(tmp_path / "d", more)
+    status = featstore.status(path, ["test_counting", "raw"], store=store_dir)  # says what the build will do
+    assert {(s.layer, s.featurizer, s.state, s.reason) for s in status.slots} == {
+        (name, f, "stale", "10 rows appended (100 reused)") for name in data for f in ("test_counting", "raw")}
+    assert status.work() == {"entries": 4, "columns": 2, "input_bytes": 2 * 10 * DIM * DIM * 4, "reused": 0}
     _CALLS.clear()
     report = featstore.build(path, ["test_counting", "raw"], store=store_dir)
     assert report.reasons == {"10 rows appended (100 reused)": 4}
@@ -180,6 +184,8 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     # an edit inside the old rows is no append: everything is recomputed
     more["layer_0"][3] += 1
     save_layers(tmp_path / "d", more)
+    assert [s.reason for s in featstore.status(path, ["test_counting"], store=store_dir).slots
+            if s.state != "fresh"] == ["input bytes changed"]
     _CALLS.clear()
     again = featstore.build(path, ["test_counting"], store=store_dir)
     assert again.reasons == {"input bytes changed": 1} and _CALLS == [110]

@@ -136,14 +136,33 @@ def ensure(name: str, out: Path | None = None, progress: bool = False) -> Path:
 
 def make(name: str, out: Path, progress: bool = False) -> Path:
     """Generate preset `name` into `out` (replaced atomically: a crash leaves no half dataset)."""
-    import datasets
-    from tqdm.auto import tqdm
-
     preset = get(name)
     if preset is None:
         raise DatasetError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (alias: sanity_check_dataset)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # An Arrow stream of every row, then the saved splits: twice the dataset's size while it runs.
+    needed, free = 2 * preset.nbytes, shutil.disk_usage(out.parent).free
+    where = (f"; generate it elsewhere (featstore datasets make {name} --out DIR, or set FEATSTORE_HOME) "
+             "or free some space")
+    if free < needed:
+        raise DatasetError(f"generating preset {name!r} needs about {_size(needed)} free in {out.parent} while it "
+                           f"runs ({_size(preset.nbytes)} once done), and {_size(free)} are free" + where)
+    try:
+        return _generate(preset, out, progress)
+    except OSError as e:  # the disk filled meanwhile (nothing is left behind)
+        raise DatasetError(f"cannot generate preset {name!r} in {out.parent}: {e.strerror or e}" + where) from e
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _generate(preset: Preset, out: Path, progress: bool) -> Path:
+    import datasets
+    from tqdm.auto import tqdm
+
+    name = preset.name
     feats = features(preset)
     schema = feats.arrow_schema
     y = labels(preset)

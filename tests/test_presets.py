@@ -57,3 +57,26 @@ def test_category_lives_in_the_signal_layers_only():
 def test_unknown_preset():
     with pytest.raises(Exception, match="unknown preset 'big'"):
         presets.make("big", "/nonexistent/never")
+
+
+def test_a_full_disk_is_named_before_and_during_generation(tmp_path, monkeypatch):
+    import errno
+    from collections import namedtuple
+
+    from featstore.errors import DatasetError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(presets.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 5 * 10**6))
+    with pytest.raises(DatasetError, match=r"generating preset '10k' needs about 41.9 GB free in .* while it runs "
+                                           r"\(21.0 GB once done\), and 5.0 MB are free; generate it elsewhere"):
+        presets.make("10k", tmp_path / "10k")  # at once, not after minutes of generating
+    monkeypatch.undo()
+
+    def fills_the_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(presets, "matrices_to_arrow", fills_the_disk)
+    with pytest.raises(DatasetError, match=r"cannot generate preset 'sanity' in .*: No space left on device; "
+                                           r"generate it elsewhere \(featstore datasets make sanity --out DIR"):
+        presets.make("sanity", tmp_path / "sanity")
+    assert list(tmp_path.iterdir()) == []  # no half dataset, no work folder

@@ -80,8 +80,13 @@ class Split:
         import pyarrow.parquet as pq
 
         arrow_fs = _arrow_filesystem(filesystem)
+        rows = 0
+        for f in files:
+            try:
+                rows += pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows
+            except (OSError, pa.ArrowException) as e:
+                raise _unreadable(f, e) from e
         schema = pq.read_schema(files[0], filesystem=arrow_fs)
-        rows = sum(pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows for f in files)
         return cls(files, schema, rows, _label_names(schema, label_column), files, filesystem)
 
     @property
@@ -92,8 +97,11 @@ class Split:
         if isinstance(self._data, list):
             import pyarrow.parquet as pq
 
-            return pq.read_table(self._data, columns=[name], memory_map=self.filesystem is None,
-                                 filesystem=_arrow_filesystem(self.filesystem))
+            try:
+                return pq.read_table(self._data, columns=[name], memory_map=self.filesystem is None,
+                                     filesystem=_arrow_filesystem(self.filesystem))
+            except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
+                raise _unreadable(f"column {name!r} of {', '.join(self._data)}", e) from e
         return self._data
 
     def read(self, name: str) -> np.ndarray:
@@ -349,11 +357,19 @@ def _arrow_filesystem(filesystem):
 
 
 def _read_arrow(path: str, filesystem=None) -> pa.Table:
-    if filesystem is not None:
-        with filesystem.open(path, "rb") as f:
-            data = pa.py_buffer(f.read())  # in memory: IPC streams interleave every column
-        return _read_ipc(pa.BufferReader(data), path)
-    return _read_ipc(pa.memory_map(path), path)
+    try:
+        if filesystem is not None:
+            with filesystem.open(path, "rb") as f:
+                data = pa.py_buffer(f.read())  # in memory: IPC streams interleave every column
+            return _read_ipc(pa.BufferReader(data), path)
+        return _read_ipc(pa.memory_map(path), path)
+    except OSError as e:  # unreadable, or cut short ("Expected to be able to read N bytes ...")
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(what: str, e: Exception) -> DatasetError:
+    return DatasetError(f"cannot read {what}: {getattr(e, 'strerror', None) or e}; the file is unreadable, "
+                        "truncated or not what its name says (fix its permissions, or save the dataset again)")
 
 
 def _read_ipc(source, path: str) -> pa.Table:

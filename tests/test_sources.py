@@ -157,3 +157,23 @@ def test_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"no .parquet or .arrow files"):
         load_source(str(tmp_path / "empty"))
+
+
+def test_truncated_or_corrupt_files_are_named(tmp_path):
+    """Not pyarrow's bare 'Expected to be able to read ...' as an unexpected error: the file, and
+    what to do."""
+    import featstore
+
+    ds = array2d_dataset(matrices(40, (8, 8)))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    [arrow] = (tmp_path / "saved").glob("*.arrow")
+    os.truncate(arrow, arrow.stat().st_size // 2)
+    hint = r"; the file is unreadable, truncated or not what its name says \(fix its permissions, or save"
+    with pytest.raises(DatasetError, match=rf"cannot read .*{arrow.name}: .*{hint}"):
+        featstore.build(str(tmp_path / "saved"), ["stats"], store=str(tmp_path / "s"))
+    (tmp_path / "pq").mkdir()
+    ds.to_parquet(str(tmp_path / "pq" / "train-0.parquet"))
+    (tmp_path / "pq" / "train-1.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match=rf"cannot read .*train-1.parquet: .*{hint}"):
+        featstore.build(str(tmp_path / "pq"), ["stats"], store=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()  # refused before a store was made

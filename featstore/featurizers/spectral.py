@@ -1,7 +1,9 @@
 """Built-in featurizers of the singular values: `svd` and `spectral`.
 
 Singular values come from `featstore.svdvals.singular_values`, which picks a robust route per
-device and shape (LAPACK on the CPU, a batched Jacobi kernel on the GPU). Tested against float64
+device and shape (float64 Gram + eigvalsh on the CPU, a batched Jacobi kernel on the GPU). The
+built-ins pin their version: a faster route gives the same values to within the documented
+tolerances, so entries stay valid (as GPU- and CPU-built ones are). Tested against float64
 NumPy in tests/test_featurizers.py.
 """
 

@@ -101,7 +101,7 @@ class Split:
                 return pq.read_table(self._data, columns=[name], memory_map=self.filesystem is None,
                                      filesystem=_arrow_filesystem(self.filesystem))
             except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
-                raise _unreadable(f"column {name!r} of {', '.join(self._data)}", e) from e
+                raise _unreadable(f"column {name!r} of {brief(self._data, 3)}", e) from e
         return self._data
 
     def read(self, name: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -215,13 +216,21 @@ def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
             for name in trusted for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items()}
 
 
-def column_digest(split, layer: str) -> str:
-    """Hash one column straight from its Arrow buffers."""
+def column_digest(split, layer: str, prefixes: Iterable[int] = ()):
+    """Hash one column straight from its Arrow buffers; with `prefixes`, (digest, {rows: digest of
+    the first rows}) from the same pass, as keys.parts_digest."""
     layout, parts = split.parts(layer)
     try:
-        return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+        return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
     finally:
         split.release(parts)
+
+
+def extends(old: CatalogRow | None, f: BoundFeaturizer, rows: int) -> bool:
+    """Whether a column of `rows` rows may extend the rows catalogued entry `old` was computed
+    from: per-row featurizer, same identity, fewer rows. Whether those rows are a byte-identical
+    prefix is checked while hashing (the prefix digest must be `old.input_digest`)."""
+    return bool(old and old.shape and f.featurizer.per_row and old.identity == f.identity and 0 < old.shape[0] < rows)
 
 
 def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, rehash: bool,
@@ -403,15 +412,9 @@ def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:
 
 
 def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, CatalogRow]:
-    """The catalogued entries of `unit` that its column might extend: per-row featurizer, same
-    identity, fewer rows. Whether their rows are a byte-identical prefix is checked while hashing."""
-    out = {}
-    for f in build_plan.featurizers:
-        old = before.get((unit.split, unit.layer, f.spec))
-        if (old and old.shape and f.featurizer.per_row and old.identity == f.identity
-                and 0 < old.shape[0] < unit.layout.rows):
-            out[f.spec] = old
-    return out
+    """The catalogued entries of `unit` that its column might extend (see `extends`)."""
+    olds = {f.spec: (before.get((unit.split, unit.layer, f.spec)), f) for f in build_plan.featurizers}
+    return {spec: old for spec, (old, f) in olds.items() if extends(old, f, unit.layout.rows)}
 
 
 def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,

@@ -22,10 +22,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import LABELS_IDENTITY, cached_digests, known_layouts, why_stale
+from featstore.builder import (
+    LABELS_IDENTITY,
+    cached_digests,
+    column_digest,
+    extends,
+    known_layouts,
+    why_stale,
+)
 from featstore.errors import FeatstoreError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
-from featstore.keys import KEY_VERSION, array_digest, entry_key, parts_digest
+from featstore.keys import KEY_VERSION, array_digest, entry_key
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
 from featstore.store import Store
@@ -81,17 +88,9 @@ def _digests(source: Source, store: Store | None, cache: tuple | None = None,
     `cuts` names per (split, layer) (how an append is recognised: see keys.parts_digest)."""
     _, _, trusted = cache or cached_digests(store, source)
     todo = [(s, layer) for layer in source.layers for s in source.splits if layer not in trusted.get(s, {})]
-
-    def digest(unit):
-        split = source.splits[unit[0]]
-        layout, parts = split.parts(unit[1])
-        try:
-            return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape), (cuts or {}).get(unit, ()))
-        finally:
-            split.release(parts)
-
     with ThreadPoolExecutor(4) as pool:
-        hashed = dict(zip(todo, pool.map(digest, todo)))
+        hashed = dict(zip(todo, pool.map(
+            lambda unit: column_digest(source.splits[unit[0]], unit[1], (cuts or {}).get(unit, ())), todo)))
     out = {unit: d if isinstance(d, str) else d[0] for unit, d in hashed.items()}
     prefixes = {unit: d[1] for unit, d in hashed.items() if not isinstance(d, str)}
     for split, layers in trusted.items():
@@ -113,17 +112,19 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     cache = cached_digests(store, source)
     catalog = store.read_catalog(source.name)
     served = {r.slot: r for r in catalog.rows} if catalog else {}
+    known = known_layouts(cache)
+    sizes = {(s, layer): _rows_and_row_bytes(source, s, layer, known) for layer in source.layers for s in source.splits}
     cuts = {}  # (split, layer) -> row counts of catalogued entries that the column may extend
-    for (split, layer, spec), old in served.items():
-        f = next((f for f in featurizers if f.spec == spec), None)
-        if f and f.featurizer.per_row and old.identity == f.identity and old.shape and old.shape[0] > 0:
-            cuts.setdefault((split, layer), set()).add(old.shape[0])
-    (digests, prefixes), known = _digests(source, store, cache, cuts), known_layouts(cache)
+    for (split, layer), (rows, _) in sizes.items():
+        for f in featurizers:
+            old = served.get((split, layer, f.spec))
+            if extends(old, f, rows):
+                cuts.setdefault((split, layer), set()).add(old.shape[0])
+    digests, prefixes = _digests(source, store, cache, cuts)
     report = StatusReport(source.name)
     for layer in source.layers:
         for split in source.splits:
-            digest = digests[(split, layer)]
-            rows, row_bytes = _rows_and_row_bytes(source, split, layer, known)
+            digest, (rows, row_bytes) = digests[(split, layer)], sizes[(split, layer)]
             for f in featurizers:
                 key = entry_key(digest, f.identity)
                 old = served.get((split, layer, f.spec))
@@ -131,7 +132,8 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 size = rows * row_bytes
                 if old is None:
                     state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
-                elif old.key != key and not stored and _appended(old, prefixes.get((split, layer), {}), f, store):
+                elif (not stored and extends(old, f, rows) and store.has_entry(old.key)
+                      and prefixes.get((split, layer), {}).get(old.shape[0]) == old.input_digest):
                     kept = old.shape[0]  # a build computes the new rows only, as it says
                     state, reason, size = "stale", f"{rows - kept} rows appended ({kept} reused)", (rows - kept) * row_bytes
                 elif old.key != key:
@@ -145,13 +147,6 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
         report.slots += _label_slots(source, catalog, store)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _appended(old: CatalogRow, prefixes: dict[int, str], f: BoundFeaturizer, store: Store) -> bool:
-    """Whether the column extends the rows `old` was computed from (same featurizer, per row, and
-    its first rows byte-identical), so that a build computes only the new rows."""
-    return (f.featurizer.per_row and old.identity == f.identity and bool(old.shape) and old.shape[0] > 0
-            and prefixes.get(old.shape[0]) == old.input_digest and store.has_entry(old.key))
 
 
 def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:

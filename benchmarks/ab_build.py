@@ -1,0 +1,50 @@
+"""Cold builds of the 1k preset by two checkouts of featstore, alternating in fresh processes, so a
+change is measured side by side on a noisy machine (the builds' own seconds, medians).
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/ab_build.py --old /tmp/old [--featurizers svd] [--rounds 3]
+
+Each round runs one cold build per checkout (a new store each time) after a warm-up build of the
+sanity preset in the same process (imports, threads). Prints one line per build and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = """
+import sys, tempfile, time, featstore
+featurizers = sys.argv[1].split(",")
+featstore.build("sanity", featurizers, store=tempfile.mkdtemp())
+with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    featstore.build("1k", featurizers, store=tmp, device="cpu")
+    print(f"{time.perf_counter() - start:.2f}")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", required=True, help="a checkout of the version to compare with")
+    parser.add_argument("--featurizers", default="svd")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    trees = {"old": str(Path(args.old).resolve()), "new": str(Path(__file__).resolve().parents[1])}
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            out = subprocess.run([sys.executable, "-c", CHILD, args.featurizers], capture_output=True, text=True,
+                                 check=True, env={**os.environ, "PYTHONPATH": tree}, cwd="/")
+            times[name].append(float(out.stdout.split()[-1]))
+            print(f"{name} ({tree}): {times[name][-1]:.2f} s", flush=True)
+    old, new = (statistics.median(times[n]) for n in ("old", "new"))
+    print(f"median old {old:.2f} s, new {new:.2f} s: new is {old / new:.2f}x as fast")
+
+
+if __name__ == "__main__":
+    main()

@@ -390,3 +390,14 @@ def gc(store: str | None = None, *, dry_run: bool = False, max_size: int | None 
     if max_size is not None and not max_size >= 0 or not keep_days >= 0:
         raise ValueError(f"gc needs max_size >= 0 (bytes) and keep_days >= 0, got {max_size!r} and {keep_days!r}")
     return garbage.gc(Store.open(store or default_store()), dry_run, max_size, keep_days)
+
+
+def forget(dataset: Any, store: str | None = None, *, splits: str | Iterable[str] = (),
+           layers: str | Iterable[str] = (), featurizers: str | Iterable[str] = (), dry_run: bool = False):
+    """Drop `dataset`'s features from its catalog (all, or those of `splits`, `layers` globs and
+    `featurizers` names or specs), so that `gc` frees the entries no other dataset uses; see
+    `featstore forget`. A `garbage.ForgetReport`."""
+    from featstore import garbage
+
+    return garbage.forget(Store.open(store or default_store()), dataset_id(dataset), names(splits), names(layers),
+                          names(featurizers), dry_run)

@@ -64,6 +64,7 @@ def main(debug: bool) -> None:
     featstore ls --dataset 1k                  # what the store holds
     featstore status --dataset 1k              # fresh / stale (why) / missing; exit 1 if not all fresh
     featstore verify && featstore gc --max-size 20GB
+    featstore forget --dataset ./adapters_v1 && featstore gc   # drop a dataset's features
 
     In Python: fs = featstore.open("1k"); fs.load("layer_017", "svd", split="train").
     """
@@ -307,6 +308,40 @@ def gc(dry_run, max_size, keep_days, store, as_json):
     click.echo(f"{verb} {_count(len(report.removed), 'entry')}, freeing {_size(report.freed)} of {_size(report.size_before)}"
                f"; kept {report.held} leased by open readers; {len(report.leftovers)} leftovers of crashed builds, "
                f"{len(report.stale_leases)} stale leases")
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help="The dataset (as given to build) whose features to forget.")
+@click.option("--split", "splits", multiple=True, help="Only this split, repeatable. [default: all]")
+@click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Only layers matching GLOB, repeatable. [default: all]")
+@click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="NAME",
+              help="Only this featurizer (a name, every spec of it; or a spec), repeatable. [default: all]")
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be forgotten; change nothing.")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def forget(dataset, splits, layers, featurizers, dry_run, store, as_json):
+    """Drop a dataset's features from the store's catalog (all, or some splits, layers,
+    featurizers): `ls`, `open` and `status` no longer list them, and the next `gc` removes the
+    entries no other dataset uses. Until that gc, building the same data re-catalogues them
+    without computing.
+
+    \b
+      featstore forget --dataset ./adapters_v1 && featstore gc      # a dataset you deleted
+      featstore forget --dataset 1k --featurizer randproj          # an experiment you dropped
+    """
+    from featstore import api
+
+    report = api.forget(dataset, store, splits=splits, layers=layers, featurizers=featurizers, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    verb = "would forget" if dry_run else "forgot"
+    whole = " (its whole catalog)" if report.catalog_removed else ""
+    freed = sum(report.unreferenced.values())
+    then = (f"{_count(len(report.unreferenced), 'entry')} ({_size(freed)}) "
+            + ("would be unreferenced" if dry_run else "unreferenced now: `featstore gc` removes them")
+            if report.unreferenced else "no entry unreferenced (other catalogued features use them)")
+    click.echo(f"{verb} {_count(len(report.rows), 'feature')} of {_short_dataset(report.dataset)}{whole}; {then}")
 
 
 @main.command(name="featurizers")

@@ -1,5 +1,6 @@
 """`featstore gc`: remove what no catalog references, then the least recently used entries over a
-size budget; never what a running build or an open reader holds.
+size budget; never what a running build or an open reader holds. `featstore forget`: drop a
+dataset's catalog rows (all, or some splits, layers, featurizers), so that gc may remove them.
 
 gc holds the store's lock alone, so it waits for running builds (which share it) and builds wait
 for it: no build can reuse an entry that gc is removing. Readers (`featstore.open`) lease the
@@ -10,9 +11,15 @@ never sees half an entry. Staging leftovers of crashed builds go too.
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
+from featstore.errors import NotFoundError
+from featstore.keys import dataset_slug
+from featstore.manifest import CatalogRow
 from featstore.storage import holder_alive
 from featstore.store import Store
 
@@ -82,4 +89,57 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                 store.delete_entry(key)
             for path in report.leftovers:
                 store.storage.delete(path)
+    return report
+
+
+@dataclass
+class ForgetReport:
+    dataset: str
+    dry_run: bool
+    rows: list[CatalogRow] = field(default_factory=list)  # the catalog rows forgotten
+    catalog_removed: bool = False  # no row was left: the catalog (and digest cache) went too
+    unreferenced: dict[str, int] = field(default_factory=dict)  # entry key -> bytes: no catalog references it now
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "dry_run": self.dry_run, "catalog_removed": self.catalog_removed,
+                "forgotten": [{"split": r.split, "layer": r.layer, "featurizer": r.featurizer, "key": r.key}
+                              for r in self.rows],
+                "unreferenced": len(self.unreferenced), "unreferenced_bytes": sum(self.unreferenced.values())}
+
+
+def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Iterable[str] = (),
+           featurizers: Iterable[str] = (), dry_run: bool = False, timeout: float | None = LOCK_TIMEOUT) -> ForgetReport:
+    """Drop the rows of `dataset`'s catalog in `splits`, with a layer matching a glob of `layers`
+    and a featurizer in `featurizers` (a name matches every spec of it); each left empty matches
+    all. Entries stay until gc, which removes those no other catalog references; until then a
+    build of the same data re-catalogues them without computing."""
+    splits, layers, featurizers = tuple(splits), tuple(layers), tuple(featurizers)
+    report = ForgetReport(dataset, dry_run)
+    with store.storage.lock(f"catalog-{dataset_slug(dataset)}", shared=False, timeout=timeout):  # as builds commit
+        catalog = store.read_catalog(dataset)
+        if catalog is None:
+            held = ", ".join(c.dataset for c in store.catalogs()) or "none"
+            raise NotFoundError(f"the store {store.location} holds no features of {dataset!r} (it holds: {held})")
+        report.rows = [r for r in catalog.rows if (not splits or r.split in splits)
+                       and (not layers or any(fnmatch.fnmatch(r.layer, g) for g in layers))
+                       and (not featurizers or {r.featurizer, r.featurizer.partition(":")[0]} & set(featurizers))]
+        if not report.rows:
+            held = [", ".join(sorted({getattr(r, name) for r in catalog.rows})) for name in ("split", "featurizer")]
+            raise NotFoundError(f"no features of {dataset!r} match; it holds splits {held[0]} and featurizers "
+                                f"{held[1]} (its layers: `featstore ls --dataset {dataset}`)")
+        kept = tuple(r for r in catalog.rows if r not in report.rows)
+        report.catalog_removed = not kept
+        candidates = {r.key for r in report.rows}
+        if report.catalog_removed:
+            candidates |= {s.labels for s in catalog.splits.values() if s.labels}
+        others = [c for c in store.catalogs() if c.dataset != dataset] + ([replace(catalog, rows=kept)] if kept else [])
+        referenced = {r.key for c in others for r in c.rows} | {s.labels for c in others for s in c.splits.values()}
+        report.unreferenced = {key: store.storage.size(store.entry_path(key))
+                               for key in sorted(candidates - referenced) if store.has_entry(key)}
+        if not dry_run:
+            if report.catalog_removed:
+                store.delete_catalog(dataset)
+            else:
+                store.write_catalog(replace(catalog, rows=kept, updated=datetime.now(timezone.utc).isoformat(
+                    timespec="seconds")))
     return report

@@ -310,7 +310,9 @@ class Store:
         self.storage.write_bytes(f"digests/{dataset_slug(dataset)}.json", json.dumps(data, indent=1).encode())
 
     def delete_catalog(self, dataset: str) -> None:
+        """Forget `dataset`: its catalog, then its digest cache (its entries stay, for gc)."""
         self.storage.delete(self.catalog_path(dataset))
+        self.storage.delete(f"digests/{dataset_slug(dataset)}.json")
 
     # leases: what open readers hold, so that gc leaves it alone ---------------------------------
 

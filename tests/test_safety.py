@@ -19,6 +19,8 @@ from conftest import saved_layers_dataset
 import featstore
 from featstore import StoreError
 from featstore import storage as storage_module
+from featstore.keys import dataset_slug
+from featstore.sources import dataset_id
 from featstore.store import Store
 
 FEATURIZERS = ["raw", "stats", "svd:k=2"]
@@ -239,6 +241,53 @@ def test_gc_size_budget_removes_least_recently_used_first(tmp_path, small):
     with pytest.raises(ValueError, match="max_size >= 0"):
         featstore.gc(store_dir, max_size=-1)
     assert set(store.entry_keys()) == stats_keys
+
+
+def test_forget_drops_catalog_rows_and_gc_frees_only_what_no_other_dataset_uses(tmp_path, small):
+    store_dir = str(tmp_path / "store")
+    other = str(tmp_path / "other")
+    shutil.copytree(small, other)  # the same bytes under another name: the two share every entry
+    for dataset in (small, other):
+        featstore.build(dataset, ["raw", "stats"], store=store_dir, device="cpu")
+    store = Store.open(store_dir)
+    catalog = Path(store_dir, store.catalog_path(other))
+    before, keys = catalog.read_bytes(), set(store.entry_keys())
+    stats_keys = {r.key for r in store.read_catalog(small).rows if r.featurizer == "stats"}
+
+    dry = featstore.forget(other, store_dir, featurizers="stats", dry_run=True)
+    assert {r.featurizer for r in dry.rows} == {"stats"} and len(dry.rows) == 4 and dry.unreferenced == {}
+    assert catalog.read_bytes() == before
+    with pytest.raises(featstore.NotFoundError, match=r"no features of .* match; it holds splits train and "
+                                                       r"featurizers raw, stats"):
+        featstore.forget(other, store_dir, splits="test")
+    with pytest.raises(featstore.NotFoundError, match=r"holds no features of 'nope' \(it holds: "):
+        featstore.forget("nope", store_dir)
+    assert catalog.read_bytes() == before
+
+    featstore.forget(other, store_dir, layers=["layer_00[01]"], featurizers="stats")
+    assert sorted((r.layer, r.featurizer) for r in store.read_catalog(other).rows if r.featurizer == "stats") == [
+        ("layer_002", "stats"), ("layer_003", "stats")]
+    assert featstore.gc(store_dir).removed == []  # `small` still uses every entry
+
+    report = featstore.forget(small, store_dir, featurizers=["stats"])
+    assert len(report.rows) == 4 and not report.catalog_removed
+    assert len(report.unreferenced) == 2 and set(report.unreferenced) < stats_keys  # other keeps layers 2, 3
+    assert sum(report.unreferenced.values()) == sum(store.storage.size(store.entry_path(k)) for k in report.unreferenced)
+    assert {r.featurizer for r in featstore.open(small, store=store_dir).catalog.rows} == {"raw"}
+    rebuilt = featstore.build(small, ["stats"], store=store_dir, device="cpu")  # before gc: catalogued, not computed
+    assert rebuilt.computed == 0 and rebuilt.reused == 4
+    featstore.forget(small, store_dir, featurizers=["stats"])
+
+    whole = _cli("forget", "--dataset", other, "--store", store_dir)
+    assert whole.returncode == 0 and "forgot 6 features of" in whole.stdout and "(its whole catalog)" in whole.stdout
+    digests = {p.name for p in Path(store_dir, "digests").iterdir()}
+    assert store.read_catalog(other) is None and digests == {f"{dataset_slug(dataset_id(small))}.json"}
+    assert [c.dataset for c in store.catalogs()] == [dataset_id(small)]
+    removed = {k for k, _, _ in featstore.gc(store_dir).removed}
+    assert removed == stats_keys and set(store.entry_keys()) == keys - stats_keys
+    assert featstore.status(small, ["raw"], store=store_dir).fresh and featstore.verify(store_dir).ok
+    missing = _cli("forget", "--dataset", other, "--store", store_dir)
+    assert missing.returncode == 2 and "holds no features of" in missing.stderr
 
 
 def test_a_killed_build_never_leaves_the_store_locked(tmp_path, small):

@@ -1,4 +1,4 @@
-"""Random sequences of build / failing build / edit data / edit featurizer / gc / verify against
+"""Random sequences of build / failing build / edit data / edit featurizer / forget / gc / verify against
 a model of what should be fresh: `status` always agrees with the model, and a build recomputes
 exactly the slots the model says are not fresh (but for those a failed build may have stored
 beyond its failure)."""
@@ -46,7 +46,8 @@ class StoreModel(RuleBasedStateMachine):
         register(_scaled, "test_model", version=str(self.version))
         self.featurizers = ["raw", "test_model"]
         self.fresh = {(f"layer_{i}", f): False for i in range(LAYERS) for f in self.featurizers}
-        self.maybe_stored = set()  # stale slots whose new entry a failed build may have stored
+        self.maybe_stored = set()  # stale slots whose new entry a failed build (or a forget) may have left stored
+        self.catalogued = set()  # slots the catalog has a row for, fresh or not (test_fails_on's too)
         self.edits = 0
 
     def teardown(self):
@@ -59,6 +60,7 @@ class StoreModel(RuleBasedStateMachine):
         stale = {slot for slot, fresh in self.fresh.items() if not fresh}
         assert stale - self.maybe_stored <= computed <= stale
         self.fresh, self.maybe_stored = dict.fromkeys(self.fresh, True), set()
+        self.catalogued |= set(self.fresh)
 
     @rule(layer=st.integers(0, LAYERS - 1))
     def failing_build(self, layer):
@@ -72,6 +74,7 @@ class StoreModel(RuleBasedStateMachine):
         for (name, f), fresh in self.fresh.items():
             if int(name.removeprefix("layer_")) < layer:
                 self.fresh[(name, f)] = True
+                self.catalogued |= {(name, f), (name, "test_fails_on")}
                 self.maybe_stored.discard((name, f))
             elif not fresh:
                 self.maybe_stored.add((name, f))
@@ -90,6 +93,20 @@ class StoreModel(RuleBasedStateMachine):
         register(_scaled, "test_model", version=str(self.version))
         for layer in range(LAYERS):
             self.fresh[(f"layer_{layer}", "test_model")] = False
+
+    @rule(featurizer=st.sampled_from([None, "raw", "test_model"]))
+    def forget(self, featurizer):
+        """Forget one featurizer's features (None: all): no longer fresh; their entries stay until gc."""
+        slots = {slot for slot in self.catalogued if featurizer in (None, slot[1])}
+        if not slots:
+            with pytest.raises(featstore.NotFoundError):
+                featstore.forget(self.path, self.store, featurizers=featurizer or ())
+            return
+        report = featstore.forget(self.path, self.store, featurizers=featurizer or ())
+        assert {(r.layer, r.featurizer) for r in report.rows} == slots
+        self.maybe_stored |= {slot for slot in slots if self.fresh.get(slot)}
+        self.fresh.update(dict.fromkeys(slots & set(self.fresh), False))
+        self.catalogued -= slots
 
     @rule(dry_run=st.booleans())
     def gc(self, dry_run):

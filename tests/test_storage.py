@@ -90,6 +90,11 @@ def test_build_open_status_verify_gc(store_url, sanity_dir):
     assert {k for k, _, _ in report.removed} == {"ab" * 16} and not store.has_entry("ab" * 16)
     assert report.leftovers == [store.entry_path("99" * 16)] and store.entry_keys(published=False) == []
     assert featstore.verify(store_url).ok and featstore.status("sanity", layers=["layer_00[0-2]"], store=store_url).fresh
+    svd = {r.key for r in store.read_catalog("sanity").rows if r.featurizer == "svd:k=4"}
+    assert set(featstore.forget("sanity", store_url, featurizers="svd").unreferenced) == svd
+    assert {k for k, _, _ in featstore.gc(store_url).removed} == svd
+    assert featstore.forget("sanity", store_url).catalog_removed and store.catalogs() == []
+    assert len(featstore.gc(store_url).removed) == 8 and store.entry_keys() == []  # 6 stats, 2 labels
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])

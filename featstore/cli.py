@@ -131,12 +131,16 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
 @click.option("--layer", "-l", default=None, metavar="GLOB", help="Only layers matching GLOB.")
 @click.option("--featurizer", "-f", default=None, metavar="NAME", help="Only this featurizer (name or spec).")
 @_store_option
+@click.option("--summary", "-s", is_flag=True,
+              help="One row per (dataset, featurizer): splits, layers, entries, size, when last built.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON list of {dataset, split, layer, featurizer, shape, dtype, nbytes, key, created, "
-                   "stored}.")
-def ls(dataset, split, layer, featurizer, store, as_json):
+                   "stored}; with --summary, of {dataset, featurizer, splits, layers, entries, nbytes, removed, "
+                   "created}.")
+def ls(dataset, split, layer, featurizer, store, summary, as_json):
     """List the features the store holds, one row per (dataset, split, layer, featurizer); an entry
-    gc or verify --repair removed since is listed as removed."""
+    gc or verify --repair removed since is listed as removed. --summary: one row per (dataset,
+    featurizer)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from featstore.sources import dataset_id
@@ -155,26 +159,39 @@ def ls(dataset, split, layer, featurizer, store, as_json):
     with ThreadPoolExecutor(16) as pool:  # gc --max-size evicts catalogued entries: say which are gone
         for row, stored in zip(rows, pool.map(st.has_entry, [r["key"] for r in rows])):
             row["stored"] = stored
+    listed = _summarise(rows) if summary else rows
     if as_json:
-        click.echo(json.dumps(rows, indent=1))
+        click.echo(json.dumps(listed, indent=1))
         return
     if not rows:
         click.echo(f"no features{' of ' + wanted if wanted else ''} in {st.location}", err=True)
         return
-    header = ("dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created")
-    table = [header] + [
-        (_short_dataset(r["dataset"]), r["split"], r["layer"], r["featurizer"], "x".join(map(str, r["shape"])),
-         r["dtype"], _size(r["nbytes"]) if r["stored"] else "removed", r["key"][:12],
-         r["created"].replace("+00:00", "Z"))
-        for r in rows
-    ]
-    _print_table(table)
+    if summary:
+        _print_table([("dataset", "featurizer", "splits", "layers", "entries", "size", "removed", "last built")] + [
+            (_short_dataset(r["dataset"]), r["featurizer"], ",".join(r["splits"]), str(r["layers"]), str(r["entries"]),
+             _size(r["nbytes"]), str(r["removed"]), r["created"].replace("+00:00", "Z")) for r in listed])
+    else:
+        _print_table([("dataset", "split", "layer", "featurizer", "shape", "dtype", "size", "key", "created")] + [
+            (_short_dataset(r["dataset"]), r["split"], r["layer"], r["featurizer"], "x".join(map(str, r["shape"])),
+             r["dtype"], _size(r["nbytes"]) if r["stored"] else "removed", r["key"][:12],
+             r["created"].replace("+00:00", "Z")) for r in rows])
     held = [r for r in rows if r["stored"]]
     gone = len(rows) - len(held)
     sys.stdout.flush()  # the total goes to stderr: keep it after the table when both reach a terminal
     click.echo(f"{_count(len(held), 'entry')}, {_size(sum(r['nbytes'] for r in held))}" + (
         f"; {_count(gone, 'entry')} removed by gc or verify --repair (featstore build computes "
         f"{'it' if gone == 1 else 'them'} again)" if gone else ""), err=True)
+
+
+def _summarise(rows: list[dict]) -> list[dict]:
+    """`ls` rows grouped by (dataset, featurizer): sizes count the entries still stored."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["featurizer"]), []).append(r)
+    return [{"dataset": d, "featurizer": f, "splits": sorted({r["split"] for r in g}),
+             "layers": len({r["layer"] for r in g}), "entries": len(g),
+             "nbytes": sum(r["nbytes"] for r in g if r["stored"]), "removed": sum(not r["stored"] for r in g),
+             "created": max(r["created"] for r in g)} for (d, f), g in sorted(groups.items())]
 
 
 DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "

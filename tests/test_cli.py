@@ -45,6 +45,17 @@ def test_build_then_ls(run, sanity_dir, store_dir):
     table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()
     assert table[4].split()[6:8] == ["removed", evicted[:12]]
     assert table[-1] == "3 entries, 6.1 KB; 1 entry removed by gc or verify --repair (featstore build computes it again)"
+    summary = run("ls", "--summary").output.splitlines()
+    assert summary[0].split() == ["dataset", "featurizer", "splits", "layers", "entries", "size", "removed", "last",
+                                  "built"]
+    assert [line.split()[:8] for line in summary[1:-1]] == [
+        ["sanity", "raw", "test,train", "2", "4", "655.4", "KB", "0"],  # 640 rows x 16x16 x 4 bytes
+        ["sanity", "svd:k=4", "test,train", "2", "4", "6.1", "KB", "1"],
+    ]
+    assert summary[-1] == "7 entries, 661.5 KB; 1 entry removed by gc or verify --repair (featstore build computes it again)"
+    (svd,) = json.loads(run("ls", "--summary", "--json", "--featurizer", "svd").output)
+    assert svd == {"dataset": "sanity", "featurizer": "svd:k=4", "splits": ["test", "train"], "layers": 2, "entries": 4,
+                   "nbytes": 6144, "removed": 1, "created": svd["created"]} and svd["created"].endswith("+00:00")
 
 
 def test_build_json_and_ls_json(run, sanity_dir):

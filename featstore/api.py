@@ -85,7 +85,7 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
     featurizer code (as `featstore status` does) and raises StaleError if any is stale."""
     location = store or default_store()
     st = Store.open(location)
-    name = dataset_id(dataset)
+    name = catalogued_name(st, dataset)
     with st.storage.lock("store", shared=True, timeout=builder.LOCK_TIMEOUT):  # not while gc runs
         catalog = st.read_catalog(name)
         if catalog is None:
@@ -104,6 +104,17 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
     if require_fresh:
         _require_fresh(fs, dataset)
     return fs
+
+
+def catalogued_name(st: Store, dataset: Any) -> str:
+    """The name `st` catalogues `dataset` under: its `dataset_id`, or, for a local path whose data
+    is gone (deleted once its features were built), the absolute path it was built from."""
+    name = dataset_id(dataset)
+    if isinstance(dataset, (str, os.PathLike)) and not st.storage.exists(st.catalog_path(name)):
+        gone = os.path.realpath(os.path.expanduser(str(dataset)))
+        if st.storage.exists(st.catalog_path(gone)):
+            return gone
+    return name
 
 
 def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
@@ -399,5 +410,5 @@ def forget(dataset: Any, store: str | None = None, *, splits: str | Iterable[str
     `featstore forget`. A `garbage.ForgetReport`."""
     from featstore import garbage
 
-    return garbage.forget(Store.open(store or default_store()), dataset_id(dataset), names(splits), names(layers),
-                          names(featurizers), dry_run)
+    st = Store.open(store or default_store())
+    return garbage.forget(st, catalogued_name(st, dataset), names(splits), names(layers), names(featurizers), dry_run)

@@ -143,11 +143,11 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
     featurizer)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from featstore.sources import dataset_id
+    from featstore.api import catalogued_name
     from featstore.store import Store
 
     st = Store.open(store or default_store())
-    wanted = dataset_id(dataset) if dataset else None
+    wanted = catalogued_name(st, dataset) if dataset else None
     rows = [
         {"dataset": c.dataset, "split": r.split, "layer": r.layer, "featurizer": r.featurizer,
          "shape": list(r.shape), "dtype": r.dtype, "nbytes": r.nbytes, "key": r.key, "created": r.created}

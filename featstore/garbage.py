@@ -127,7 +127,8 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
             held = [", ".join(sorted({getattr(r, name) for r in catalog.rows})) for name in ("split", "featurizer")]
             raise NotFoundError(f"no features of {dataset!r} match; it holds splits {held[0]} and featurizers "
                                 f"{held[1]} (its layers: `featstore ls --dataset {dataset}`)")
-        kept = tuple(r for r in catalog.rows if r not in report.rows)
+        gone = {r.slot for r in report.rows}
+        kept = tuple(r for r in catalog.rows if r.slot not in gone)
         report.catalog_removed = not kept
         candidates = {r.key for r in report.rows}
         if report.catalog_removed:

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import saved_layers_dataset
 
@@ -288,6 +289,24 @@ def test_forget_drops_catalog_rows_and_gc_frees_only_what_no_other_dataset_uses(
     assert featstore.status(small, ["raw"], store=store_dir).fresh and featstore.verify(store_dir).ok
     missing = _cli("forget", "--dataset", other, "--store", store_dir)
     assert missing.returncode == 2 and "holds no features of" in missing.stderr
+
+
+def test_features_outlive_their_deleted_dataset_until_forgotten(tmp_path, small):
+    """A user deletes the raw data once its features are built: `open`, `ls` and `forget` still
+    find them by the path it had, relative or not."""
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["stats"], store=store_dir, device="cpu")
+    with featstore.open(small, store=store_dir) as fs:
+        expected = fs.load("layer_001", "stats").numpy()
+    shutil.rmtree(small)
+    with featstore.open(small, store=store_dir) as fs:  # the catalog is all it reads
+        np.testing.assert_array_equal(fs.load("layer_001", "stats").numpy(), expected)
+    relative = os.path.relpath(small, tmp_path)
+    listed = _cli("ls", "--json", "-d", relative, "--store", store_dir, cwd=tmp_path)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 4, listed.stderr
+    forgot = _cli("forget", "-d", os.path.join(".", relative), "--store", store_dir, cwd=tmp_path)
+    assert forgot.returncode == 0 and "forgot 4 features of" in forgot.stdout, forgot.stderr
+    assert Store.open(store_dir).catalogs() == [] and len(featstore.gc(store_dir).removed) == 4
 
 
 def test_a_killed_build_never_leaves_the_store_locked(tmp_path, small):

@@ -16,7 +16,15 @@ import numpy as np
 from featstore import builder
 from featstore.config import default_store
 from featstore.device import check_device
-from featstore.errors import FeatstoreError, NotFoundError, SpecError, StaleError, StoreError, brief
+from featstore.errors import (
+    DatasetError,
+    FeatstoreError,
+    NotFoundError,
+    SpecError,
+    StaleError,
+    StoreError,
+    brief,
+)
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import dataset_id, load_source
@@ -352,7 +360,15 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
     from featstore import freshness
 
     st = Store.open(store or default_store())
-    source = load_source(dataset, names(layers))
+    try:
+        source = load_source(dataset, names(layers))
+    except DatasetError as e:  # deleted data whose features the store still catalogues: say what to do
+        path = os.path.expanduser(str(dataset)) if isinstance(dataset, (str, os.PathLike)) else "://"
+        name = catalogued_name(st, dataset) if "://" not in path and not os.path.exists(path) else ""
+        if not name or not st.storage.exists(st.catalog_path(name)):
+            raise
+        raise DatasetError(f"{e}; the store {st.location} still holds its features: if the data is gone for good, "
+                           f"`featstore forget --dataset {name}` drops them (then `featstore gc` frees them)") from e
     return freshness.status(source, _featurizers_for(source.name, featurizers, st), st)
 
 

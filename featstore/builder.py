@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from featstore.keys import (
     featurizer_identity,
     parts_digest,
 )
-from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo
+from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
 from featstore.sources import Source
 from featstore.store import Store
 
@@ -357,7 +356,7 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         rows=tuple(sorted(rows, key=lambda r: r.slot)),
         label_column=source.label_column,
         label_names=tuple(first.label_names) if first.label_names else None,
-        updated=_now(),
+        updated=now(),
     )
     digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {})),
                       "layouts": dict(cached.get(name, {}).get("layouts", {})) if name in trusted else {}}
@@ -486,7 +485,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
-            created[key] = _now()
+            created[key] = now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
         elif key not in created:  # an entry first made for another dataset
@@ -568,7 +567,7 @@ def _labels(store: Store, source: Source, split_name: str) -> str | None:
     digest = array_digest(values)
     key = entry_key(digest, LABELS_IDENTITY)
     if not store.has_entry(key):
-        store.write_entry(_entry_info(key, digest, LABELS_IDENTITY, values, _now(), "cpu"), values)
+        store.write_entry(_entry_info(key, digest, LABELS_IDENTITY, values, now(), "cpu"), values)
     return key
 
 
@@ -596,10 +595,6 @@ def _versions() -> dict[str, str]:
 
     return {"featstore": featstore.__version__, "torch": devices.torch_version(), "zarr": version("zarr"),
             "datasets": version("datasets"), "numpy": np.__version__}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 _timing_lock = threading.Lock()

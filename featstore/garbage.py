@@ -15,11 +15,10 @@ import fnmatch
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 from featstore.errors import NotFoundError
 from featstore.keys import dataset_slug
-from featstore.manifest import CatalogRow
+from featstore.manifest import CatalogRow, now
 from featstore.storage import holder_alive
 from featstore.store import Store
 
@@ -141,6 +140,5 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
             if report.catalog_removed:
                 store.delete_catalog(dataset)
             else:
-                store.write_catalog(replace(catalog, rows=kept, updated=datetime.now(timezone.utc).isoformat(
-                    timespec="seconds")))
+                store.write_catalog(replace(catalog, rows=kept, updated=now()))
     return report

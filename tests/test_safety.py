@@ -306,7 +306,8 @@ def test_features_outlive_their_deleted_dataset_until_forgotten(tmp_path, small)
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 4, listed.stderr
     status = _cli("status", "--store", store_dir, cwd=tmp_path)  # every catalogued dataset: this one is gone
     assert status.returncode == 2 and "no such file or directory" in status.stderr
-    assert f"still holds its features: if the data is gone for good, `featstore forget --dataset {os.path.realpath(small)}`" in status.stderr
+    hint = f"still holds its features: if the data is gone for good, `featstore forget --dataset {os.path.realpath(small)}`"
+    assert hint in status.stderr
     forgot = _cli("forget", "-d", os.path.join(".", relative), "--store", store_dir, cwd=tmp_path)
     assert forgot.returncode == 0 and "forgot 4 features of" in forgot.stdout, forgot.stderr
     assert Store.open(store_dir).catalogs() == [] and len(featstore.gc(store_dir).removed) == 4

@@ -32,12 +32,13 @@ from featstore.errors import ColumnError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.keys import (
     KEY_VERSION,
+    ColumnDigests,
     array_digest,
     check_name,
+    column_digests,
     dataset_slug,
     entry_key,
     featurizer_identity,
-    parts_digest,
 )
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
 from featstore.sources import Source
@@ -88,6 +89,7 @@ class _Prepared:
     host: object = None  # the column's rows from `offset` on
     offset: int = 0
     appends: dict[str, CatalogRow] = field(default_factory=dict)  # spec -> the entry its rows extend
+    segments: list[str] | None = None  # the digest of each data file's rows, when the column was hashed
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PHASES, "total"), 0.0))
     rows: list[CatalogRow] = field(default_factory=list, repr=False)  # what `commit` catalogues
     seen: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (split, layer) -> digest
+    segments: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)  # ... -> per file
     cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
     worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
     worker_devices: dict[str, str] = field(default_factory=dict)  # Dask worker -> its device (--devices)
@@ -200,12 +203,48 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
 
 def cached_digests(store: Store | None, source: Source, rehash: bool = False) -> tuple[dict, dict, dict]:
     """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
-    that the cache vouches for: the splits whose files all kept path, inode, size and mtime_ns)."""
+    that the cache vouches for). The cache vouches for every column of a split whose files all
+    kept path, inode, size and mtime_ns; when some (not all) changed, for each column whose rows in
+    every changed file hash as they did (`Split.file_digest`), so that rewriting one file of a
+    split hashes that file, not the split. For such a split the cache returned holds only those columns."""
     cached = {} if rehash or store is None else store.read_digests(source.name)
     stats = {name: split.file_stats() for name, split in source.splits.items()}
-    trusted = {name: cached[name]["layers"] for name in source.splits
-               if stats[name] is not None and name in cached and cached[name].get("files") == stats[name]}
+    trusted = {}
+    for name, split in source.splits.items():
+        old = cached.get(name)
+        if stats[name] is None or old is None:
+            continue
+        if old.get("files") == stats[name]:
+            trusted[name] = old["layers"]
+            continue
+        vouched = _vouched(split, old, stats[name], source.layers)
+        if vouched:
+            trusted[name] = {layer: old["layers"][layer] for layer in vouched}
+            cached[name] = {"files": old["files"], "layers": trusted[name],
+                            **{part: {layer: old[part][layer] for layer in vouched} for part in ("layouts", "segments")}}
     return cached, stats, trusted
+
+
+def _vouched(split, old: dict, stats: list[list], layers: list[str]) -> set[str]:
+    """The `layers` whose rows in each file that changed since `old` (a split's digest cache) was
+    written hash as they did then: unchanged columns, whose cached digest and layout still hold."""
+    segments = old.get("segments", {})
+    if split.file_rows is None or len(stats) != len(old.get("files", ())):
+        return set()
+    changed = [i for i, (now_, then) in enumerate(zip(stats, old["files"])) if now_ != then]
+    if len(changed) == len(stats):  # hashing every file's rows costs what hashing the columns does
+        return set()
+    todo = [layer for layer in layers if layer in old.get("layers", {}) and layer in old.get("layouts", {})
+            and len(segments.get(layer) or ()) == len(stats)]
+
+    def unchanged(layer: str) -> bool:
+        try:
+            return all(split.file_digest(i, layer) == segments[layer][i] for i in changed)
+        except ColumnError:  # the plan checks the whole column, and says what is wrong
+            return False
+
+    with ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
+        return {layer for layer, same in zip(todo, pool.map(unchanged, todo)) if same}
 
 
 def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
@@ -215,12 +254,12 @@ def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
             for name in trusted for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items()}
 
 
-def column_digest(split, layer: str, prefixes: Iterable[int] = ()):
-    """Hash one column straight from its Arrow buffers; with `prefixes`, (digest, {rows: digest of
-    the first rows}) from the same pass, as keys.parts_digest."""
+def column_digest(split, layer: str, prefixes: Iterable[int] = ()) -> ColumnDigests:
+    """Hash one column straight from its Arrow buffers: its digest, and from the same pass those
+    of its first rows for each of `prefixes` (keys.column_digests)."""
     layout, parts = split.parts(layer)
     try:
-        return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
+        return column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
     finally:
         split.release(parts)
 
@@ -318,6 +357,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         while prepared:
             ready = prepared.popleft().result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
+            if ready.segments:
+                report.segments[(ready.unit.split, ready.unit.layer)] = ready.segments
             read_ahead()
             if ready.missing and not lanes:  # the first column to compute: now the device matters
                 report.device = devices.resolve(device)
@@ -361,11 +402,17 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         updated=now(),
     )
     digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {})),
-                      "layouts": dict(cached.get(name, {}).get("layouts", {})) if name in trusted else {}}
+                      **{part: dict(cached[name].get(part, {})) if name in trusted else {}
+                         for part in ("layouts", "segments")}}
                for name in source.splits if stats[name] is not None}
     for (split_name, layer), digest in seen.items():
         if split_name in digests:
             digests[split_name]["layers"][layer] = digest
+            if digest != trusted.get(split_name, {}).get(layer):  # the cached files' digests are of other rows
+                digests[split_name]["segments"].pop(layer, None)
+    for (split_name, layer), segments in report.segments.items():
+        if split_name in digests:
+            digests[split_name]["segments"][layer] = segments
     checked = [(u.split, u.layer, u.layout) for u in build_plan.units]
     checked += [(s, source.label_column, layout) for s, layout in build_plan.labels.items()]
     for split_name, column, layout in checked:  # a later plan need not read them again
@@ -421,20 +468,21 @@ def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, Ca
 def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,
              known_digest: str | None, extendable: dict[str, CatalogRow]) -> _Prepared:
     """Hash the column from its Arrow buffers (unless the digest cache vouches for it), with the
-    digests of the prefixes that `extendable` entries were computed from, in the same pass; copy
-    it out only if an entry is missing, and only its new rows if every missing entry extends an
-    old one. Runs in a reader thread."""
+    digests of the prefixes that `extendable` entries were computed from and of each data file's
+    rows, in the same pass; copy it out only if an entry is missing, and only its new rows if
+    every missing entry extends an old one. Runs in a reader thread."""
     split = build_plan.source.splits[unit.split]
-    layout, parts, prefixes = unit.layout, None, {}
+    layout, parts, hashed = unit.layout, None, None
     if known_digest is None or extendable:
         with _timed(report, "hash"):
             layout, parts = split.parts(unit.layer)
-            shape = (layout.rows, *layout.value_shape)
-            cuts = {old.shape[0] for old in extendable.values()}
-            known_digest, prefixes = parts_digest(parts, layout.dtype, shape, cuts) if cuts else (
-                parts_digest(parts, layout.dtype, shape), {})
+            hashed = column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape),
+                                    {old.shape[0] for old in extendable.values()}, split.file_rows or ())
+            known_digest = hashed.digest
     keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
     ready = _Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
+    prefixes = hashed.prefixes if hashed else {}
+    ready.segments = hashed.segments if hashed and hashed.segments else None
     ready.appends = {spec: old for spec, old in extendable.items() if spec in ready.missing
                      and prefixes.get(old.shape[0]) == old.input_digest and store.has_entry(old.key)}
     if ready.missing:

@@ -132,6 +132,7 @@ def _add(report: builder.BuildReport, parts: list[builder.BuildReport]) -> None:
         report.entries += part.entries
         report.rows += part.rows
         report.seen.update(part.seen)
+        report.segments.update(part.segments)
         report.bytes_written += part.bytes_written
         for phase, seconds in part.seconds.items():
             if phase != "total":

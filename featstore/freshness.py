@@ -85,14 +85,14 @@ def _digests(source: Source, store: Store | None, cache: tuple | None = None,
              cuts: dict | None = None) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], dict[int, str]]]:
     """Every chosen column's digest: from the digest cache where it vouches, else hashed (in
     threads); and, for the columns hashed, the digests of their first n rows for each n that
-    `cuts` names per (split, layer) (how an append is recognised: see keys.parts_digest)."""
+    `cuts` names per (split, layer) (how an append is recognised: see keys.column_digests)."""
     _, _, trusted = cache or cached_digests(store, source)
     todo = [(s, layer) for layer in source.layers for s in source.splits if layer not in trusted.get(s, {})]
     with ThreadPoolExecutor(4) as pool:
         hashed = dict(zip(todo, pool.map(
             lambda unit: column_digest(source.splits[unit[0]], unit[1], (cuts or {}).get(unit, ())), todo)))
-    out = {unit: d if isinstance(d, str) else d[0] for unit, d in hashed.items()}
-    prefixes = {unit: d[1] for unit, d in hashed.items() if not isinstance(d, str)}
+    out = {unit: d.digest for unit, d in hashed.items()}
+    prefixes = {unit: d.prefixes for unit, d in hashed.items()}
     for split, layers in trusted.items():
         out.update({(split, layer): d for layer, d in layers.items() if layer in source.layers})
     return out, prefixes

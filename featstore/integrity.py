@@ -84,7 +84,7 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
     except (FeatstoreError, KeyError) as e:
         report.skipped[row.key] = f"cannot load {dataset!r} {row.split}/{row.layer}: {e}"
         return
-    if builder.column_digest(split, row.layer) != row.input_digest or f.identity != row.identity:
+    if builder.column_digest(split, row.layer).digest != row.input_digest or f.identity != row.identity:
         report.skipped[row.key] = "stale (the data or the featurizer changed since it was built)"
         return
     layout = split.layout(row.layer)

@@ -8,9 +8,12 @@ version). Changing anything here changes every key: bump `KEY_VERSION` and say s
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,32 +32,51 @@ def array_digest(values: np.ndarray) -> str:
     return parts_digest([values], values.dtype, values.shape)
 
 
-def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...],
-                 prefixes: Iterable[int] = ()) -> str:
+def parts_digest(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...]) -> str:
     """The `array_digest` of the array that joining `parts` along the first axis would give,
-    computed without joining them. With `prefixes`, returns (digest, {rows: digest of the first
-    `rows` rows}) from the same single pass over the bytes."""
-    digest, prefix = _digests(parts, dtype, shape, set(prefixes))
-    return (digest, prefix) if prefixes else digest
+    computed without joining them."""
+    return column_digests(parts, dtype, shape).digest
 
 
-def _digests(parts, dtype, shape, prefixes: set[int]) -> tuple[str, dict[int, str]]:
+@dataclass(frozen=True)
+class ColumnDigests:
+    digest: str  # of the whole column: its `array_digest`
+    prefixes: dict[int, str]  # rows -> digest of the column's first rows
+    segments: list[str]  # digest of each run of rows that `segments` counted, in order
+
+
+def column_digests(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[int, ...],
+                   prefixes: Iterable[int] = (), segments: Iterable[int] = ()) -> ColumnDigests:
+    """`parts_digest`, and from the same single pass over the bytes: the digest of the first
+    `rows` rows for each of `prefixes` (how an append is recognised), and the digest of each run of
+    rows `segments` counts (one per data file of a split: how a changed file vouches for the
+    columns it did not change). Every one is the `array_digest` of those rows alone."""
     # The row count goes last (a trailer), so that the state after n rows, copied and given the
     # trailer n, is the digest of those n rows: an appended column is recognised in the same pass.
-    header = canonical_json({"v": KEY_VERSION, "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])})
-    h = xxhash.xxh3_128(b"featstore-array\0" + header + b"\0")
+    header = b"featstore-array\0" + canonical_json(
+        {"v": KEY_VERSION, "dtype": np.dtype(dtype).str, "row_shape": list(shape[1:])}) + b"\0"
+    prefixes, segments = set(prefixes), list(segments)
+    if segments and sum(segments) != (shape[0] if shape else 0):
+        raise ValueError(f"segments of {sum(segments)} rows for a column of {shape[0] if shape else 0}")
+    ends = list(itertools.accumulate(segments))  # the row each segment ends before
+    cuts = sorted(prefixes | set(ends))
+    h, runs = xxhash.xxh3_128(header), [xxhash.xxh3_128(header) for _ in segments]
     done, out = 0, {}
     for part in parts:
         part = np.ascontiguousarray(part)
-        for cut in sorted(n for n in prefixes if done < n <= done + len(part)):
-            h.update(memoryview(part[: cut - done].reshape(-1).view(np.uint8)))
-            out[cut] = _finish(h.copy(), cut)
-            part, done = part[cut - done :], cut
-        h.update(memoryview(part.reshape(-1).view(np.uint8)))
-        done += len(part)
+        while len(part):
+            stop = min(next((n for n in cuts if n > done), len(part) + done), len(part) + done)
+            piece, part = part[: stop - done], part[stop - done :]
+            data = memoryview(piece.reshape(-1).view(np.uint8))
+            h.update(data)
+            if runs:  # the piece lies in one segment: it stops at every segment's end
+                runs[bisect.bisect_right(ends, done)].update(data)
+            done += len(piece)
+            if done in prefixes:
+                out[done] = _finish(h.copy(), done)
     if 0 in prefixes:
-        out[0] = _digests([], dtype, (0, *shape[1:]), set())[0]
-    return _finish(h, shape[0] if shape else 0), out
+        out[0] = _finish(xxhash.xxh3_128(header), 0)
+    return ColumnDigests(_finish(h, shape[0] if shape else 0), out, [_finish(r, n) for r, n in zip(runs, segments)])
 
 
 def _finish(h, rows: int) -> str:

@@ -32,6 +32,7 @@ from featstore.columns import (
     release_ranges,
 )
 from featstore.errors import DatasetError, brief
+from featstore.keys import parts_digest
 
 DEFAULT_LABEL_COLUMN = "category_label"
 RELEASE_BYTES = 64 << 20  # column bytes read between two releases of a split's mapped pages
@@ -46,7 +47,8 @@ class Split:
     """
 
     def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
-                 files: list[str] = (), filesystem=None, stats: list[list] | None = None):
+                 files: list[str] = (), filesystem=None, stats: list[list] | None = None,
+                 file_tables: list[pa.Table] | None = None):
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
@@ -56,6 +58,8 @@ class Split:
         self._mapped: list[tuple[int, int]] | None = None
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
         self._stats = stats  # the files' stats from before they were mapped, if taken then
+        self._file_tables = file_tables  # local Arrow files: each file's table, in `data`'s row order
+        self.file_rows = [t.num_rows for t in file_tables] if file_tables else None
         self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
         self._releasing = threading.Lock()
 
@@ -70,9 +74,10 @@ class Split:
         """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format);
         remote ones (on `filesystem`) are read into memory, never copied to local disk."""
         stats = None if filesystem else _stats(files)  # before mapping: what is read is never older
-        table = pa.concat_tables([_read_arrow(f, filesystem) for f in files])
+        tables = [_read_arrow(f, filesystem) for f in files]
+        table = pa.concat_tables(tables)
         return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem,
-                   stats)
+                   stats, None if filesystem else tables)
 
     @classmethod
     def from_parquet(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
@@ -118,6 +123,16 @@ class Split:
     def parts(self, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
         checked = self._checked.pop(name, None)
         return checked if checked is not None else column_parts(self._table(name), name)
+
+    def file_digest(self, index: int, name: str) -> str:
+        """The digest of the rows that file `index` holds of column `name` (checked like `layout`),
+        for splits with `file_rows`: what a build compares with the digests it took of each file's
+        rows, so that a changed file vouches for the columns it did not change."""
+        layout, parts = column_parts(self._file_tables[index], name)
+        try:
+            return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+        finally:
+            self.release(parts)
 
     def file_stats(self) -> list[list] | None:
         """(path, inode, size, mtime_ns) of each file the split reads, or None when it is not

@@ -11,6 +11,7 @@ Layout under the store root (all access through `storage.Storage`):
     leases/<host>-<pid>-<id>.json  entry keys an open reader uses; gc keeps them while the pid lives
     catalog/<dataset-slug>.json    (dataset, split, layer, featurizer) -> entry key
     digests/<dataset-slug>.json    column digests per split, trusted while its files' stats match
+                                   (or, for a changed file, while its rows of a column hash the same)
 
 An entry is written under `staging/`, then published with one atomic create-only rename, so a
 visible entry is always complete; the catalog is written after its entries. Entries are
@@ -296,8 +297,9 @@ class Store:
         self.storage.write_bytes(self.catalog_path(catalog.dataset), catalog.to_bytes())
 
     def read_digests(self, dataset: str) -> dict:
-        """{split: {"files": [[path, inode, size, mtime_ns], ...], "layers": {layer: digest}}}, or
-        {} when absent or unreadable (a cache: the build then hashes again)."""
+        """{split: {"files": [[path, inode, size, mtime_ns], ...], "layers": {layer: digest},
+        "layouts": {column: [rows, shape, dtype]}, "segments": {layer: [digest of each file's rows]}}},
+        or {} when absent or unreadable (a cache: the build then hashes again)."""
         path = f"digests/{dataset_slug(dataset)}.json"
         try:
             data = json.loads(self.storage.read_bytes(path)) if self.storage.exists(path) else {}

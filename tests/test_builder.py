@@ -72,7 +72,7 @@ def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store
                                               r"train, rows 0-255\) failed: ValueError\('boom'\)"):
         featstore.build("sanity", ["test_fails_on_layer_3"], store=store_dir, device="cpu")
     identity = parse_spec("test_fails_on_layer_3").identity
-    key = {(s, layer): entry_key(column_digest(split, layer), identity)
+    key = {(s, layer): entry_key(column_digest(split, layer).digest, identity)
            for s, split in source.splits.items() for layer in source.layers}
     # The columns finished before the failure are catalogued (with the labels): loadable, and gc keeps them.
     fs = featstore.open("sanity", store=store_dir)
@@ -192,18 +192,24 @@ def test_gpu_build_matches_cpu_build(sanity_dir, tmp_path):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
 
 
-def _count_hashing(monkeypatch):
-    from featstore import builder
+def _count_hashing(monkeypatch, per_file=None):
+    """Record the columns a build hashes whole; with `per_file`, the (file, column) it hashes alone."""
+    from featstore import builder, sources
 
     calls = []
-    real = builder.parts_digest
-    monkeypatch.setattr(builder, "parts_digest", lambda *a: calls.append(1) or real(*a))
+    real = builder.column_digests
+    monkeypatch.setattr(builder, "column_digests", lambda *a: calls.append(1) or real(*a))
+    if per_file is not None:
+        real_file = sources.Split.file_digest
+        monkeypatch.setattr(sources.Split, "file_digest",
+                            lambda self, i, name: per_file.append((i, name)) or real_file(self, i, name))
     return calls
 
 
 def test_digest_cache_skips_hashing_until_a_file_changes(sanity_dir, store_dir, monkeypatch):
     featstore.build("sanity", ["stats"], store=store_dir)
-    calls = _count_hashing(monkeypatch)
+    per_file = []
+    calls = _count_hashing(monkeypatch, per_file)
     again = featstore.build("sanity", ["stats"], store=store_dir)
     assert (again.computed, len(calls)) == (0, 0)  # every file's stat matched: nothing hashed
     assert featstore.build("sanity", ["stats"], store=store_dir, rehash=True).computed == 0
@@ -227,6 +233,7 @@ def test_digest_cache_skips_hashing_until_a_file_changes(sanity_dir, store_dir, 
     data_file.write_bytes(bytes(raw))
     calls.clear()
     report = featstore.build("sanity", ["stats"], store=store_dir)
+    assert per_file == []  # the split's one file changed: no file of it vouches for its columns
     assert len(calls) == 8  # only the changed split was hashed again
     assert {(e.split, e.layer) for e in report.entries if e.status == "computed"} == {("train", "layer_004")}
     assert float(featstore.open("sanity", store=store_dir).load("layer_004", "stats")[7, 3]) == 123.0

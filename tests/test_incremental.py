@@ -17,13 +17,27 @@ from featstore.featurizers import register
 ROWS, DIM = 40, 4
 
 
-def save_layers(path, layers: dict[str, np.ndarray]) -> str:
+def save_layers(path, layers: dict[str, np.ndarray], num_shards: int | None = None) -> str:
     """A save_to_disk dataset with one Array2D float32 column per entry of `layers`."""
     features = datasets.Features({name: datasets.Array2D((DIM, DIM), "float32") for name in layers})
     schema = features.arrow_schema
     columns = [presets.matrices_to_arrow(values, schema.field(i).type) for i, values in enumerate(layers.values())]
-    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path))
+    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path), num_shards=num_shards)
     return str(path)
+
+
+def patch_in_place(path, row_values: np.ndarray, new_first: float) -> None:
+    """Overwrite the first value of the row `row_values` in whichever data file of `path` holds
+    it, in place: same file, same size, new bytes."""
+    for data_file in sorted(path.glob("data-*.arrow")):
+        raw = data_file.read_bytes()
+        at = raw.find(row_values.tobytes())
+        if at >= 0:
+            with open(data_file, "r+b") as f:
+                f.seek(at)
+                f.write(np.float32(new_first).tobytes())
+            return
+    raise AssertionError("row not found")
 
 
 def layers_of(n: int, rows: int = ROWS, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,6 +110,50 @@ def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir
     assert [(s.layer, s.reason) for s in featstore.status(path, store=store_dir).slots if s.state != "fresh"] == [
         ("layer_1", "input bytes changed")]
     assert sorted(set(read)) == ["layer_0", "layer_1"]  # the files changed: hashed again
+
+
+def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir, monkeypatch):
+    from featstore import builder, sources
+
+    data = layers_of(3)
+    path = save_layers(tmp_path / "d", data, num_shards=4)  # 10 rows per file
+    assert featstore.build(path, ["raw"], store=store_dir).computed == 3
+    original = data["layer_1"][17].copy()
+    data["layer_1"][17, 0, 0] += 1.0
+    patch_in_place(tmp_path / "d", original, data["layer_1"][17, 0, 0])  # rows 10-19: file 1
+    per_file, whole = [], []
+    real_file, real_whole = sources.Split.file_digest, builder.column_digests
+    monkeypatch.setattr(sources.Split, "file_digest", lambda self, i, name: per_file.append((i, name))
+                        or real_file(self, i, name))
+    monkeypatch.setattr(builder, "column_digests", lambda *a: whole.append(a[2]) or real_whole(*a))
+
+    stale = [(s.layer, s.reason) for s in featstore.status(path, ["raw"], store=store_dir).slots if s.state != "fresh"]
+    assert stale == [("layer_1", "input bytes changed")]
+    assert sorted(per_file) == [(1, f"layer_{i}") for i in range(3)]  # the changed file's rows of each column
+    assert whole == [(ROWS, DIM, DIM)]  # one column hashed whole: the changed one
+    per_file.clear()
+    whole.clear()
+    rebuilt = featstore.build(path, ["raw"], store=store_dir)
+    assert computed(rebuilt) == {("layer_1", "raw")} and rebuilt.reasons == {"input bytes changed": 1}
+    assert sorted(per_file) == [(1, f"layer_{i}") for i in range(3)]
+    assert whole == [(ROWS, DIM, DIM)]
+    loaded = featstore.open(path, store=store_dir)
+    for name, values in data.items():
+        np.testing.assert_array_equal(loaded.load(name, "raw").numpy(), values)
+
+    # Back to the old bytes: the file's rows match the old column's no longer (they were taken
+    # again when it was hashed), so it is hashed again, and the old entry serves.
+    monkeypatch.undo()
+    patch_in_place(tmp_path / "d", data["layer_1"][17].copy(), original[0, 0])
+    data["layer_1"][17] = original
+    reverted = featstore.build(path, ["raw"], store=store_dir)
+    assert (reverted.computed, reverted.reused) == (0, 3)
+    np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_1", "raw").numpy(), data["layer_1"])
+    assert featstore.status(path, ["raw"], store=store_dir).fresh
+
+    # Saved again in other files, the same bytes keep their digests: nothing to compute.
+    save_layers(tmp_path / "d", data, num_shards=2)
+    assert featstore.build(path, ["raw"], store=store_dir).computed == 0
 
 
 def test_an_entry_gc_removed_is_reported_and_rebuilt(tmp_path, store_dir):

@@ -5,6 +5,7 @@ from featstore.featurizers import parse_spec
 from featstore.keys import (
     array_digest,
     canonical_json,
+    column_digests,
     dataset_slug,
     entry_key,
     featurizer_identity,
@@ -40,11 +41,17 @@ def test_parts_digest_equals_digest_of_joined():
     assert parts_digest(parts, ARANGE.dtype, ARANGE.shape) == array_digest(ARANGE)
 
 
-def test_one_pass_gives_the_digest_of_every_asked_prefix():
+def test_one_pass_gives_the_digest_of_every_asked_prefix_and_segment():
     a = np.arange(60, dtype=np.float32).reshape(10, 6)
-    digest, prefixes = parts_digest([a[:3], a[3:7], a[7:]], a.dtype, a.shape, prefixes=[0, 2, 3, 5, 10])
-    assert digest == array_digest(a)
-    assert prefixes == {n: array_digest(a[:n]) for n in (0, 2, 3, 5, 10)}
+    parts = [a[:3], a[3:7], a[7:]]
+    out = column_digests(parts, a.dtype, a.shape, prefixes=[0, 2, 3, 5, 10], segments=[4, 0, 5, 1])
+    assert out.digest == array_digest(a)
+    assert out.prefixes == {n: array_digest(a[:n]) for n in (0, 2, 3, 5, 10)}
+    # a segment's digest is that of its rows alone, wherever the parts cut them
+    assert out.segments == [array_digest(a[:4]), array_digest(a[4:4]), array_digest(a[4:9]), array_digest(a[9:])]
+    assert column_digests([a], a.dtype, a.shape, segments=[4, 0, 5, 1]).segments == out.segments
+    with pytest.raises(ValueError, match="segments of 9 rows for a column of 10"):
+        column_digests(parts, a.dtype, a.shape, segments=[4, 5])
 
 
 def test_entry_key_separates_featurizers_params_and_versions():

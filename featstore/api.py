@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import logging
 import os
+import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,8 +82,9 @@ def build(
         existing = None if rehash else Store.open(location)
     except StoreError:
         existing = None
+    started = time.perf_counter()
     cache = builder.cached_digests(existing, source, rehash)  # the files' stats before any column is read
-    build_plan = builder.plan(source, bound, cache)  # every check first: a failed build creates no store
+    build_plan = builder.plan(source, bound, cache, started)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 
 

@@ -144,16 +144,18 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple | None = None) -> BuildPlan:
+def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple | None = None,
+         started: float | None = None) -> BuildPlan:
     """Check every chosen column of every split and every featurizer's output shape for it.
     Raises (naming the column, row or featurizer) before anything is written; copies no values.
     `cache` is `cached_digests(store, source)`, taken before any column is read: a column whose
     split's files it vouches for is not read again (a build checked it), and `execute` keeps it,
-    so that what the build learns is cached with the files' stats from before it read them."""
+    so that what the build learns is cached with the files' stats from before it read them.
+    `started`: when planning began, if before `cache` was taken (it may hash changed files)."""
+    started = started or time.perf_counter()
     checked = known_layouts(cache)
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
-    started = time.perf_counter()
     units = []
     for kind, names in (("split", source.splits), ("layer", source.layers)):
         for name in names:

@@ -59,7 +59,9 @@ class Split:
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
         self._stats = stats  # the files' stats from before they were mapped, if taken then
         self._file_tables = file_tables  # local Arrow files: each file's table, in `data`'s row order
-        self.file_rows = [t.num_rows for t in file_tables] if file_tables else None
+        # Rows per file, for the digest of each file's rows (see file_digest); not for one file,
+        # whose change is the split's
+        self.file_rows = [t.num_rows for t in file_tables] if file_tables and len(file_tables) > 1 else None
         self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
         self._releasing = threading.Lock()
 

@@ -1,17 +1,19 @@
-"""Random sequences of build / failing build / edit data / edit featurizer / forget / gc / verify against
+"""Random sequences of build / failing build / edit data (saved again, or one value rewritten inside
+its file) / edit featurizer / forget / gc / verify against
 a model of what should be fresh: `status` always agrees with the model, and a build recomputes
 exactly the slots the model says are not fresh (but for those a failed build may have stored
 beyond its failure)."""
 
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from test_incremental import layers_of, save_layers
+from test_incremental import layers_of, patch_in_place, save_layers
 
 import featstore
 from featstore.errors import FeaturizerError
@@ -19,6 +21,7 @@ from featstore.featurizers import register
 from featstore.store import Store
 
 LAYERS = 3
+SHARDS = 3  # data files: a value rewritten in place changes one of them
 
 
 def _scaled(x, scale: float = 1.0):
@@ -39,7 +42,7 @@ class StoreModel(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.mkdtemp()
         self.data = layers_of(LAYERS, rows=12)
-        self.path = save_layers(f"{self.tmp}/data", self.data)
+        self.path = save_layers(f"{self.tmp}/data", self.data, SHARDS)
         self.store = f"{self.tmp}/store"
         Store.open(self.store, create=True)
         self.version = 0
@@ -83,7 +86,18 @@ class StoreModel(RuleBasedStateMachine):
     def edit_data(self, layer, row):
         self.edits += 1  # every edit makes bytes never seen before
         self.data[f"layer_{layer}"][row, 0, 0] += self.edits
-        save_layers(f"{self.tmp}/data", self.data)
+        save_layers(f"{self.tmp}/data", self.data, SHARDS)
+        for f in self.featurizers:
+            self.fresh[(f"layer_{layer}", f)] = False
+
+    @rule(layer=st.integers(0, LAYERS - 1), row=st.integers(0, 11))
+    def edit_in_place(self, layer, row):
+        """Only the file holding the row changes: the others' digests vouch for their rows."""
+        self.edits += 1
+        values = self.data[f"layer_{layer}"]
+        before = values[row].copy()
+        values[row, 0, 0] += self.edits
+        patch_in_place(Path(self.path), before, values[row, 0, 0])
         for f in self.featurizers:
             self.fresh[(f"layer_{layer}", f)] = False
 

@@ -48,7 +48,7 @@ class Split:
 
     def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
                  files: list[str] = (), filesystem=None, stats: list[list] | None = None,
-                 file_tables: list[pa.Table] | None = None):
+                 file_tables: list[pa.Table] | None = None, file_rows: list[int] | None = None):
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
@@ -59,9 +59,10 @@ class Split:
         self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
         self._stats = stats  # the files' stats from before they were mapped, if taken then
         self._file_tables = file_tables  # local Arrow files: each file's table, in `data`'s row order
-        # Rows per file, for the digest of each file's rows (see file_digest); not for one file,
-        # whose change is the split's
-        self.file_rows = [t.num_rows for t in file_tables] if file_tables and len(file_tables) > 1 else None
+        # Rows per local file, for the digest of each file's rows (see file_digest); not for one
+        # file, whose change is the split's
+        file_rows = file_rows or ([t.num_rows for t in file_tables] if file_tables else None)
+        self.file_rows = file_rows if file_rows and len(file_rows) > 1 else None
         self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
         self._releasing = threading.Lock()
 
@@ -87,28 +88,31 @@ class Split:
         import pyarrow.parquet as pq
 
         arrow_fs = _arrow_filesystem(filesystem)
-        rows = 0
+        rows = []
         for f in files:
             try:
-                rows += pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows
+                rows.append(pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows)
             except (OSError, pa.ArrowException) as e:
                 raise _unreadable(f, e) from e
         schema = pq.read_schema(files[0], filesystem=arrow_fs)
-        return cls(files, schema, rows, _label_names(schema, label_column), files, filesystem)
+        return cls(files, schema, sum(rows), _label_names(schema, label_column), files, filesystem,
+                   file_rows=None if filesystem else rows)
 
     @property
     def column_names(self) -> list[str]:
         return list(self.schema.names)
 
-    def _table(self, name: str):
+    def _table(self, name: str, files: list[str] | None = None):
+        """The table to read column `name` from: of all the split's files, or (parquet) of `files`."""
         if isinstance(self._data, list):
             import pyarrow.parquet as pq
 
+            files = files or self._data
             try:
-                return pq.read_table(self._data, columns=[name], memory_map=self.filesystem is None,
+                return pq.read_table(files, columns=[name], memory_map=self.filesystem is None,
                                      filesystem=_arrow_filesystem(self.filesystem))
             except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
-                raise _unreadable(f"column {name!r} of {brief(self._data, 3)}", e) from e
+                raise _unreadable(f"column {name!r} of {brief(files, 3)}", e) from e
         return self._data
 
     def read(self, name: str) -> np.ndarray:
@@ -130,7 +134,8 @@ class Split:
         """The digest of the rows that file `index` holds of column `name` (checked like `layout`),
         for splits with `file_rows`: what a build compares with the digests it took of each file's
         rows, so that a changed file vouches for the columns it did not change."""
-        layout, parts = column_parts(self._file_tables[index], name)
+        table = self._table(name, [self._data[index]]) if isinstance(self._data, list) else self._file_tables[index]
+        layout, parts = column_parts(table, name)
         try:
             return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
         finally:

@@ -156,6 +156,34 @@ def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir
     assert featstore.build(path, ["raw"], store=store_dir).computed == 0
 
 
+def test_a_rewritten_parquet_file_is_read_not_the_split(tmp_path, store_dir, monkeypatch):
+    from featstore import sources
+
+    data = layers_of(2, rows=30)
+    (tmp_path / "pq").mkdir()
+
+    def write(i: int) -> None:  # file i: rows 10i to 10i + 9
+        rows = datasets.Dataset.from_dict({name: values[10 * i : 10 * i + 10] for name, values in data.items()})
+        rows.to_parquet(str(tmp_path / "pq" / f"part-{i}.parquet"))
+
+    for i in range(3):
+        write(i)
+    path = str(tmp_path / "pq")
+    assert featstore.build(path, ["raw"], store=store_dir).computed == 2
+    data["layer_0"][25, 1, 1] += 1.0
+    write(2)
+    read = []
+    real = sources.Split._table
+    monkeypatch.setattr(sources.Split, "_table", lambda self, name, files=None: read.append((name, files))
+                        or real(self, name, files))
+    rebuilt = featstore.build(path, ["raw"], store=store_dir)
+    assert computed(rebuilt) == {("layer_0", "raw")}
+    # each column of the rewritten file alone, then all of the column that differs in it
+    assert sorted(read, key=str) == sorted([("layer_0", [f"{path}/part-2.parquet"]),
+                                            ("layer_1", [f"{path}/part-2.parquet"])] + [("layer_0", None)] * 2, key=str)
+    np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_0", "raw").numpy(), data["layer_0"])
+
+
 def test_an_entry_gc_removed_is_reported_and_rebuilt(tmp_path, store_dir):
     path = save_layers(tmp_path / "d", layers_of(2))
     featstore.build(path, ["stats"], store=store_dir)

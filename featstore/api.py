@@ -83,7 +83,7 @@ def build(
     except StoreError:
         existing = None
     started = time.perf_counter()
-    cache = builder.cached_digests(existing, source, rehash)  # the files' stats before any column is read
+    cache = builder.cached_digests(existing, source, rehash, progress)  # the files' stats before any column is read
     build_plan = builder.plan(source, bound, cache, started)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 

@@ -203,7 +203,8 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     return report
 
 
-def cached_digests(store: Store | None, source: Source, rehash: bool = False) -> tuple[dict, dict, dict]:
+def cached_digests(store: Store | None, source: Source, rehash: bool = False,
+                   progress: bool = False) -> tuple[dict, dict, dict]:
     """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
     that the cache vouches for). The cache vouches for every column of a split whose files all
     kept path, inode, size and mtime_ns; when some (not all) changed, for each column whose rows in
@@ -219,7 +220,7 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False) ->
         if old.get("files") == stats[name]:
             trusted[name] = old["layers"]
             continue
-        vouched = _vouched(split, old, stats[name], source.layers)
+        vouched = _vouched(split, old, stats[name], source.layers, f"{source.name} {name}" if progress else "")
         if vouched:
             trusted[name] = {layer: old["layers"][layer] for layer in vouched}
             cached[name] = {"files": old["files"], "layers": trusted[name],
@@ -227,9 +228,12 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False) ->
     return cached, stats, trusted
 
 
-def _vouched(split, old: dict, stats: list[list], layers: list[str]) -> set[str]:
+def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: str = "") -> set[str]:
     """The `layers` whose rows in each file that changed since `old` (a split's digest cache) was
-    written hash as they did then: unchanged columns, whose cached digest and layout still hold."""
+    written hash as they did then: unchanged columns, whose cached digest and layout still hold.
+    With `progress` (what to call the split), a progress bar counts the columns compared."""
+    from tqdm.auto import tqdm
+
     segments = old.get("segments", {})
     if split.file_rows is None or len(stats) != len(old.get("files", ())):
         return set()
@@ -246,7 +250,10 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str]) -> set[str]
             return False
 
     with ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
-        return {layer for layer, same in zip(todo, pool.map(unchanged, todo)) if same}
+        compared = tqdm(pool.map(unchanged, todo), total=len(todo), unit="column", leave=False,
+                        desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}",
+                        disable=True if not progress else None)
+        return {layer for layer, same in zip(todo, compared) if same}
 
 
 def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:

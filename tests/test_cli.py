@@ -175,3 +175,36 @@ def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeyp
     assert out[2].startswith("svd  (k=16, normalize=False; version 1)") and len([o for o in out if "  (" in o]) == 2
     listed = json.loads(run("featurizers", "--json").output)
     assert {"raw", "stats", "svd", "spectral", "randproj", "norms"} <= {f["name"] for f in listed}
+
+
+def test_a_build_shows_progress_while_it_compares_changed_files(tmp_path, store_dir):
+    """On a terminal, the comparison of a changed file's rows (before the build's own bar) has a bar too."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from test_incremental import layers_of, patch_in_place, save_layers
+
+    data = layers_of(2)
+    path = save_layers(tmp_path / "d", data, num_shards=2)
+    featstore.build(path, ["raw"], store=store_dir)
+    patch_in_place(tmp_path / "d", data["layer_1"][3].copy(), 7.0)  # rows 0-19: file 0
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 columns: tqdm draws nothing
+    built = subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", path, "-f", "raw", "--store",
+                              store_dir, "--device", "cpu"], stdout=subprocess.PIPE, stderr=terminal, text=True)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            data_read = os.read(master, 4096)
+        except OSError:  # the terminal's other end closed: the build exited
+            break
+        if not data_read:
+            break
+        shown += data_read
+    os.close(master)
+    assert built.wait(timeout=300) == 0
+    assert "1 computed (1 input bytes changed), 1 reused" in built.stdout.read()
+    assert f"{path} train: 1 changed file" in shown.decode(errors="replace")

@@ -355,10 +355,11 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None)
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-           store: str | None = None):
+           store: str | None = None, progress: bool = False):
     """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
     (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
-    or missing. Featurizers default to those the store holds for the dataset."""
+    or missing. Featurizers default to those the store holds for the dataset. `progress`: a
+    progress bar (on a terminal) while it hashes columns the digest cache does not vouch for."""
     from featstore import freshness
 
     st = Store.open(store or default_store())
@@ -371,13 +372,13 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
             raise
         raise DatasetError(f"{e}; the store {st.location} still holds its features: if the data is gone for good, "
                            f"`featstore forget --dataset {name}` drops them (then `featstore gc` frees them)") from e
-    return freshness.status(source, _featurizers_for(source.name, featurizers, st), st)
+    return freshness.status(source, _featurizers_for(source.name, featurizers, st), st, progress)
 
 
 def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-         store: str | None = None) -> dict:
+         store: str | None = None, progress: bool = False) -> dict:
     """The lockfile contents for `dataset` (see `featstore lock`); uses the store, if there is one,
-    for the digest cache and the default featurizers."""
+    for the digest cache and the default featurizers. `progress` as for `status`."""
     from featstore import freshness
 
     location = store or default_store()
@@ -386,11 +387,13 @@ def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | I
     except FeatstoreError:
         st = None
     source = load_source(dataset, names(layers))
-    return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st)
+    return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st, progress)
 
 
-def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | Iterable[str] = ()):
-    """`status` against a lockfile instead of a store (see `featstore status --lock`)."""
+def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | Iterable[str] = (),
+                        progress: bool = False):
+    """`status` against a lockfile instead of a store (see `featstore status --lock`); `progress` as
+    for `status`."""
     from pathlib import Path
 
     from featstore import freshness
@@ -401,7 +404,7 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
         raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
     lock = freshness.read_lock(raw, lock_path)
     source = load_source(lock["dataset"] if dataset is None else dataset, names(layers))
-    return freshness.status_against_lock(source, lock)
+    return freshness.status_against_lock(source, lock, progress)
 
 
 def verify(store: str | None = None, *, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,

@@ -208,7 +208,9 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @_store_option
 @click.option("--all", "show_all", is_flag=True, help="List fresh entries too.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
-def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
+@click.option("--progress/--no-progress", default=True,
+              help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
+def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, progress):
     """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
     the store's features are fresh, stale (and why) or missing, and what a build would do.
 
@@ -223,10 +225,10 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
     if lock_path:
         if featurizers:
             raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer")
-        reports = [api.status_against_lock(lock_path, dataset, layers=layers)]
+        reports = [api.status_against_lock(lock_path, dataset, layers=layers, progress=progress)]
     else:
         names = [dataset] if dataset else [c.dataset for c in Store.open(store or default_store()).catalogs()]
-        reports = [api.status(name, featurizers, layers=layers, store=store) for name in names]
+        reports = [api.status(name, featurizers, layers=layers, store=store, progress=progress) for name in names]
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=1))
     for r in reports if not as_json else []:
@@ -250,14 +252,16 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json):
 @click.option("--output", "-o", default="featstore.lock", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the lockfile ('-' for stdout).")
 @_store_option
-def lock(dataset, featurizers, layers, output, store):
+@click.option("--progress/--no-progress", default=True,
+              help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
+def lock(dataset, featurizers, layers, output, store, progress):
     """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
     entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
     or code change invalidates, on a machine without the store (a PR check)."""
     from featstore import api
     from featstore.freshness import lock_bytes
 
-    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store))
+    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, progress=progress))
     if output == "-":
         click.echo(data.decode(), nl=False)
         return

@@ -81,16 +81,20 @@ class StatusReport:
                 "seconds": round(self.seconds, 4), "slots": [asdict(s) for s in self.slots]}
 
 
-def _digests(source: Source, store: Store | None, cache: tuple | None = None,
-             cuts: dict | None = None) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], dict[int, str]]]:
+def _digests(source: Source, store: Store | None, cache: tuple | None = None, cuts: dict | None = None,
+             progress: bool = False) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], dict[int, str]]]:
     """Every chosen column's digest: from the digest cache where it vouches, else hashed (in
-    threads); and, for the columns hashed, the digests of their first n rows for each n that
-    `cuts` names per (split, layer) (how an append is recognised: see keys.column_digests)."""
-    _, _, trusted = cache or cached_digests(store, source)
+    threads, with a progress bar on a terminal if `progress`); and, for the columns hashed, the
+    digests of their first n rows for each n that `cuts` names per (split, layer) (how an append
+    is recognised: see keys.column_digests)."""
+    from tqdm.auto import tqdm
+
+    _, _, trusted = cache or cached_digests(store, source, progress=progress)
     todo = [(s, layer) for layer in source.layers for s in source.splits if layer not in trusted.get(s, {})]
     with ThreadPoolExecutor(4) as pool:
-        hashed = dict(zip(todo, pool.map(
-            lambda unit: column_digest(source.splits[unit[0]], unit[1], (cuts or {}).get(unit, ())), todo)))
+        hashing = pool.map(lambda unit: column_digest(source.splits[unit[0]], unit[1], (cuts or {}).get(unit, ())), todo)
+        hashed = dict(zip(todo, tqdm(hashing, total=len(todo), desc=f"hash {source.name}", unit="column", leave=False,
+                                     disable=True if not progress or not todo else None)))
     out = {unit: d.digest for unit, d in hashed.items()}
     prefixes = {unit: d.prefixes for unit, d in hashed.items()}
     for split, layers in trusted.items():
@@ -106,10 +110,12 @@ def _rows_and_row_bytes(source: Source, split: str, layer: str, known: dict) -> 
     return layout.rows, int(np.prod(layout.value_shape, dtype=np.int64)) * layout.dtype.itemsize
 
 
-def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store) -> StatusReport:
-    """The state of every (split, layer, featurizer) of `source` in `store`; reads, never writes."""
+def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store,
+           progress: bool = False) -> StatusReport:
+    """The state of every (split, layer, featurizer) of `source` in `store`; reads, never writes.
+    With `progress`, columns it hashes are counted on a progress bar (on a terminal)."""
     started = time.perf_counter()
-    cache = cached_digests(store, source)
+    cache = cached_digests(store, source, progress=progress)
     catalog = store.read_catalog(source.name)
     served = {r.slot: r for r in catalog.rows} if catalog else {}
     known = known_layouts(cache)
@@ -120,7 +126,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
             old = served.get((split, layer, f.spec))
             if extends(old, f, rows):
                 cuts.setdefault((split, layer), set()).add(old.shape[0])
-    digests, prefixes = _digests(source, store, cache, cuts)
+    digests, prefixes = _digests(source, store, cache, cuts, progress)
     report = StatusReport(source.name)
     for layer in source.layers:
         for split in source.splits:
@@ -163,10 +169,11 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
     return out
 
 
-def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None) -> dict:
+def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None,
+              progress: bool = False) -> dict:
     """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
     featurizer its identity, and the entry keys they give. JSON, sorted, one value per line."""
-    digests = _digests(source, store)[0]
+    digests = _digests(source, store, progress=progress)[0]
     return {
         "featstore_lock": LOCK_FORMAT,
         "key_version": KEY_VERSION,
@@ -194,14 +201,14 @@ def read_lock(raw: bytes, where: str) -> dict:
     return lock
 
 
-def status_against_lock(source: Source, lock: dict) -> StatusReport:
+def status_against_lock(source: Source, lock: dict, progress: bool = False) -> StatusReport:
     """Compare the current data and featurizer code with a lockfile, without a store: every entry
     key that differs from the locked one is stale (with the reason), every slot the lock lacks is
     missing, every locked layer the data lacks is stale ("layer gone")."""
     started = time.perf_counter()
     import_modules(lock.get("modules", []), "the lockfile names it: run from the project that has it, or install it")
     featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
-    digests = _digests(source, None)[0]
+    digests = _digests(source, None, progress=progress)[0]
     report = StatusReport(source.name)
     locked_columns, locked_entries = lock["columns"], lock["entries"]
     for split in sorted(set(source.splits) | set(locked_columns)):

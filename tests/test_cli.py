@@ -177,34 +177,48 @@ def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeyp
     assert {"raw", "stats", "svd", "spectral", "randproj", "norms"} <= {f["name"] for f in listed}
 
 
-def test_a_build_shows_progress_while_it_compares_changed_files(tmp_path, store_dir):
-    """On a terminal, the comparison of a changed file's rows (before the build's own bar) has a bar too."""
+def _on_a_terminal(*args) -> tuple[int, str, str]:
+    """Run `featstore ARGS` with stderr on a pseudo-terminal (120 columns: on 0, tqdm draws
+    nothing): (exit status, stdout, what the terminal showed)."""
     import fcntl
     import pty
     import struct
     import termios
 
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    run = subprocess.Popen([sys.executable, "-m", "featstore.cli", *args], stdout=subprocess.PIPE, stderr=terminal,
+                           text=True)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            read = os.read(master, 4096)
+        except OSError:  # the terminal's other end closed: the command exited
+            break
+        if not read:
+            break
+        shown += read
+    os.close(master)
+    return run.wait(timeout=300), run.stdout.read(), shown.decode(errors="replace")
+
+
+def test_long_work_shows_progress_on_a_terminal(tmp_path, store_dir):
     from test_incremental import layers_of, patch_in_place, save_layers
 
     data = layers_of(2)
     path = save_layers(tmp_path / "d", data, num_shards=2)
     featstore.build(path, ["raw"], store=store_dir)
     patch_in_place(tmp_path / "d", data["layer_1"][3].copy(), 7.0)  # rows 0-19: file 0
-    master, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 columns: tqdm draws nothing
-    built = subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", path, "-f", "raw", "--store",
-                              store_dir, "--device", "cpu"], stdout=subprocess.PIPE, stderr=terminal, text=True)
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            data_read = os.read(master, 4096)
-        except OSError:  # the terminal's other end closed: the build exited
-            break
-        if not data_read:
-            break
-        shown += data_read
-    os.close(master)
-    assert built.wait(timeout=300) == 0
-    assert "1 computed (1 input bytes changed), 1 reused" in built.stdout.read()
-    assert f"{path} train: 1 changed file" in shown.decode(errors="replace")
+    # The changed file's rows are compared before the build's own bar starts: a bar of their own.
+    status, out, shown = _on_a_terminal("status", "-d", path, "-f", "raw", "--store", store_dir)
+    assert status == 1 and "1 fresh, 1 stale, 0 missing" in out
+    assert f"{path} train: 1 changed file" in shown and f"hash {path}" in shown  # then layer_1, whole
+    status, out, shown = _on_a_terminal("build", "-d", path, "-f", "raw", "--store", store_dir, "--device", "cpu")
+    assert status == 0 and "1 computed (1 input bytes changed), 1 reused" in out
+    assert f"{path} train: 1 changed file" in shown and f"build {path}" in shown
+    status, _, shown = _on_a_terminal("lock", "-d", path, "-f", "raw", "-o", str(tmp_path / "f.lock"))
+    assert status == 0 and f"hash {path}" in shown  # no store: every column hashed
+    patch_in_place(tmp_path / "d", data["layer_0"][3].copy(), 8.0)
+    status, _, shown = _on_a_terminal("status", "-d", path, "-f", "raw", "--store", store_dir, "--no-progress")
+    assert status == 1 and "hash" not in shown and "changed file" not in shown

@@ -408,11 +408,12 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
 
 
 def verify(store: str | None = None, *, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
-           seed: int | None = None):
-    """Check the store's entries chunk by chunk (see `featstore verify`); an `integrity.VerifyReport`."""
+           seed: int | None = None, progress: bool = False):
+    """Check the store's entries chunk by chunk (see `featstore verify`); an `integrity.VerifyReport`.
+    `progress`: progress bars on a terminal."""
     from featstore import integrity
 
-    return integrity.verify(Store.open(store or default_store()), sample, recompute, repair, seed)
+    return integrity.verify(Store.open(store or default_store()), sample, recompute, repair, seed, progress)
 
 
 def gc(store: str | None = None, *, dry_run: bool = False, max_size: int | None = None, keep_days: float = 0.0):

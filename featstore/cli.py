@@ -282,12 +282,13 @@ def lock(dataset, featurizers, layers, output, store, progress):
 @click.option("--seed", type=int, default=None, help="Seed of the random samples.")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(sample, recompute, repair, seed, store, as_json):
+@click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
+def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
     from featstore import api
 
-    report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed)
+    report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

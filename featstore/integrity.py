@@ -43,10 +43,15 @@ class VerifyReport:
 
 
 def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
-           seed: int | None = None) -> VerifyReport:
+           seed: int | None = None, progress: bool = False) -> VerifyReport:
     """Check a `sample` fraction of the entries (all by default) chunk by chunk; recompute a
     `recompute` fraction of the catalogued features from their datasets; with `repair`, drop
-    the corrupt entries."""
+    the corrupt entries. With `progress`, progress bars (on a terminal) count both."""
+    from tqdm.auto import tqdm
+
+    def counted(items: list, what: str, unit: str):
+        return tqdm(items, desc=what, unit=unit, leave=False, disable=True if not progress else None)
+
     for name, value in (("sample", sample), ("recompute", recompute)):
         if not 0 <= value <= 1:
             raise FeatstoreError(f"--{name} must be a fraction between 0 and 1, not {value}")
@@ -54,7 +59,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
     rng = random.Random(seed)
     report = VerifyReport()
     keys = store.entry_keys()
-    for key in sorted(rng.sample(keys, round(len(keys) * sample))):
+    for key in counted(sorted(rng.sample(keys, round(len(keys) * sample))), "verify", "entry"):
         problem, read = store.check_entry(key)
         report.checked += 1
         report.bytes_read += read
@@ -62,7 +67,8 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
             report.corrupt[key] = problem
     if recompute:
         rows = [(c.dataset, r) for c in store.catalogs() for r in c.rows if r.key not in report.corrupt]
-        for dataset, row in sorted(rng.sample(rows, round(len(rows) * recompute)), key=lambda x: x[1].slot):
+        chosen = sorted(rng.sample(rows, round(len(rows) * recompute)), key=lambda x: x[1].slot)
+        for dataset, row in counted(chosen, "recompute", "feature"):
             _recompute(store, dataset, row, report)
     if repair:
         for key in report.corrupt:

@@ -222,3 +222,6 @@ def test_long_work_shows_progress_on_a_terminal(tmp_path, store_dir):
     patch_in_place(tmp_path / "d", data["layer_0"][3].copy(), 8.0)
     status, _, shown = _on_a_terminal("status", "-d", path, "-f", "raw", "--store", store_dir, "--no-progress")
     assert status == 1 and "hash" not in shown and "changed file" not in shown
+    status, out, shown = _on_a_terminal("verify", "--store", store_dir, "--recompute", "1")
+    assert status == 0 and "checked 3 entries" in out, out  # layer_0 raw, layer_1 raw before and after the change
+    assert "verify: " in shown and "recompute: " in shown

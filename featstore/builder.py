@@ -207,9 +207,10 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False,
                    progress: bool = False) -> tuple[dict, dict, dict]:
     """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
     that the cache vouches for). The cache vouches for every column of a split whose files all
-    kept path, inode, size and mtime_ns; when some (not all) changed, for each column whose rows in
-    every changed file hash as they did (`Split.file_digest`), so that rewriting one file of a
-    split hashes that file, not the split. For such a split the cache returned holds only those columns."""
+    kept path, inode, size and mtime_ns; when files holding at most half its rows changed, for each
+    column whose rows in every changed file hash as they did (`Split.file_digest`), so that
+    rewriting one file of a split hashes that file, not the split. For such a split the cache
+    returned holds only those columns."""
     cached = {} if rehash or store is None else store.read_digests(source.name)
     stats = {name: split.file_stats() for name, split in source.splits.items()}
     trusted = {}
@@ -238,8 +239,8 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
     if split.file_rows is None or len(stats) != len(old.get("files", ())):
         return set()
     changed = [i for i, (now_, then) in enumerate(zip(stats, old["files"])) if now_ != then]
-    if len(changed) == len(stats):  # hashing every file's rows costs what hashing the columns does
-        return set()
+    if 2 * sum(split.file_rows[i] for i in changed) > sum(split.file_rows):
+        return set()  # a column that differs is hashed twice: worth it only for the smaller part of the split
     todo = [layer for layer in layers if layer in old.get("layers", {}) and layer in old.get("layouts", {})
             and len(segments.get(layer) or ()) == len(stats)]
 

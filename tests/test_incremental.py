@@ -156,6 +156,23 @@ def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir
     assert featstore.build(path, ["raw"], store=store_dir).computed == 0
 
 
+def test_a_split_mostly_rewritten_is_hashed_whole(tmp_path, store_dir, monkeypatch):
+    from featstore import sources
+
+    data = layers_of(2)
+    path = save_layers(tmp_path / "d", data, num_shards=4)
+    featstore.build(path, ["raw"], store=store_dir)
+    for row in (5, 15, 25):  # files 0, 1 and 2: three quarters of the rows
+        patch_in_place(tmp_path / "d", data["layer_0"][row].copy(), 9.0 + row)
+        data["layer_0"][row, 0, 0] = 9.0 + row
+    per_file = []
+    real = sources.Split.file_digest
+    monkeypatch.setattr(sources.Split, "file_digest", lambda self, i, name: per_file.append(i) or real(self, i, name))
+    assert computed(featstore.build(path, ["raw"], store=store_dir)) == {("layer_0", "raw")}
+    assert per_file == []  # comparing would hash layer_0's changed rows twice, for a quarter saved
+    np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_0", "raw").numpy(), data["layer_0"])
+
+
 def test_a_rewritten_parquet_file_is_read_not_the_split(tmp_path, store_dir, monkeypatch):
     from featstore import sources
 

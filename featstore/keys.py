@@ -65,7 +65,8 @@ def column_digests(parts: Iterable[np.ndarray], dtype: np.dtype, shape: tuple[in
     for part in parts:
         part = np.ascontiguousarray(part)
         while len(part):
-            stop = min(next((n for n in cuts if n > done), len(part) + done), len(part) + done)
+            end = done + len(part)
+            stop = next((n for n in cuts if done < n < end), end)  # the part's next cut, if any
             piece, part = part[: stop - done], part[stop - done :]
             data = memoryview(piece.reshape(-1).view(np.uint8))
             h.update(data)

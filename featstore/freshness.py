@@ -94,7 +94,8 @@ def _digests(source: Source, store: Store | None, cache: tuple | None = None, cu
         if progress and todo:  # tqdm's import costs 60 ms of a status that finds everything fresh
             from tqdm.auto import tqdm
 
-            hashing = tqdm(hashing, total=len(todo), desc=f"hash {source.name}", unit="column", leave=False)
+            hashing = tqdm(hashing, total=len(todo), desc=f"hash {source.name}", unit="column", leave=False,
+                           disable=None)  # None: on a terminal only
         hashed = dict(zip(todo, hashing))
     out = {unit: d.digest for unit, d in hashed.items()}
     prefixes = {unit: d.prefixes for unit, d in hashed.items()}

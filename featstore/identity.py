@@ -1,15 +1,21 @@
 """A featurizer's code identity: a hash of its normalised source and of what it calls.
 
 Normalised means parsed: comments, blank lines, formatting, docstrings and decorators do not
-count. Followed, recursively: the project-local functions it calls (plain names, or `module.attr`
-of an imported module), and the simple constants (numbers, strings, tuples of them) it reads from
-module globals. Library code (the standard library, site-packages) is not followed: its version is
-not ours to track. Pure: no I/O beyond reading source files.
+count. Followed, recursively, wherever the code names them (nested functions, lambdas and
+comprehensions included): the project-local functions and classes it reads from module globals
+or its closure, directly, through an imported module (`helpers.fn`, `pkg.sub.fn`), behind a
+decorator (`functools.wraps`) or a `functools.partial`, and the class of a project-local instance;
+and the simple constants it reads (numbers, strings, None, and tuples, lists, sets and dicts of
+them), such as `SCALE` or `config.SCALE`. Library code (the standard library, site-packages) is
+not followed: its version is not ours to track. Other values (arrays, tensors, open files) are not
+hashed: pin `version=` for a featurizer whose results depend on them. Pure: no I/O beyond reading
+source files.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import sys
 import sysconfig
@@ -18,7 +24,7 @@ from collections.abc import Callable
 
 import xxhash
 
-_SIMPLE = (bool, int, float, str, bytes, type(None))
+_SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 
 
 def code_hash(fn: Callable) -> str:
@@ -29,34 +35,82 @@ def code_hash(fn: Callable) -> str:
     return h.hexdigest()[:16]
 
 
-def _collect(fn: Callable, seen: dict[str, str]) -> dict[str, str]:
-    fn = inspect.unwrap(fn)
-    key = f"{fn.__module__}.{fn.__qualname__}"
+def _collect(obj: Callable | type, seen: dict[str, str]) -> dict[str, str]:
+    """Add `obj` (a project-local function or class) and, recursively, what its code reads."""
+    obj = _unwrapped(obj)
+    key = f"{obj.__module__}.{obj.__qualname__}"
     if key in seen:
         return seen
-    node = _function_node(fn)
+    node = _definition_node(obj)
     seen[key] = ast.dump(node)
-    refs = inspect.getclosurevars(fn)
-    for name, value in sorted({**refs.globals, **refs.nonlocals}.items()):
-        if _is_simple(value):
-            seen[f"{key}:{name}"] = repr(value)
-        elif inspect.isfunction(value) and _project_local(value):
-            _collect(value, seen)
-        elif inspect.ismodule(value):
-            for attr in sorted(refs.unbound):
-                member = getattr(value, attr, None)
-                if inspect.isfunction(member) and _project_local(member):
-                    _collect(member, seen)
+    for name, value in _references(obj, node).items():
+        _follow(f"{key}:{name}", value, seen)
     return seen
 
 
-def _function_node(fn: Callable) -> ast.AST:
+def _follow(name: str, value, seen: dict[str, str]) -> None:
+    if _is_simple(value):
+        seen[name] = _text(value)
+    elif isinstance(value, functools.partial):
+        _follow(f"{name}.func", value.func, seen)
+        for i, arg in enumerate((*value.args, *sorted(value.keywords.items()))):
+            _follow(f"{name}.arg{i}", arg, seen)
+    elif inspect.isfunction(_unwrapped(value)) or inspect.isclass(value):
+        if _project_local(value):
+            _collect(value, seen)
+    elif not inspect.ismodule(value) and _project_local(type(value)):
+        _collect(type(value), seen)  # an instance: its class's code, and its simple attributes
+        for attr, item in sorted(getattr(value, "__dict__", {}).items()):
+            if _is_simple(item):
+                seen[f"{name}.{attr}"] = _text(item)
+
+
+def _references(obj, node: ast.AST) -> dict[str, object]:
+    """What the code of `obj` reads by name from its module's globals or its closure: plain names,
+    and dotted names through imported modules resolved to what they end at (`pkg.sub.fn`: fn)."""
+    namespace = dict(getattr(sys.modules.get(obj.__module__), "__dict__", {}))
+    if inspect.isfunction(obj):
+        namespace.update(obj.__globals__)
+        cells = zip(obj.__code__.co_freevars, obj.__closure__ or ())
+        namespace.update({var: cell.cell_contents for var, cell in cells if _filled(cell)})
+    found = {}
+    for child in ast.walk(node):
+        if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load) and child.id in namespace:
+            found[child.id] = namespace[child.id]
+        elif isinstance(child, ast.Attribute) and (dotted := _dotted(child)) and dotted[0] in namespace:
+            value = namespace[dotted[0]]
+            for depth, attr in enumerate(dotted[1:], start=1):
+                if not inspect.ismodule(value) or not hasattr(value, attr):
+                    break
+                value = getattr(value, attr)
+                found[".".join(dotted[: depth + 1])] = value
+    return found
+
+
+def _dotted(node: ast.Attribute) -> list[str] | None:
+    """['a', 'b', 'c'] for the expression `a.b.c`; None unless it is names and attributes only."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return [node.id, *reversed(parts)] if isinstance(node, ast.Name) else None
+
+
+def _filled(cell) -> bool:
     try:
-        source = textwrap.dedent(inspect.getsource(fn))
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _definition_node(obj) -> ast.AST:
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError) as e:
-        raise ValueError(f"cannot read the source of {fn!r} to identify it; pass version= explicitly") from e
+        raise ValueError(f"cannot read the source of {obj!r} to identify it; pass version= explicitly") from e
     node = ast.parse(source).body[0]
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         node.decorator_list = []
     for child in ast.walk(node):
         body = getattr(child, "body", None)
@@ -68,9 +122,31 @@ def _function_node(fn: Callable) -> ast.AST:
 
 
 def _is_simple(value) -> bool:
-    if isinstance(value, (tuple, frozenset)):
+    if isinstance(value, (tuple, list, set, frozenset)):
         return all(_is_simple(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_simple(k) and _is_simple(v) for k, v in value.items())
     return isinstance(value, _SIMPLE)
+
+
+def _text(value) -> str:
+    """repr, but with sets in sorted order: a set of strings iterates in another order per process."""
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}({sorted(map(_text, value))})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_text(k)}: {_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_text, value)) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_text, value)) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
+def _unwrapped(obj):
+    try:
+        return inspect.unwrap(obj)
+    except ValueError:  # a cycle of __wrapped__
+        return obj
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -80,9 +156,9 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(sorted(r for r in roots if r))
 
 
-def _project_local(fn: Callable) -> bool:
+def _project_local(obj) -> bool:
     try:
-        path = inspect.getsourcefile(fn)
+        path = inspect.getsourcefile(_unwrapped(obj))
     except TypeError:
         return False
     return bool(path) and not path.startswith(_library_roots())

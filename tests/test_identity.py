@@ -1,7 +1,11 @@
 """A featurizer's identity follows its code exactly: comments, blank lines and docstrings do not
 count; a changed body, helper or constant does."""
 
+import importlib
 import importlib.util
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -57,3 +61,120 @@ def test_library_code_is_not_followed(tmp_path):
 def test_functions_without_source_need_a_pinned_version():
     with pytest.raises(ValueError, match="pass version= explicitly"):
         code_hash(eval("lambda x: x"))  # no source file to read
+
+
+# A user's package: the featurizer reaches its helpers in the ways research code does.
+PACKAGE = {
+    "userpkg/__init__.py": "",
+    "userpkg/config.py": "SCALE = 2.0\nWEIGHTS = [1.0, 2.0]\n",
+    "userpkg/ops/__init__.py": "",
+    "userpkg/ops/maths.py": '''
+import functools
+
+
+def double(x):
+    return x * 2
+
+
+def unused(x):
+    return x - 1
+
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return fn(*args)
+    return wrapper
+
+
+@logged
+def decorated(x):
+    return x + 1
+
+
+def power(x, p):
+    return x ** p
+
+
+class Normaliser:
+    """Scale to a norm."""
+
+    eps = 1e-6
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, x):
+        return x / (abs(x) + self.eps) * self.scale
+''',
+    "userpkg/feat.py": '''
+import functools
+
+import userpkg.ops.maths
+from userpkg import config
+from userpkg.ops.maths import Normaliser, decorated
+
+SQUARE = functools.partial(userpkg.ops.maths.power, p=2)
+NORM = Normaliser(scale=3.0)
+
+
+def feat(x):
+    rows = [userpkg.ops.maths.double(r) for r in x]  # a helper two modules down, in a comprehension
+    scaled = list(map(lambda r: decorated(r) * config.SCALE, rows))
+    return NORM(SQUARE(sum(scaled))) * config.WEIGHTS[0] + Normaliser(1.0)(x)
+''',
+}
+
+
+@pytest.fixture
+def load_package(tmp_path, monkeypatch):
+    """Write PACKAGE with `edits` ({file: (old, new)}) applied under its own folder, import it
+    afresh and return its `feat`."""
+    def load(tag: str, edits: dict[str, tuple[str, str]]):
+        for name in [n for n in sys.modules if n == "userpkg" or n.startswith("userpkg.")]:
+            monkeypatch.delitem(sys.modules, name)
+        for path, text in PACKAGE.items():
+            if path in edits:
+                assert edits[path][0] in text
+                text = text.replace(*edits[path])
+            (tmp_path / tag / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / tag / path).write_text(text)
+        monkeypatch.syspath_prepend(str(tmp_path / tag))
+        try:
+            return importlib.import_module("userpkg.feat").feat
+        finally:
+            sys.path.remove(str(tmp_path / tag))
+    yield load
+    for name in [n for n in sys.modules if n == "userpkg" or n.startswith("userpkg.")]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    "path, old, new, same",
+    [
+        ("userpkg/ops/maths.py", "return x * 2", "return x * 2  # doubled", True),
+        ("userpkg/ops/maths.py", '"""Scale to a norm."""', '"""Scale to a norm.\n\n    Longer."""', True),
+        ("userpkg/ops/maths.py", "return x - 1", "return x - 2", True),  # a function it does not call
+        ("userpkg/ops/maths.py", "return x * 2", "return x * 3", False),  # pkg.sub.fn, in a comprehension
+        ("userpkg/ops/maths.py", "return x + 1", "return x + 2", False),  # behind functools.wraps, in a lambda
+        ("userpkg/ops/maths.py", "return x ** p", "return x ** p + 0", False),  # a partial's function
+        ("userpkg/feat.py", "p=2)", "p=3)", False),  # a partial's argument
+        ("userpkg/ops/maths.py", "(abs(x) + self.eps)", "(abs(x) + 2 * self.eps)", False),  # a class's method
+        ("userpkg/ops/maths.py", "eps = 1e-6", "eps = 1e-5", False),  # a class attribute
+        ("userpkg/feat.py", "Normaliser(scale=3.0)", "Normaliser(scale=4.0)", False),  # an instance's attribute
+        ("userpkg/config.py", "SCALE = 2.0", "SCALE = 2.5", False),  # module.CONSTANT
+        ("userpkg/config.py", "[1.0, 2.0]", "[1.0, 3.0]", False),  # a list constant
+    ],
+)
+def test_code_hash_follows_helpers_wherever_the_code_reaches_them(load_package, path, old, new, same):
+    assert (code_hash(load_package("a", {})) == code_hash(load_package("b", {path: (old, new)}))) is same
+
+
+def test_a_set_constant_hashes_the_same_in_every_process(tmp_path):
+    """Strings hash differently per process, and so does a set's order: the identity must not."""
+    (tmp_path / "setfeat.py").write_text('TAGS = frozenset({"alpha", "beta", "gamma", "delta"})\n\n\n'
+                                         'def feat(x):\n    return x * len(TAGS)\n')
+    script = "import setfeat; from featstore.identity import code_hash; print(code_hash(setfeat.feat))"
+    hashes = {subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(1, 6)}
+    assert len(hashes) == 1 and len(hashes.pop().strip()) == 16

@@ -28,41 +28,57 @@ _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 
 
 def code_hash(fn: Callable) -> str:
-    """16 hex digits that change exactly when `fn`'s code or a project-local helper's code does."""
+    """16 hex digits that change exactly when the code of `fn` or of a helper it uses does. Where
+    the code lives does not count: a script run as `__main__` and the same file imported as a
+    module hash the same, and so does a featurizer moved into a package."""
     h = xxhash.xxh3_128()
-    for name, text in sorted(_collect(fn, {}).items()):
-        h.update(f"{name}\0{text}\0".encode())
+    for path, text in _Walk(fn).found:
+        h.update(f"{path}\0{text}\0".encode())
     return h.hexdigest()[:16]
 
 
-def _collect(obj: Callable | type, seen: dict[str, str]) -> dict[str, str]:
-    """Add `obj` (a project-local function or class) and, recursively, what its code reads."""
-    obj = _unwrapped(obj)
-    key = f"{obj.__module__}.{obj.__qualname__}"
-    if key in seen:
-        return seen
-    node = _definition_node(obj)
-    seen[key] = ast.dump(node)
-    for name, value in _references(obj, node).items():
-        _follow(f"{key}:{name}", value, seen)
-    return seen
+class _Walk:
+    """`found`: (how the featurizer reaches it, its normalised text) for the featurizer and, depth
+    first in name order, for everything its code reads that counts; each definition once."""
 
+    def __init__(self, fn: Callable):
+        fn = _unwrapped(fn)
+        self.package = fn.__module__.partition(".")[0]
+        self.found: list[tuple[str, str]] = []
+        self.visited: set[int] = set()
+        self.definition("", fn)
 
-def _follow(name: str, value, seen: dict[str, str]) -> None:
-    if _is_simple(value):
-        seen[name] = _text(value)
-    elif isinstance(value, functools.partial):
-        _follow(f"{name}.func", value.func, seen)
-        for i, arg in enumerate((*value.args, *sorted(value.keywords.items()))):
-            _follow(f"{name}.arg{i}", arg, seen)
-    elif inspect.isfunction(_unwrapped(value)) or inspect.isclass(value):
-        if _project_local(value):
-            _collect(value, seen)
-    elif not inspect.ismodule(value) and _project_local(type(value)):
-        _collect(type(value), seen)  # an instance: its class's code, and its simple attributes
-        for attr, item in sorted(getattr(value, "__dict__", {}).items()):
-            if _is_simple(item):
-                seen[f"{name}.{attr}"] = _text(item)
+    def definition(self, path: str, obj) -> None:
+        self.visited.add(id(obj))
+        node = _definition_node(obj)
+        self.found.append((path, ast.dump(node)))
+        for name, value in sorted(_references(obj, node).items()):
+            self.value(f"{path}:{name}", value)
+
+    def value(self, path: str, value) -> None:
+        if _is_simple(value):
+            self.found.append((path, _text(value)))
+        elif isinstance(value, functools.partial):
+            self.value(f"{path}.func", value.func)
+            for i, arg in enumerate(value.args):
+                self.value(f"{path}.args[{i}]", arg)
+            for key, arg in sorted(value.keywords.items()):
+                self.value(f"{path}.{key}", arg)
+        elif inspect.isfunction(_unwrapped(value)) or inspect.isclass(value):
+            target = _unwrapped(value)
+            if id(target) not in self.visited and self.ours(target):
+                self.definition(path, target)
+        elif not inspect.ismodule(value) and self.ours(type(value)):
+            self.value(f"{path}.__class__", type(value))  # an instance: its class's code, its simple attributes
+            for attr, item in sorted(getattr(value, "__dict__", {}).items()):
+                if _is_simple(item):
+                    self.found.append((f"{path}.{attr}", _text(item)))
+
+    def ours(self, obj) -> bool:
+        """Project code: outside the standard library and site-packages, or in the featurizer's
+        own package (an installed plugin's helpers are its code too)."""
+        package = (getattr(obj, "__module__", None) or "").partition(".")[0]
+        return (package == self.package and package != "__main__") or _project_local(obj)
 
 
 def _references(obj, node: ast.AST) -> dict[str, object]:

@@ -178,3 +178,44 @@ def test_a_set_constant_hashes_the_same_in_every_process(tmp_path):
     hashes = {subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(1, 6)}
     assert len(hashes) == 1 and len(hashes.pop().strip()) == 16
+
+
+def test_where_the_code_lives_does_not_count(tmp_path):
+    """A training script that registers its featurizer (run as __main__) and the CI job that checks
+    it (`--featurizer script:feat`, the same file imported) must agree; so must a featurizer moved
+    into a package."""
+    (tmp_path / "script.py").write_text(BASE + '\n\nif __name__ == "__main__":\n'
+                                               '    from featstore.identity import code_hash\n'
+                                               '    print(code_hash(feat))\n')
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "__init__.py").write_text("")
+    (tmp_path / "lab" / "feats.py").write_text(BASE)
+    as_main = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    imported = "from featstore.identity import code_hash; import script, lab.feats; " \
+               "print(code_hash(script.feat)); print(code_hash(lab.feats.feat))"
+    as_modules = subprocess.run([sys.executable, "-c", imported], cwd=tmp_path, capture_output=True, text=True,
+                                check=True)
+    assert as_modules.stdout.split() == as_main.stdout.split() * 2
+
+
+@pytest.mark.parametrize("edit, same", [("return x * 2", True), ("return x * 3", False)])
+def test_an_installed_plugin_s_own_helpers_count(tmp_path, monkeypatch, edit, same):
+    """A plugin installed in site-packages is library code to everyone else, but a helper in its
+    own package is part of its featurizer; other installed packages are still not followed."""
+    hashes = []
+    for tag, body in (("a", "return x * 2"), ("b", edit)):
+        site = tmp_path / tag / "site-packages"
+        (site / "plugin").mkdir(parents=True)
+        (site / "plugin" / "__init__.py").write_text("")
+        (site / "plugin" / "helpers.py").write_text(f"def double(x):\n    {body}\n")
+        (site / "plugin" / "feats.py").write_text("from plugin.helpers import double\nfrom otherlib import triple\n\n\n"
+                                                 "def feat(x):\n    return triple(double(x))\n")
+        (site / "otherlib.py").write_text(f"def triple(x):\n    return x * {len(hashes) + 3}\n")  # differs: not followed
+        for name in [n for n in sys.modules if n.split(".")[0] in ("plugin", "otherlib")]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.syspath_prepend(str(site))
+        hashes.append(code_hash(importlib.import_module("plugin.feats").feat))
+        sys.path.remove(str(site))
+    for name in [n for n in sys.modules if n.split(".")[0] in ("plugin", "otherlib")]:
+        del sys.modules[name]
+    assert (hashes[0] == hashes[1]) is same

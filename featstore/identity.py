@@ -125,7 +125,11 @@ def _definition_node(obj) -> ast.AST:
         source = textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError) as e:
         raise ValueError(f"cannot read the source of {obj!r} to identify it; pass version= explicitly") from e
-    node = ast.parse(source).body[0]
+    try:
+        node = ast.parse(source).body[0]
+    except SyntaxError as e:  # a lambda inside a longer expression: its lines are not code alone
+        raise ValueError(f"cannot parse the source of {obj!r} ({inspect.getsourcefile(obj)}) on its own to "
+                         f"identify it; define it with def, or pass version= explicitly") from e
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         node.decorator_list = []
     for child in ast.walk(node):

@@ -219,3 +219,10 @@ def test_an_installed_plugin_s_own_helpers_count(tmp_path, monkeypatch, edit, sa
     for name in [n for n in sys.modules if n.split(".")[0] in ("plugin", "otherlib")]:
         del sys.modules[name]
     assert (hashes[0] == hashes[1]) is same
+
+
+def test_a_lambda_inside_a_longer_expression_needs_def_or_a_pinned_version(tmp_path):
+    source = "import featstore.featurizers\n\nFEAT = featstore.featurizers.register(\n" \
+             "    lambda x: x.flatten(1).mean(1, keepdim=True), 'lam')\n"
+    with pytest.raises(ValueError, match="define it with def, or pass version="):
+        load(tmp_path, source.replace("FEAT", "feat"), "a")

@@ -27,24 +27,38 @@ import xxhash
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 
 
+def code_version(fn: Callable) -> Callable[[], str]:
+    """A function that gives `fn`'s code hash: 16 hex digits that change exactly when the code of
+    `fn` or of a helper it uses does, or a constant it reads. The code is read now, as imported
+    (a source file edited since is not what runs); the constants are read at each call, since a
+    script may set them after defining its featurizer. Where the code lives does not count: a
+    script run as `__main__` and the same file imported as a module hash the same, and so does a
+    featurizer moved into a package."""
+    found = _Walk(fn).found
+
+    def version() -> str:
+        h = xxhash.xxh3_128()
+        for path, text in found:
+            h.update(f"{path}\0{text if isinstance(text, str) else text()}\0".encode())
+        return h.hexdigest()[:16]
+
+    return version
+
+
 def code_hash(fn: Callable) -> str:
-    """16 hex digits that change exactly when the code of `fn` or of a helper it uses does. Where
-    the code lives does not count: a script run as `__main__` and the same file imported as a
-    module hash the same, and so does a featurizer moved into a package."""
-    h = xxhash.xxh3_128()
-    for path, text in _Walk(fn).found:
-        h.update(f"{path}\0{text}\0".encode())
-    return h.hexdigest()[:16]
+    """`fn`'s code hash, now (`code_version`)."""
+    return code_version(fn)()
 
 
 class _Walk:
-    """`found`: (how the featurizer reaches it, its normalised text) for the featurizer and, depth
-    first in name order, for everything its code reads that counts; each definition once."""
+    """`found`: (how the featurizer reaches it, its normalised text, or a function that reads a
+    constant's text) for the featurizer and, depth first in name order, for everything its code
+    reads that counts; each definition once."""
 
     def __init__(self, fn: Callable):
         fn = _unwrapped(fn)
         self.package = fn.__module__.partition(".")[0]
-        self.found: list[tuple[str, str]] = []
+        self.found: list[tuple[str, str | Callable[[], str]]] = []
         self.visited: set[int] = set()
         self.definition("", fn)
 
@@ -52,12 +66,12 @@ class _Walk:
         self.visited.add(id(obj))
         node = _definition_node(obj)
         self.found.append((path, ast.dump(node)))
-        for name, value in sorted(_references(obj, node).items()):
-            self.value(f"{path}:{name}", value)
+        for name, read in sorted(_references(obj, node).items()):
+            self.value(f"{path}:{name}", read(), read)
 
-    def value(self, path: str, value) -> None:
+    def value(self, path: str, value, read: Callable[[], object] | None = None) -> None:
         if _is_simple(value):
-            self.found.append((path, _text(value)))
+            self.found.append((path, functools.partial(_text_of, read) if read else _text(value)))
         elif isinstance(value, functools.partial):
             self.value(f"{path}.func", value.func)
             for i, arg in enumerate(value.args):
@@ -72,7 +86,8 @@ class _Walk:
             self.value(f"{path}.__class__", type(value))  # an instance: its class's code, its simple attributes
             for attr, item in sorted(getattr(value, "__dict__", {}).items()):
                 if _is_simple(item):
-                    self.found.append((f"{path}.{attr}", _text(item)))
+                    self.found.append((f"{path}.{attr}", functools.partial(_text_of, functools.partial(
+                        getattr, value, attr))))
 
     def ours(self, obj) -> bool:
         """Project code: outside the standard library and site-packages, or in the featurizer's
@@ -81,26 +96,43 @@ class _Walk:
         return (package == self.package and package != "__main__") or _project_local(obj)
 
 
-def _references(obj, node: ast.AST) -> dict[str, object]:
-    """What the code of `obj` reads by name from its module's globals or its closure: plain names,
-    and dotted names through imported modules resolved to what they end at (`pkg.sub.fn`: fn)."""
-    namespace = dict(getattr(sys.modules.get(obj.__module__), "__dict__", {}))
-    if inspect.isfunction(obj):
-        namespace.update(obj.__globals__)
-        cells = zip(obj.__code__.co_freevars, obj.__closure__ or ())
-        namespace.update({var: cell.cell_contents for var, cell in cells if _filled(cell)})
+def _references(obj, node: ast.AST) -> dict[str, Callable[[], object]]:
+    """A reader (now or later) for each thing the code of `obj` reads by name from its module's
+    globals or its closure: plain names, and dotted names through imported modules, read to what
+    they end at (`pkg.sub.fn`: fn)."""
+    function = inspect.isfunction(obj)
+    space = obj.__globals__ if function else getattr(sys.modules.get(obj.__module__), "__dict__", {})
+    cells = {var: cell for var, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()) if _filled(cell)} \
+        if function else {}
+
+    def reader(name: str) -> Callable[[], object]:
+        return (lambda: cells[name].cell_contents) if name in cells else (lambda: space[name])
+
     found = {}
     for child in ast.walk(node):
-        if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load) and child.id in namespace:
-            found[child.id] = namespace[child.id]
-        elif isinstance(child, ast.Attribute) and (dotted := _dotted(child)) and dotted[0] in namespace:
-            value = namespace[dotted[0]]
+        if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load) and (child.id in cells or child.id in space):
+            found[child.id] = reader(child.id)
+        elif isinstance(child, ast.Attribute) and (dotted := _dotted(child)) and (dotted[0] in cells or dotted[0] in space):
+            read = reader(dotted[0])
             for depth, attr in enumerate(dotted[1:], start=1):
+                value = read()
                 if not inspect.ismodule(value) or not hasattr(value, attr):
                     break
-                value = getattr(value, attr)
-                found[".".join(dotted[: depth + 1])] = value
+                read = functools.partial(_attribute, read, attr)
+                found[".".join(dotted[: depth + 1])] = read
     return found
+
+
+def _attribute(read: Callable[[], object], attr: str):
+    return getattr(read(), attr)
+
+
+def _text_of(read: Callable[[], object]) -> str:
+    """The text of a constant's value now; a constant deleted since counts as such."""
+    try:
+        return _text(read())
+    except (KeyError, AttributeError, ValueError):  # ValueError: an emptied closure cell
+        return "<gone>"
 
 
 def _dotted(node: ast.Attribute) -> list[str] | None:

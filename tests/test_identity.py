@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from featstore.identity import code_hash
+from featstore.identity import code_hash, code_version
 
 BASE = '''
 SCALE = 2.0
@@ -226,3 +226,15 @@ def test_a_lambda_inside_a_longer_expression_needs_def_or_a_pinned_version(tmp_p
              "    lambda x: x.flatten(1).mean(1, keepdim=True), 'lam')\n"
     with pytest.raises(ValueError, match="define it with def, or pass version="):
         load(tmp_path, source.replace("FEAT", "feat"), "a")
+
+
+def test_constants_count_as_they_are_when_the_build_asks(tmp_path):
+    """A script may set a module constant after its featurizer is defined (from its arguments):
+    the identity must follow the value the featurizer will compute with, not the one at import."""
+    feat = load(tmp_path, BASE, "a")
+    version = code_version(feat)
+    before = version()
+    feat.__globals__["SCALE"] = 3.0
+    after = version()
+    feat.__globals__["SCALE"] = 2.0
+    assert before != after and version() == before == code_hash(feat)

@@ -254,6 +254,28 @@ def test_status_names_why_a_featurizer_change_made_entries_stale(tmp_path, store
     assert report.reasons == {reason: 2} and report.reused == 2
 
 
+SCALE = 1.0
+
+
+@featstore.featurizer("test_scaled")
+def _scaled(x):
+    return x.reshape(len(x), -1)[:, :2] * SCALE
+
+
+def test_a_constant_set_after_import_makes_new_entries(tmp_path, store_dir, monkeypatch):
+    """A script that sets a module constant from its arguments after defining its featurizer gets
+    features computed with the constant's value, never the entries of another value."""
+    data = layers_of(1)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["test_scaled"], store=store_dir)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
+    assert [s.reason for s in featstore.status(path, ["test_scaled"], store=store_dir).slots] == [
+        "featurizer code changed"]
+    assert featstore.build(path, ["test_scaled"], store=store_dir).reasons == {"featurizer code changed": 1}
+    np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_0", "test_scaled").numpy(),
+                                  data["layer_0"].reshape(ROWS, -1)[:, :2] * 3.0)
+
+
 _CALLS = []
 
 

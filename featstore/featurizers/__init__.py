@@ -41,10 +41,16 @@ class Featurizer:
     name: str
     fn: Callable[..., Any]
     params: dict[str, Any]  # defaults from fn's signature; they also fix each parameter's type
-    version: str  # the pinned version, or "code:<hash of fn and its project-local helpers>"
+    pinned: str | Callable[[], str]  # version=, or identity.code_version(fn)
     output_shape: Callable[..., tuple[int, ...]] | None = None  # (value_shape, **params) -> shape
     per_row: bool = True  # row i of the output depends on row i of the input only: batchable
     doc: str = ""
+
+    @property
+    def version(self) -> str:
+        """The pinned version, or "code:<hash of fn, the helpers it uses and the constants it
+        reads>", the constants as they are now."""
+        return self.pinned if isinstance(self.pinned, str) else f"code:{self.pinned()}"
 
     @property
     def summary(self) -> str:
@@ -74,8 +80,8 @@ class BoundFeaturizer:
 
     @functools.cached_property
     def identity(self) -> dict[str, Any]:
-        """Kept once computed (the version is fixed at registration): a no-op build of 1k asks
-        1,536 times."""
+        """Kept once computed, for the build that parsed this spec (a no-op build of 1k asks 1,536
+        times); a featurizer's code is fixed at registration, the constants it reads are read here."""
         return featurizer_identity(self.name, self.params, self.featurizer.version, self.dtype)
 
     @property
@@ -115,12 +121,12 @@ def featurizer(name: str | None = None, *, version: str | None = None,
 
 def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
              output_shape: Callable[..., tuple[int, ...]] | None = None, per_row: bool = True) -> Featurizer:
-    from featstore.identity import code_hash
+    from featstore.identity import code_version
 
     if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
         raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
     params = _signature_params(fn, name)
-    pinned = str(version) if version is not None else f"code:{code_hash(fn)}"
+    pinned = str(version) if version is not None else code_version(fn)
     entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
     _REGISTRY[name] = entry
     return entry

@@ -38,13 +38,21 @@ def _use_device(device: str) -> str:
 
 
 def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | None, specs: tuple[str, ...],
-                  modules: tuple[str, ...], location: str, device: str, rehash: bool) -> builder.BuildReport:
+                  identities: tuple[dict, ...], modules: tuple[str, ...], location: str, device: str,
+                  rehash: bool) -> builder.BuildReport:
     """One task: every split and featurizer of `layers`, entries only (the client commits), on
     the worker's own device if it has one. Several layers per task, so that the build's pipeline
     reads the next layer while it computes this one (one layer per task was 4x slower on a GPU).
-    `modules` define the featurizers: a decorated one is known by its name only once imported."""
+    `modules` define the featurizers: a decorated one is known by its name only once imported;
+    each must have the client's identity here, or the worker would compute something else."""
     import_modules(modules, "install it where the Dask workers run")
     bound = tuple(parse_spec(s) for s in specs)
+    differ = [f.spec for f, identity in zip(bound, identities) if f.identity != identity]
+    if differ:
+        raise FeatstoreError(f"featurizer {', '.join(differ)} differs on a Dask worker from the client that started "
+                             "the build: its code or a constant it reads (another version of its module installed "
+                             "there, or a value the client's script set at run time); install the same code "
+                             "where the workers run, and pass run-time values as featurizer parameters")
     source = load_source(dataset, tuple(glob.escape(layer) for layer in layers), label_column)
     return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,
                            rehash=rehash, commit=False)
@@ -102,8 +110,9 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
         n_workers = len(devices) or workers or len(client.scheduler_info()["workers"]) or 1
         per_task = max(1, -(-len(source.layers) // (TASKS_PER_WORKER * n_workers)))
         groups = [tuple(source.layers[i : i + per_task]) for i in range(0, len(source.layers), per_task)]
-        futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, modules, location,
-                                 device, rehash, retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
+        identities = tuple(f.identity for f in bound)
+        futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, identities, modules,
+                                 location, device, rehash, retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
                    for i, group in enumerate(groups)]
         if progress:
             from dask.distributed import progress as show

@@ -57,6 +57,26 @@ def test_a_worker_that_cannot_import_a_featurizer_module_says_so(sanity_dir, tmp
     assert Store.open(str(tmp_path / "s")).read_catalog("sanity") is None
 
 
+def test_a_featurizer_that_differs_on_the_workers_is_refused(sanity_dir, tmp_path, monkeypatch):
+    """The client's script set a constant at run time; the workers import the module afresh and
+    would compute with the value in its file, under the client's identity: refused, nothing
+    catalogued."""
+    from featstore.errors import FeatstoreError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "labscale.py").write_text("import featstore\n\nSCALE = 1.0\n\n\n@featstore.featurizer('test_labscale')\n"
+                                          "def scaled(x):\n    return x.mean(1) * SCALE\n")
+    import labscale
+
+    monkeypatch.setattr(labscale, "SCALE", 2.0)
+    with pytest.raises(FeatstoreError, match="test_labscale differs on a Dask worker from the client"):
+        featstore.build("sanity", ["test_labscale"], store=str(tmp_path / "s"), device="cpu", workers=1)
+    assert Store.open(str(tmp_path / "s")).read_catalog("sanity") is None
+    monkeypatch.setattr(labscale, "SCALE", 1.0)  # as in the file: the workers agree
+    assert featstore.build("sanity", ["test_labscale"], store=str(tmp_path / "s"), device="cpu", workers=1).computed == 16
+
+
 def test_a_featurizer_defined_in_main_is_refused_before_workers_start(sanity_dir, tmp_path):
     from featstore.errors import FeatstoreError
 

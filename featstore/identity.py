@@ -7,7 +7,8 @@ or its closure, directly, through an imported module (`helpers.fn`, `pkg.sub.fn`
 decorator (`functools.wraps`) or a `functools.partial`, and the class of a project-local instance;
 and the simple constants it reads (numbers, strings, None, and tuples, lists, sets and dicts of
 them), such as `SCALE` or `config.SCALE`. Library code (the standard library, site-packages) is
-not followed: its version is not ours to track. Other values (arrays, tensors, open files) are not
+not followed, its version is not ours to track; except the featurizer's own package, where an
+installed plugin's helpers live. Other values (arrays, tensors, open files) are not
 hashed: pin `version=` for a featurizer whose results depend on them. Pure: no I/O beyond reading
 source files.
 """

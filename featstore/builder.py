@@ -564,7 +564,9 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     """`f` over the rows of `x` (the column's rows from `first` on) in batches (one call unless the
     featurizer is per-row and the rows do not fit), checked (a floating tensor of `shape`, finite
     once stored), as the array the store keeps (`device.to_stored`). Out of memory halves the
-    batch. Copying the result to the host is the only wait for the GPU: the finiteness check runs
+    batch. `f` must not change `x` in place (the column's other featurizers compute from it), and
+    a result that is `x` itself is copied (it is written while they run). Copying the result to
+    the host is the only wait for the GPU: the finiteness check runs
     on the host copy, which also catches values beyond the range of a 16-bit stored dtype. A
     failure names the input's first NaN or inf row, if any: then the data is the likely cause."""
     import torch
@@ -576,6 +578,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     while start < rows or not outs:
         stop = min(rows, start + batch)
         where = f"{column}, rows {first + start}-{first + max(stop - 1, 0)})"
+        version = x._version  # torch counts in-place writes to a tensor and its views
         try:
             out = f(x[start:stop])
         except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
@@ -586,13 +589,19 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
                     torch.cuda.empty_cache()
                 continue
             raise FeaturizerError(f"{where} failed: {e!r}{_nonfinite_input(x[start:stop], first + start)}") from e
+        if x._version != version:  # the column's next featurizer would compute from the changed values
+            raise FeaturizerError(f"{where} changed its input in place; nothing of it was stored. Compute out of "
+                                  "place (x = x - m, not x -= m; x.clamp(...), not x.clamp_(...))")
         expected = (stop - start, *shape[1:])
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
             got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape {list(expected)}")
         outs.append(out.to(torch.float32))
         start = stop
-    stored = devices.to_stored(torch.cat(outs) if len(outs) > 1 else outs[0], f.dtype)
+    result = torch.cat(outs) if len(outs) > 1 else outs[0]
+    if result.device == x.device and result.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        result = result.clone()  # the input itself (`raw`): the entry is written while the column is still in use
+    stored = devices.to_stored(result, f.dtype)
     bad = devices.first_nonfinite_row(stored, f.dtype)
     if bad is not None:
         cause = _nonfinite_input(x[bad : bad + 1], first + bad)

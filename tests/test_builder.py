@@ -59,6 +59,33 @@ def _small(x):
     return x.mean(2)
 
 
+@featstore.featurizer("test_centres_in_place", version="1")
+def _in_place(x):
+    x -= x.mean(dim=(1, 2), keepdim=True)  # a user's easy mistake: the column's other featurizers see it
+    return x.flatten(1)[:, :2]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("order", [["test_centres_in_place", "raw"], ["raw", "test_centres_in_place"]])
+def test_a_featurizer_that_changes_its_input_in_place_is_refused(sanity_dir, store_dir, order, device):
+    """Every featurizer of a column computes from the same tensor, and `raw`'s entry (its input
+    itself) is written while the others run: an in-place change would reach both, silently."""
+    import numpy as np
+
+    with pytest.raises(FeaturizerError, match=r"^featurizer test_centres_in_place on column 'layer_000' \(split "
+                                              r"train, rows 0-255\) changed its input in place; nothing of it was "
+                                              r"stored. Compute out of place \(x = x - m, not x -= m"):
+        featstore.build("sanity", order, store=store_dir, device=device)
+    assert featstore.verify(store_dir).ok  # what was written is whole
+    featstore.build("sanity", ["raw"], store=store_dir, device=device)
+    source = featstore.sources.load_source("sanity")
+    fs = featstore.open("sanity", store=store_dir)
+    for layer in source.layers:
+        np.testing.assert_array_equal(fs.load(layer, "raw").numpy(),
+                                      featstore.read_column(source.splits["train"]._data, layer))
+
+
 def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store_dir):
     from featstore import read_column
     from featstore.builder import column_digest

@@ -59,6 +59,49 @@ def _small(x):
     return x.mean(2)
 
 
+torch.manual_seed(0)
+_PROBE = torch.nn.Linear(16 * 16, 4)  # a learned probe: its parameters require gradients
+
+
+@featstore.featurizer("test_linear_probe", version="1")
+def _linear_probe(x):
+    return _PROBE(x.flatten(1))
+
+
+def test_a_featurizer_built_on_an_nn_module_computes_without_autograd(sanity_dir, store_dir):
+    import numpy as np
+
+    assert featstore.build("sanity", ["test_linear_probe"], store=store_dir, device="cpu").computed == 16
+    source = featstore.sources.load_source("sanity")
+    x = torch.from_numpy(featstore.read_column(source.splits["test"]._data, "layer_004").copy())
+    with torch.no_grad():
+        expected = _PROBE(x.flatten(1)).numpy()
+    loaded = featstore.open("sanity", store=store_dir).load("layer_004", "test_linear_probe", split="test")
+    np.testing.assert_allclose(loaded.numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert not loaded.requires_grad
+
+
+@featstore.featurizer("test_returns_a_list", version="1")
+def _returns_a_list(x):
+    return [float(v) for v in x.flatten(1).mean(1)]
+
+
+@featstore.featurizer("test_returns_a_scalar", version="1")
+def _returns_a_scalar(x):
+    return x.mean()  # over the whole batch, not per row
+
+
+@pytest.mark.parametrize("spec, got", [("test_returns_a_list", "list"),
+                                       ("test_returns_a_scalar", r"a tensor of shape \[\]")])
+def test_a_featurizer_that_does_not_return_a_row_per_row_is_refused_before_building(sanity_dir, store_dir, spec,
+                                                                                    got):
+    with pytest.raises(SpecError, match=rf"^featurizer {spec} cannot use column 'layer_000' \(split train\): a probe "
+                                        rf"batch of 1 row of shape \(16, 16\) returned {got}; a featurizer must "
+                                        r"return a tensor with one row per input row$"):
+        featstore.build("sanity", [spec], store=store_dir, device="cpu")
+    assert _entries(store_dir) == []
+
+
 @featstore.featurizer("test_centres_in_place", version="1")
 def _in_place(x):
     x -= x.mean(dim=(1, 2), keepdim=True)  # a user's easy mistake: the column's other featurizers see it

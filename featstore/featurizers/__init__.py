@@ -100,7 +100,12 @@ class BoundFeaturizer:
         return _PROBED[key]
 
     def __call__(self, x):
-        return self.featurizer.fn(x, **self.params)
+        """Without autograd: features need no gradients, and a featurizer built on an nn.Module
+        would otherwise return a tensor that requires them (and keep its graph in memory)."""
+        import torch
+
+        with torch.no_grad():
+            return self.featurizer.fn(x, **self.params)
 
 
 def featurizer(name: str | None = None, *, version: str | None = None,
@@ -213,11 +218,14 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
     """The output row shape of a featurizer on one row of zeros (float32, CPU)."""
     import torch
 
-    spec = bound.spec
+    probe = f"a probe batch of 1 row of shape {value_shape}"  # the caller names the featurizer and column
     try:
         out = bound(torch.zeros((1, *value_shape), dtype=torch.float32))
-    except Exception as e:  # a user's function may raise anything: report it with the spec
-        raise SpecError(f"featurizer {spec} failed on a probe row of shape {value_shape}: {e!r}") from e
+    except Exception as e:  # a user's function may raise anything
+        raise SpecError(f"{probe} failed: {e!r}") from e
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or len(out) != 1:
+        got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row")
     return tuple(out.shape[1:])
 
 

@@ -75,7 +75,9 @@ def main(debug: bool) -> None:
               help="Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of "
                    "parquet/arrow files, or a Hugging Face Hub id.")
 @click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
-              help="Featurizer spec, repeatable: raw, stats, svd, svd:k=32. [default: stats, svd]")
+              help="Featurizer spec, repeatable: raw, stats, svd, svd:k=32, or a function of yours as "
+                   "module:function[:param=value] (feats:topk:k=8; see featstore featurizers). "
+                   "[default: stats, svd]")
 @click.option("--layers", "-l", multiple=True, metavar="GLOB",
               help="Layer columns to use, repeatable glob ('layer_0*'). [default: every numeric "
                    "tensor-valued column except the label column]")

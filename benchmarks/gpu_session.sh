@@ -31,7 +31,11 @@ if [ "${1:-}" = startup ]; then
     python3 benchmarks/bench_startup.py --device cpu --out "$OUT" && mv "$OUT/startup-cpu.txt" "$OUT/startup-cpu-h100-host.txt"
     exit
 fi
-python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py tests/test_api.py tests/test_torch.py tests/test_examples.py tests/test_incremental.py tests/test_crash.py 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
+# every file whose tests build or load on a device (test_safety: its tests that run without Dask or S3)
+python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py \
+    tests/test_api.py tests/test_torch.py tests/test_examples.py tests/test_incremental.py tests/test_stateful.py \
+    tests/test_sources.py tests/test_presets.py tests/test_crash.py tests/test_columns.py tests/test_keys.py \
+    tests/test_identity.py tests/test_safety.py -k "not test_safety or forget or outlive" 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
 python3 benchmarks/bench_svdvals.py --dims 8 16 32 64 128 --out "$OUT"
 (cd benchmarks && python3 bench_jacobi_tuning.py --out "$OUT")
 python3 -m featstore.cli datasets make 1k > /dev/null

@@ -37,3 +37,40 @@ def test_layer_ablation_finds_the_signal_layers_and_computes_nothing_the_second_
     assert (tmp_path / "out" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     timeline = results["timeline"]
     assert timeline["total"] >= timeline["training"] > 0 and timeline["build_compute"] == 0
+
+
+def test_custom_featurizer_builds_loads_and_is_reused_from_the_cli_until_its_helper_changes(sanity_dir, tmp_path):
+    """The example defines its featurizer in the script (run as __main__); the CLI imports the same
+    file as a module and must find the same entries; an edited helper makes new ones."""
+    import numpy as np
+
+    import featstore
+
+    script = tmp_path / "custom_featurizer.py"
+    script.write_text((EXAMPLES / "custom_featurizer.py").read_text())
+    store = str(tmp_path / "store")
+
+    def run(*command):
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = run(sys.executable, str(script), "--dataset", "sanity", "--store", store, "--device", "cpu")
+    assert first.startswith("row_norm_profile:k=8: 16 computed, 0 reused")
+    scores = {line.split()[0]: float(line.split("class separation")[1].split()[0]) for line in first.splitlines()[1:]}
+    signal = {presets.layer_name(i) for i in presets.signal_layers(8)}
+    assert min(scores[s] for s in signal) > 2 * max(v for layer, v in scores.items() if layer not in signal)
+    assert run(sys.executable, str(script), "--dataset", "sanity", "--store", store).startswith(
+        "row_norm_profile:k=8: 0 computed, 16 reused")
+    cli = [sys.executable, "-m", "featstore.cli", "build", "-d", "sanity", "-f",
+           "custom_featurizer:row_norm_profile:k=8", "--store", store, "--json", "--no-progress"]
+    assert json.loads(run(*cli))["computed"] == 0
+
+    x = featstore.read_column(featstore.sources.load_source("sanity").splits["train"]._data, "layer_002")
+    norms = np.sort(np.linalg.norm(x.astype(np.float64), axis=2), axis=1)[:, ::-1][:, :8]
+    expected = norms / np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1, keepdims=True)
+    with featstore.open("sanity", store=store) as fs:
+        np.testing.assert_allclose(fs.load("layer_002", "row_norm_profile:k=8").numpy(), expected, rtol=1e-5)
+
+    script.write_text(script.read_text().replace("return x.norm(dim=2)", "return x.abs().sum(dim=2)"))
+    assert json.loads(run(*cli))["computed"] == 16  # the helper changed: new entries, and only these

@@ -28,27 +28,35 @@ import xxhash
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 
 
-def code_version(fn: Callable) -> Callable[[], str]:
-    """A function that gives `fn`'s code hash: 16 hex digits that change exactly when the code of
-    `fn` or of a helper it uses does, or a constant it reads. The code is read now, as imported
-    (a source file edited since is not what runs); the constants are read at each call, since a
-    script may set them after defining its featurizer. Where the code lives does not count: a
-    script run as `__main__` and the same file imported as a module hash the same, and so does a
-    featurizer moved into a package."""
+def code_parts(fn: Callable) -> Callable[[], dict[str, str]]:
+    """A function that gives `fn`'s code identity in parts: {how the featurizer reaches it: 16 hex
+    digits of its normalised text}, for the featurizer itself (under its own name), each helper
+    and each constant it reads (`feat:_helper`, `feat:config.SCALE`, `feat:_helper:EPS`). A part
+    changes exactly when that code or constant does, so a changed identity can say what changed.
+    The code is read now, as imported (a source file edited since is not what runs); the
+    constants at each call, since a script may set them after defining its featurizer. Where the
+    code lives does not count: a script run as `__main__` and the same file imported as a module
+    agree, and so does a featurizer moved into a package."""
     found = _Walk(fn).found
 
-    def version() -> str:
-        h = xxhash.xxh3_128()
-        for path, text in found:
-            h.update(f"{path}\0{text if isinstance(text, str) else text()}\0".encode())
-        return h.hexdigest()[:16]
+    def parts() -> dict[str, str]:
+        return {path: xxhash.xxh3_64_hexdigest((text if isinstance(text, str) else text()).encode())
+                for path, text in found}
 
-    return version
+    return parts
+
+
+def parts_hash(parts: dict[str, str]) -> str:
+    """16 hex digits for the whole of a featurizer's `code_parts`: its code version."""
+    h = xxhash.xxh3_128()
+    for path, digest in parts.items():  # in walk order: the featurizer, then depth first in name order
+        h.update(f"{path}\0{digest}\0".encode())
+    return h.hexdigest()[:16]
 
 
 def code_hash(fn: Callable) -> str:
-    """`fn`'s code hash, now (`code_version`)."""
-    return code_version(fn)()
+    """`fn`'s code version now: `parts_hash` of its `code_parts`."""
+    return parts_hash(code_parts(fn)())
 
 
 class _Walk:
@@ -61,7 +69,7 @@ class _Walk:
         self.package = fn.__module__.partition(".")[0]
         self.found: list[tuple[str, str | Callable[[], str]]] = []
         self.visited: set[int] = set()
-        self.definition("", fn)
+        self.definition(fn.__name__, fn)
 
     def definition(self, path: str, obj) -> None:
         self.visited.add(id(obj))

@@ -90,10 +90,13 @@ def bytes_digest(data: bytes | memoryview) -> str:
     return xxhash.xxh3_128(data).hexdigest()
 
 
-def featurizer_identity(name: str, params: dict[str, Any], version: str, dtype: str = "float32") -> dict[str, Any]:
+def featurizer_identity(name: str, params: dict[str, Any], version: str, dtype: str = "float32",
+                        code: dict[str, str] | None = None) -> dict[str, Any]:
     """What makes two featurizer runs interchangeable: name, canonical params, version (pinned, or
-    the hash of its code) and the stored dtype."""
-    return {"name": name, "params": json.loads(canonical_json(params)), "version": str(version), "dtype": dtype}
+    the hash of its code) and the stored dtype; for a version hashed from code, its parts too
+    (`identity.code_parts`), so that a changed identity can say which helper or constant changed."""
+    identity = {"name": name, "params": json.loads(canonical_json(params)), "version": str(version), "dtype": dtype}
+    return identity | ({"code": dict(code)} if code is not None else {})
 
 
 def entry_key(input_digest: str, identity: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from featstore.identity import code_hash, code_version
+from featstore.identity import code_hash, code_parts, parts_hash
 
 BASE = '''
 SCALE = 2.0
@@ -232,9 +232,21 @@ def test_constants_count_as_they_are_when_the_build_asks(tmp_path):
     """A script may set a module constant after its featurizer is defined (from its arguments):
     the identity must follow the value the featurizer will compute with, not the one at import."""
     feat = load(tmp_path, BASE, "a")
-    version = code_version(feat)
-    before = version()
+    parts = code_parts(feat)
+    before = parts()
     feat.__globals__["SCALE"] = 3.0
-    after = version()
+    after = parts()
     feat.__globals__["SCALE"] = 2.0
-    assert before != after and version() == before == code_hash(feat)
+    assert {path for path in before if before[path] != after[path]} == {"feat:helper:SCALE"}
+    assert parts() == before and parts_hash(before) == code_hash(feat) != parts_hash(after)
+
+
+def test_a_changed_identity_names_what_changed_by_the_names_the_code_uses(load_package):
+    from featstore.builder import _changed_parts
+
+    before = code_parts(load_package("a", {}))()
+    after = code_parts(load_package("b", {"userpkg/config.py": ("SCALE = 2.0", "SCALE = 2.5"),
+                                          "userpkg/ops/maths.py": ("return x * 2", "return x * 3")}))()
+    assert list(before) == list(after) and list(before)[0] == "feat"  # the featurizer itself, first
+    assert _changed_parts(before, after) == " (config.SCALE, userpkg.ops.maths.double)"
+    assert _changed_parts(before, before) == "" and _changed_parts(None, after) == ""  # an older store's rows

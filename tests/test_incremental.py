@@ -240,7 +240,7 @@ def _first_rows_doubled(x):
 @pytest.mark.parametrize(("before", "after", "reason"), [
     (("1", 2, _first_rows), ("2", 2, _first_rows), "version changed"),
     (("1", 2, _first_rows), ("1", 3, _first_rows), "params changed"),
-    ((None, 2, _first_rows), (None, 2, _first_rows_doubled), "featurizer code changed"),
+    ((None, 2, _first_rows), (None, 2, _first_rows_doubled), "featurizer code changed (body)"),  # its helper
 ])
 def test_status_names_why_a_featurizer_change_made_entries_stale(tmp_path, store_dir, before, after, reason):
     path = save_layers(tmp_path / "d", layers_of(2))
@@ -270,8 +270,8 @@ def test_a_constant_set_after_import_makes_new_entries(tmp_path, store_dir, monk
     featstore.build(path, ["test_scaled"], store=store_dir)
     monkeypatch.setattr(sys.modules[__name__], "SCALE", 3.0)
     assert [s.reason for s in featstore.status(path, ["test_scaled"], store=store_dir).slots] == [
-        "featurizer code changed"]
-    assert featstore.build(path, ["test_scaled"], store=store_dir).reasons == {"featurizer code changed": 1}
+        "featurizer code changed (SCALE)"]
+    assert featstore.build(path, ["test_scaled"], store=store_dir).reasons == {"featurizer code changed (SCALE)": 1}
     np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_0", "test_scaled").numpy(),
                                   data["layer_0"].reshape(ROWS, -1)[:, :2] * 3.0)
 
@@ -408,7 +408,7 @@ def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
     assert clean.returncode == 0 and "2 fresh, 0 stale, 0 missing" in clean.stdout, clean.stderr
     (project / "lockfeats.py").write_text(decorated.format(helper.replace("2 * x", "3 * x")))
     changed = _cli("status", "--lock", str(lock), "-d", path, cwd=project)
-    assert changed.returncode == 1 and "featurizer code changed" in changed.stdout
+    assert changed.returncode == 1 and "featurizer code changed (_scale)" in changed.stdout  # names the helper
     elsewhere = _cli("status", "--lock", str(lock), "-d", path, cwd=tmp_path)
     assert elsewhere.returncode == 2 and "cannot import 'lockfeats', which defines featurizers" in elsewhere.stderr
 

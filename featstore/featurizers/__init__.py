@@ -41,16 +41,24 @@ class Featurizer:
     name: str
     fn: Callable[..., Any]
     params: dict[str, Any]  # defaults from fn's signature; they also fix each parameter's type
-    pinned: str | Callable[[], str]  # version=, or identity.code_version(fn)
+    pinned: str | Callable[[], dict[str, str]]  # version=, or identity.code_parts(fn)
     output_shape: Callable[..., tuple[int, ...]] | None = None  # (value_shape, **params) -> shape
     per_row: bool = True  # row i of the output depends on row i of the input only: batchable
     doc: str = ""
 
+    def versioned(self) -> tuple[str, dict[str, str] | None]:
+        """(the pinned version, None), or ("code:<hash of fn, the helpers it uses and the
+        constants it reads>", those parts), the constants as they are now."""
+        if isinstance(self.pinned, str):
+            return self.pinned, None
+        from featstore.identity import parts_hash
+
+        code = self.pinned()
+        return f"code:{parts_hash(code)}", code
+
     @property
     def version(self) -> str:
-        """The pinned version, or "code:<hash of fn, the helpers it uses and the constants it
-        reads>", the constants as they are now."""
-        return self.pinned if isinstance(self.pinned, str) else f"code:{self.pinned()}"
+        return self.versioned()[0]
 
     @property
     def summary(self) -> str:
@@ -82,7 +90,8 @@ class BoundFeaturizer:
     def identity(self) -> dict[str, Any]:
         """Kept once computed, for the build that parsed this spec (a no-op build of 1k asks 1,536
         times); a featurizer's code is fixed at registration, the constants it reads are read here."""
-        return featurizer_identity(self.name, self.params, self.featurizer.version, self.dtype)
+        version, code = self.featurizer.versioned()
+        return featurizer_identity(self.name, self.params, version, self.dtype, code)
 
     @property
     def module(self) -> str | None:
@@ -126,12 +135,12 @@ def featurizer(name: str | None = None, *, version: str | None = None,
 
 def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
              output_shape: Callable[..., tuple[int, ...]] | None = None, per_row: bool = True) -> Featurizer:
-    from featstore.identity import code_version
+    from featstore.identity import code_parts
 
     if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
         raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
     params = _signature_params(fn, name)
-    pinned = str(version) if version is not None else code_version(fn)
+    pinned = str(version) if version is not None else code_parts(fn)
     entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
     _REGISTRY[name] = entry
     return entry

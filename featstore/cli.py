@@ -370,11 +370,12 @@ def forget(dataset, splits, layers, featurizers, dry_run, store, as_json):
 
 @main.command(name="featurizers")
 @click.argument("specs", nargs=-1, metavar="[SPEC]...")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON: name, params, version, per_row, doc.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: name, params, version, code, per_row, doc.")
 def featurizers_cmd(specs, as_json):
     """List the featurizers: built-ins, entry-point plugins, with parameters and docs; or only
     SPECs, where module.path:function loads your own (installed, or a file in the current
-    directory) and shows the version its code hashes to.
+    directory) and shows the version its code hashes to and what it hashes: the function, the
+    helpers it calls and the constants it reads.
 
     \b
     Spec syntax: NAME[:key=value,...] or module.path:function[:key=value,...]; every spec also
@@ -384,15 +385,20 @@ def featurizers_cmd(specs, as_json):
     from featstore.featurizers import available, parse_spec
 
     found = {b.name: b.featurizer for b in map(parse_spec, specs)} if specs else available()
+    versions = {name: f.versioned() for name, f in found.items()}
     if as_json:
-        click.echo(json.dumps([{"name": f.name, "params": f.params, "version": f.version, "per_row": f.per_row,
-                                "doc": f.doc} for f in found.values()], indent=1))
+        click.echo(json.dumps([{"name": f.name, "params": f.params, "version": versions[f.name][0],
+                                "code": versions[f.name][1], "per_row": f.per_row, "doc": f.doc}
+                               for f in found.values()], indent=1))
         return
     for f in found.values():
         params = ", ".join(f"{k}={v}" for k, v in f.params.items()) or "no parameters"
-        click.echo(f"{f.name}  ({params}; version {f.version})")
+        version, code = versions[f.name]
+        click.echo(f"{f.name}  ({params}; version {version})")
         for line in f.doc.splitlines():
             click.echo(f"    {line}")
+        if code and specs:  # what its identity follows: a helper missing here is not tracked
+            click.echo(f"    version hashed from: {', '.join(path.partition(':')[2] or path for path in code)}")
 
 
 @main.group()

@@ -168,11 +168,16 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
 def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "labdesc.py").write_text('def spread(x, q: float = 0.9):\n    """Quantile spread."""\n'
-                                         '    return x.flatten(1).quantile(q, dim=1, keepdim=True)\n')
+    (tmp_path / "labdesc.py").write_text('LOW = 0.1\n\n\ndef _q(x, q):\n    return x.quantile(q, dim=1, keepdim=True)\n\n\n'
+                                         'def spread(x, q: float = 0.9):\n    """Quantile spread."""\n'
+                                         '    return _q(x.flatten(1), q) - _q(x.flatten(1), LOW)\n')
     out = run("featurizers", "labdesc:spread", "svd").output.splitlines()
     assert out[0].startswith("labdesc:spread  (q=0.9; version code:") and out[1] == "    Quantile spread."
-    assert out[2].startswith("svd  (k=16, normalize=False; version 1)") and len([o for o in out if "  (" in o]) == 2
+    assert out[2] == "    version hashed from: spread, LOW, _q"  # what its identity follows, as the code names it
+    assert out[3].startswith("svd  (k=16, normalize=False; version 1)") and len([o for o in out if "  (" in o]) == 2
+    mine, svd = json.loads(run("featurizers", "--json", "labdesc:spread", "svd").output)
+    assert list(mine["code"]) == ["spread", "spread:LOW", "spread:_q"] and svd["code"] is None
+    assert mine["version"] == out[0].partition("version ")[2].rstrip(")")
     listed = json.loads(run("featurizers", "--json").output)
     assert {"raw", "stats", "svd", "spectral", "randproj", "norms"} <= {f["name"] for f in listed}
 

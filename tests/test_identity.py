@@ -247,6 +247,6 @@ def test_a_changed_identity_names_what_changed_by_the_names_the_code_uses(load_p
     before = code_parts(load_package("a", {}))()
     after = code_parts(load_package("b", {"userpkg/config.py": ("SCALE = 2.0", "SCALE = 2.5"),
                                           "userpkg/ops/maths.py": ("return x * 2", "return x * 3")}))()
-    assert list(before) == list(after) and list(before)[0] == "feat"  # the featurizer itself, first
+    assert list(before) == list(after) and next(iter(before)) == "feat"  # the featurizer itself, first
     assert _changed_parts(before, after) == " (config.SCALE, userpkg.ops.maths.double)"
     assert _changed_parts(before, before) == "" and _changed_parts(None, after) == ""  # an older store's rows

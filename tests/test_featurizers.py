@@ -6,14 +6,35 @@ import pytest
 import torch
 
 from featstore import SpecError, read_column
-from featstore.featurizers import available, parse_spec
+from featstore.featurizers import BUILTINS, available, parse_spec
 
 
 def test_builtins_are_registered_with_docs():
     builtins = {"raw", "stats", "svd", "spectral", "randproj", "norms"}
     found = available()
-    assert builtins <= set(found)
+    assert builtins <= set(found) and set(BUILTINS) == {n for n, f in found.items() if f.fn.__module__.startswith(
+        "featstore.featurizers.")}
     assert all("Output (n," in found[name].doc for name in builtins)
+
+
+def test_a_users_module_cannot_take_a_builtin_name_or_fail_to_import_without_saying_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "shadowing.py").write_text("import featstore\n\n\n@featstore.featurizer('svd')\n"
+                                          "def svd(x):\n    return x.mean(1)\n")
+    with pytest.raises(SpecError, match=r"^cannot load featurizer 'shadowing:svd': importing 'shadowing' failed: "
+                                        r"SpecError: featurizer name 'svd' is featstore's built-in svd; register "
+                                        r"shadowing.svd under another name$"):
+        parse_spec("shadowing:svd")
+    assert parse_spec("svd").identity["version"] == "1"  # the built-in is still the one
+    (tmp_path / "typo.py").write_text("def broken(x)\n    return x\n")
+    with pytest.raises(SpecError, match=r"^cannot load featurizer 'typo:broken': importing 'typo' failed: "
+                                        r"SyntaxError: expected ':' \(typo.py, line 1\)$"):
+        parse_spec("typo:broken")
+    from featstore.featurizers import import_modules
+
+    with pytest.raises(SpecError, match=r"^importing 'typo', which defines featurizers, failed: SyntaxError"):
+        import_modules(["typo"], "install it")
 
 
 def test_spec_parsing_binds_every_parameter():

@@ -32,6 +32,7 @@ __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featu
            "import_modules", "parse_spec"]
 
 STORED_DTYPES = ("float32", "float16", "bfloat16")
+BUILTINS = ("raw", "stats", "svd", "spectral", "randproj", "norms")  # names no other code may register
 _PARAM_TYPES = (bool, int, float, str)
 _REGISTRY: dict[str, Featurizer] = {}
 
@@ -139,6 +140,10 @@ def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
 
     if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
         raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
+    module = getattr(fn, "__module__", None) or ""
+    if name in BUILTINS and not module.startswith(__name__ + "."):
+        raise SpecError(f"featurizer name {name!r} is featstore's built-in {name}; register "
+                        f"{module}.{getattr(fn, '__qualname__', fn)} under another name")
     params = _signature_params(fn, name)
     pinned = str(version) if version is not None else code_parts(fn)
     entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
@@ -260,6 +265,8 @@ def import_modules(modules, hint: str) -> None:
             import_module(module)
         except ImportError as e:
             raise SpecError(f"cannot import {module!r}, which defines featurizers ({e}); {hint}") from e
+        except Exception as e:  # the module's own code failed (a syntax error, a name clash): say where
+            raise SpecError(f"importing {module!r}, which defines featurizers, failed: {_described(e)}") from e
 
 
 def _import_target(target: str) -> None:
@@ -267,15 +274,26 @@ def _import_target(target: str) -> None:
     unless the module registered it under its own name."""
     module_name, _, function = target.partition(":")
     try:
-        fn = getattr(import_module(module_name), function)
-    except (ImportError, AttributeError) as e:
+        module = import_module(module_name)
+    except ImportError as e:
         missing = isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]  # not a dependency
         where = f" (looked in the installed packages and in {os.getcwd()})" if missing else ""
         raise SpecError(f"cannot load featurizer {target!r}: {e}{where}") from e
+    except Exception as e:  # the module's own code failed (a syntax error, a name clash): say where
+        raise SpecError(f"cannot load featurizer {target!r}: importing {module_name!r} failed: {_described(e)}") from e
+    try:
+        fn = getattr(module, function)
+    except AttributeError as e:
+        raise SpecError(f"cannot load featurizer {target!r}: {e}") from e
     if not any(f.fn is fn for f in _REGISTRY.values()):
         register(fn, target)
     else:
         _REGISTRY.setdefault(target, next(f for f in _REGISTRY.values() if f.fn is fn))
+
+
+def _described(e: Exception) -> str:
+    """`SyntaxError: expected ':' (feats.py, line 3)`: the kind of error and its message."""
+    return f"{type(e).__name__}: {e}"
 
 
 _plugins_loaded = False

@@ -55,6 +55,8 @@ def test_spec_parsing_binds_every_parameter():
         ("svd:k", r"bad parameter 'k'"),
         ("svd:k=big", r"'big' is not a valid int"),
         ("raw:k=1", r"raw accepts: none"),
+        ("svd:k=2,normalize=true,k=3", r"^parameter 'k' is given twice in featurizer spec 'svd:k=2,normalize=true,k=3'$"),
+        ("svd:dtype=float16,dtype=float32", r"^parameter 'dtype' is given twice"),
     ],
 )
 def test_bad_specs_say_what_is_accepted(spec, message):

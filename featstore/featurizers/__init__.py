@@ -180,9 +180,12 @@ def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
         head, rest = f"{head}:{function}", after
     featurizer_ = get(head)
     params = dict(featurizer_.params)
-    stored = dtype or "float32"
+    stored, given = dtype or "float32", set()
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, raw = item.partition("=")
+        if key in given:
+            raise SpecError(f"parameter {key!r} is given twice in featurizer spec {spec!r}")
+        given.add(key)
         if eq and key == "dtype":
             stored = raw
             continue

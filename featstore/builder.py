@@ -30,6 +30,7 @@ from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
 from featstore.errors import ColumnError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
+from featstore.identity import changed_parts
 from featstore.keys import (
     KEY_VERSION,
     ColumnDigests,
@@ -463,21 +464,12 @@ def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:
         reasons.append("params changed")
     if then.get("version") != identity["version"]:
         code = str(then.get("version", "")).startswith("code:") and identity["version"].startswith("code:")
-        reasons.append(f"featurizer code changed{_changed_parts(then.get('code'), identity.get('code'))}"
+        names = changed_parts(then.get("code"), identity.get("code"))
+        reasons.append(("featurizer code changed" + (f" ({', '.join(names)})" if names else ""))
                        if code else "version changed")
     if not reasons:  # the same input and identity under another key: the key scheme itself changed
         reasons.append(f"format changed (key version {KEY_VERSION})")
     return "; ".join(reasons)
-
-
-def _changed_parts(then: dict | None, now: dict | None) -> str:
-    """' (helper, SCALE)': what differs between two featurizer code identities, by the names the
-    code uses (`identity.code_parts`); '' where an identity has no parts (an older store)."""
-    if not then or not now:
-        return ""
-    changed = [path for path in {**then, **now} if then.get(path) != now.get(path)]
-    names = list(dict.fromkeys(path.rpartition(":")[2] for path in changed))
-    return f" ({', '.join(names)})" if names else ""
 
 
 def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, CatalogRow]:

@@ -54,6 +54,15 @@ def parts_hash(parts: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
+def changed_parts(then: dict[str, str] | None, now: dict[str, str] | None) -> list[str]:
+    """What differs between two `code_parts`, each by the name the code that reads it uses
+    (`_row_norms`, `config.SCALE`); [] where either has no parts (an identity from before them)."""
+    if not then or not now:
+        return []
+    changed = [path for path in {**then, **now} if then.get(path) != now.get(path)]
+    return list(dict.fromkeys(path.rpartition(":")[2] for path in changed))
+
+
 def code_hash(fn: Callable) -> str:
     """`fn`'s code version now: `parts_hash` of its `code_parts`."""
     return parts_hash(code_parts(fn)())

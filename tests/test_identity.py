@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from featstore.identity import code_hash, code_parts, parts_hash
+from featstore.identity import changed_parts, code_hash, code_parts, parts_hash
 
 BASE = '''
 SCALE = 2.0
@@ -242,11 +242,9 @@ def test_constants_count_as_they_are_when_the_build_asks(tmp_path):
 
 
 def test_a_changed_identity_names_what_changed_by_the_names_the_code_uses(load_package):
-    from featstore.builder import _changed_parts
-
     before = code_parts(load_package("a", {}))()
     after = code_parts(load_package("b", {"userpkg/config.py": ("SCALE = 2.0", "SCALE = 2.5"),
                                           "userpkg/ops/maths.py": ("return x * 2", "return x * 3")}))()
     assert list(before) == list(after) and next(iter(before)) == "feat"  # the featurizer itself, first
-    assert _changed_parts(before, after) == " (config.SCALE, userpkg.ops.maths.double)"
-    assert _changed_parts(before, before) == "" and _changed_parts(None, after) == ""  # an older store's rows
+    assert changed_parts(before, after) == ["config.SCALE", "userpkg.ops.maths.double"]
+    assert changed_parts(before, before) == [] and changed_parts(None, after) == []  # an older store's rows

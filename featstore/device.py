@@ -133,9 +133,13 @@ def batch_rows(row_bytes: int, rows: int, device: str) -> int:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU's out of memory, or the host's: torch's CPU allocator ("can't allocate memory") or
+    numpy's MemoryError."""
     import torch
 
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return (isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in message
+            or "can't allocate memory" in message)
 
 
 def torch_version() -> str:

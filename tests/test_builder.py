@@ -52,10 +52,13 @@ def _wrong(x):
     return x.mean(2)
 
 
+_OUT_OF_MEMORY = {"error": torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")}  # what _small raises
+
+
 @featstore.featurizer("test_needs_small_batches", version="1")
 def _small(x):
     if len(x) > 16:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        raise _OUT_OF_MEMORY["error"]
     return x.mean(2)
 
 
@@ -205,8 +208,15 @@ def test_a_matrix_featurizer_on_a_vector_column_says_how_to_leave_it_out(tmp_pat
     assert sorted((e.layer, e.featurizer) for e in report.entries) == [("layer_0", "stats"), ("layer_0", "svd")]
 
 
-def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplog):
-    report = featstore.build("sanity", ["test_needs_small_batches"], layers=["layer_000"], store=store_dir)
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."),  # torch, CPU
+    MemoryError("Unable to allocate 64.0 GiB for an array with shape (256, 4096, 4096)"),  # numpy
+])
+def test_out_of_memory_retries_with_smaller_batches(sanity_dir, store_dir, caplog, monkeypatch, error):
+    monkeypatch.setitem(_OUT_OF_MEMORY, "error", error)
+    report = featstore.build("sanity", ["test_needs_small_batches"], layers=["layer_000"], store=store_dir,
+                             device="cpu")
     assert report.computed == 2
     assert "retrying with batches of" in caplog.text
     loaded = featstore.open("sanity", store=store_dir).load("layer_000", "test_needs_small_batches")

@@ -37,13 +37,16 @@ def code_parts(fn: Callable) -> Callable[[], dict[str, str]]:
     constants at each call, since a script may set them after defining its featurizer. Where the
     code lives does not count: a script run as `__main__` and the same file imported as a module
     agree, and so does a featurizer moved into a package."""
-    found = _Walk(fn).found
+    found = [(path, _digest(text) if isinstance(text, str) else text) for path, text in _Walk(fn).found]
 
     def parts() -> dict[str, str]:
-        return {path: xxhash.xxh3_64_hexdigest((text if isinstance(text, str) else text()).encode())
-                for path, text in found}
+        return {path: digest if isinstance(digest, str) else _digest(digest()) for path, digest in found}
 
     return parts
+
+
+def _digest(text: str) -> str:
+    return xxhash.xxh3_64_hexdigest(text.encode())
 
 
 def parts_hash(parts: dict[str, str]) -> str:

@@ -55,6 +55,11 @@ def _wrong(x):
 _OUT_OF_MEMORY = {"error": torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")}  # what _small raises
 
 
+@featstore.featurizer("test_batch_wide", version="1")  # no declared shape: a one-row probe gives (1,)
+def _batch_wide(x):
+    return x.flatten(1)[:, : len(x)]
+
+
 @featstore.featurizer("test_needs_small_batches", version="1")
 def _small(x):
     if len(x) > 16:
@@ -173,8 +178,11 @@ def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
         featstore.build("sanity", ["test_huge:dtype=float16"], store=store_dir)
     assert featstore.build("sanity", ["test_huge"], layers=["layer_000"], store=f"{store_dir}-ok").computed == 2
     with pytest.raises(FeaturizerError, match=r"returned torch.float32\[256, 16\]; it must return a floating "
-                                              r"tensor of shape \[256, 3\]"):
+                                              r"tensor of shape \[256, 3\]$"):  # declared: no probe to blame
         featstore.build("sanity", ["test_wrong_shape"], store=store_dir)
+    with pytest.raises(FeaturizerError, match=r"returned torch.float32\[256, 256\]; it must return a floating tensor of "
+                                              r"shape \[256, 1\] \(the row shape \[1\] came from a one-row probe: "):
+        featstore.build("sanity", ["test_batch_wide"], store=store_dir)
     assert _entries(store_dir) == []
 
 

@@ -4,11 +4,12 @@ import os
 import threading
 import time
 
+import datasets
 import pytest
 import torch
 
 import featstore
-from featstore import FeaturizerError, SpecError
+from featstore import FeaturizerError, SpecError, read_column
 from featstore.featurizers import parse_spec
 
 
@@ -245,6 +246,26 @@ def test_reduced_precision_storage(sanity_dir, store_dir, dtype, torch_dtype, to
     assert reduced.dtype == torch_dtype and reduced.shape == exact.shape
     torch.testing.assert_close(reduced.float(), exact, rtol=tolerance, atol=tolerance * float(exact.max()))
     assert fs.row("layer_002", f"svd:dtype={dtype}").nbytes == exact.numel() * 2
+
+
+def test_every_builtin_builds_stores_and_loads_what_it_computes(sanity_dir, store_dir):
+    """Through the whole pipeline on the CPU (plan, lanes, write, catalog, load): each built-in's
+    entry holds what calling it on the column gives, bit for bit, and a 16-bit stored dtype holds
+    exactly that result rounded (the README's accuracy table: storage rounding only)."""
+    specs = ["raw", "stats", "svd", "svd:k=20,normalize=true", "spectral", "randproj:dim=32", "norms"]
+    low = [f"{s}{',' if ':' in s else ':'}dtype={d}" for s in specs for d in ("float16", "bfloat16")]
+    report = featstore.build("sanity", specs + low, layers=["layer_002", "layer_005"], store=store_dir, device="cpu")
+    assert report.computed == 2 * 2 * len(specs + low)
+    fs = featstore.open("sanity", store=store_dir)
+    for split in ("train", "test"):
+        x = torch.from_numpy(read_column(datasets.load_from_disk(str(sanity_dir))[split], "layer_005").copy())
+        for spec in specs:
+            expected = parse_spec(spec)(x)
+            loaded = fs.load("layer_005", spec, split=split)
+            assert loaded.dtype == torch.float32 and torch.equal(loaded, expected), (spec, split)
+            for dtype in (torch.float16, torch.bfloat16):
+                reduced = fs.load("layer_005", f"{spec}{',' if ':' in spec else ':'}dtype={str(dtype)[6:]}", split=split)
+                assert reduced.dtype == dtype and torch.equal(reduced, expected.to(dtype)), (spec, split, dtype)
 
 
 def test_changing_a_parameter_only_builds_that_featurizer(sanity_dir, store_dir):

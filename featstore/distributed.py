@@ -87,8 +87,10 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     homes = {f.name: f.module for f in bound}  # what workers import
     in_main = [name for name, module in homes.items() if module == "__main__"]
     if in_main:
-        raise FeatstoreError(f"featurizer {', '.join(in_main)} is defined in the script that runs the build "
-                             "(__main__); Dask workers import featurizers by module: move it into a module")
+        raise FeatstoreError(f"featurizer {', '.join(in_main)} is defined in __main__ where no module name reaches "
+                             "it (a notebook, an interactive session, a script outside the current directory); Dask "
+                             "workers import featurizers by module: move it into a module, or run the script from "
+                             "its project's directory")
     modules = tuple(sorted(set(filter(None, homes.values()))))
     source = load_source(dataset, layers, label_column, progress=progress)
     started = time.perf_counter()

@@ -30,7 +30,7 @@ from featstore.builder import (
     known_layouts,
     why_stale,
 )
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, entry_key
 from featstore.manifest import CatalogRow
@@ -175,6 +175,12 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
               progress: bool = False) -> dict:
     """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
     featurizer its identity, and the entry keys they give. JSON, sorted, one value per line."""
+    in_main = [f.spec for f in featurizers if f.module == "__main__"]
+    if in_main:
+        raise SpecError(f"featurizer {', '.join(in_main)} is defined in __main__ where no module name reaches it (a "
+                        "notebook, an interactive session, a script outside the current directory): a lockfile names "
+                        "the module that defines each featurizer, for `featstore status --lock` to import; move it "
+                        "into a module, or run the script from its project's directory")
     digests = _digests(source, store, progress=progress)[0]
     return {
         "featstore_lock": LOCK_FORMAT,
@@ -208,6 +214,10 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
     key that differs from the locked one is stale (with the reason), every slot the lock lacks is
     missing, every locked layer the data lacks is stale ("layer gone")."""
     started = time.perf_counter()
+    if "__main__" in lock.get("modules", []):  # written by an earlier featstore from a script run as __main__
+        raise SpecError("the lockfile names the module __main__ for its featurizers: no other process can import "
+                        "that; write it again with `featstore lock --featurizer module:function` (or featstore.lock "
+                        "from the script, with this featstore)")
     import_modules(lock.get("modules", []), "the lockfile names it: run from the project that has it, or install it")
     featurizers = tuple(parse_spec(spec) for spec in lock["featurizers"])
     digests = _digests(source, None, progress=progress)[0]

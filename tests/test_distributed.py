@@ -77,6 +77,23 @@ def test_a_featurizer_that_differs_on_the_workers_is_refused(sanity_dir, tmp_pat
     assert featstore.build("sanity", ["test_labscale"], store=str(tmp_path / "s"), device="cpu", workers=1).computed == 16
 
 
+def test_a_script_that_defines_its_featurizer_builds_on_workers(sanity_dir, tmp_path):
+    """`python train.py` defining a featurizer and building with workers: they import the
+    script's file as its module (`train`) and compute the same entries as a local build."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "train.py").write_text(
+        "import json, sys\nimport featstore\n\n\n@featstore.featurizer('test_script_rowmax')\n"
+        "def rowmax(x):\n    return x.amax(2)\n\n\nif __name__ == '__main__':\n"
+        "    r = featstore.build('sanity', ['test_script_rowmax'], store=sys.argv[1], device='cpu', "
+        "workers=int(sys.argv[2]))\n    print(json.dumps(sorted(e.key for e in r.entries if e.status == 'computed')))\n")
+    keys = [json.loads(subprocess.run([sys.executable, "train.py", str(tmp_path / f"s{n}"), str(n)], cwd=tmp_path,
+                                      check=True, capture_output=True, text=True).stdout) for n in (0, 1)]
+    assert len(keys[0]) == 16 and keys[1] == keys[0]
+
+
 def test_a_featurizer_defined_in_main_is_refused_before_workers_start(sanity_dir, tmp_path):
     from featstore.errors import FeatstoreError
 
@@ -85,7 +102,8 @@ def test_a_featurizer_defined_in_main_is_refused_before_workers_start(sanity_dir
 
     doubled.__module__ = "__main__"  # as if defined in the script that runs the build
     featstore.featurizer("test_in_main", version="1")(doubled)
-    with pytest.raises(FeatstoreError, match=r"featurizer test_in_main is defined in the script .*move it into a module"):
+    with pytest.raises(FeatstoreError, match=r"featurizer test_in_main is defined in __main__ where no module name "
+                                             r"reaches it .*move it into a module"):
         featstore.build("sanity", ["test_in_main"], store=str(tmp_path / "s"), device="cpu", workers=2)
     assert not (tmp_path / "s").exists()
 

@@ -413,6 +413,38 @@ def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
     assert elsewhere.returncode == 2 and "cannot import 'lockfeats', which defines featurizers" in elsewhere.stderr
 
 
+def test_a_lockfile_written_by_a_script_run_as_main_names_the_script_s_module(tmp_path):
+    """A training script that defines its featurizer and writes the lock (`python train.py`, or
+    `python scripts/train.py` from the project) must give a lock the CI job's `featstore status
+    --lock` can import: the lock named the module `__main__`, and CI failed with "unknown
+    featurizer". A featurizer no module name reaches (`python -c`) cannot be locked: said at once."""
+    path = save_layers(tmp_path / "d", layers_of(2))
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    script = ("import sys\nimport featstore\nfrom featstore.freshness import lock_bytes\n\n\n"
+              "@featstore.featurizer('test_scriptfeat')\ndef f(x):\n    return x.mean(1)\n\n\n"
+              "if __name__ == '__main__':\n    lock = lock_bytes(featstore.lock(sys.argv[2], ['test_scriptfeat']))\n"
+              "    open(sys.argv[1], 'wb').write(lock)\n")
+    for where, module in (("train.py", "train"), ("scripts/train.py", "scripts.train")):
+        (project / where).write_text(script)
+        lock = tmp_path / f"{module}.lock"
+        subprocess.run([sys.executable, where, str(lock), path], cwd=project, check=True)
+        assert json.loads(lock.read_text())["modules"] == [module]
+        clean = _cli("status", "--lock", str(lock), "-d", path, cwd=project)
+        assert clean.returncode == 0 and "2 fresh, 0 stale, 0 missing" in clean.stdout, clean.stderr
+
+    pinned = script.replace("__name__ == '__main__'", "True").replace("_scriptfeat')", "_scriptfeat', version='1')")
+    nameless = subprocess.run([sys.executable, "-c", pinned, str(tmp_path / "x.lock"), path],  # no file: pinned
+                              check=False, cwd=project, capture_output=True, text=True)
+    assert nameless.returncode != 0 and not (tmp_path / "x.lock").exists()
+    assert "featurizer test_scriptfeat is defined in __main__ where no module name reaches it" in nameless.stderr
+
+    old = json.loads((tmp_path / "train.lock").read_text()) | {"modules": ["__main__"]}  # an earlier featstore's
+    (tmp_path / "old.lock").write_text(json.dumps(old))
+    refused = _cli("status", "--lock", str(tmp_path / "old.lock"), "-d", path, cwd=project)
+    assert refused.returncode == 2 and "the lockfile names the module __main__" in refused.stderr, refused.stderr
+
+
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):
     data = layers_of(2)
     data["model.layers.0.self_attn.q_proj"] = data.pop("layer_1")  # a long name keeps the columns aligned

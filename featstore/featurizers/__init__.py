@@ -96,9 +96,12 @@ class BoundFeaturizer:
 
     @property
     def module(self) -> str | None:
-        """The module that defines the function: importing it registers the featurizer (Dask
-        workers and `status --lock` import it to know a decorated featurizer by its name)."""
-        return getattr(self.featurizer.fn, "__module__", None)
+        """The module that defines the function, by the name another process imports it as:
+        importing it registers the featurizer (Dask workers and `status --lock` import it to know
+        a decorated featurizer by its name). For a script run as `__main__`, the name of its file
+        (`_script_module`), or `__main__` where it has none (a notebook, an interactive session)."""
+        module = getattr(self.featurizer.fn, "__module__", None)
+        return (_script_module(self.featurizer.fn) or module) if module == "__main__" else module
 
     def output_shape(self, value_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
@@ -244,6 +247,23 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
         got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row")
     return tuple(out.shape[1:])
+
+
+def _script_module(fn) -> str | None:
+    """The name the running script's file imports as, if `fn` is defined in it: its `python -m`
+    name, or its path from the current directory (`python scripts/train.py` -> `scripts.train`,
+    which `import_module` finds from there, as it does `--featurizer scripts.train:fn`); None for
+    a function from anywhere else, or a script outside the current directory."""
+    main = sys.modules.get("__main__")
+    path, code = getattr(main, "__file__", None), getattr(inspect.unwrap(fn), "__code__", None)
+    if not path or code is None or os.path.realpath(code.co_filename) != os.path.realpath(path):
+        return None
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name
+    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(os.getcwd()))
+    parts = relative.removesuffix(".py").split(os.sep)
+    return ".".join(parts) if relative.endswith(".py") and all(p.isidentifier() for p in parts) else None
 
 
 def import_module(name: str):

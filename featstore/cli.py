@@ -16,6 +16,7 @@ import click
 from featstore.config import default_store
 from featstore.errors import FeatstoreError
 
+SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed by name (--json: all)
 STORE_HELP = ("Store: a directory or an fsspec URL (s3://bucket/prefix, memory://...). "
               "[env: FEATSTORE_STORE; default: $FEATSTORE_HOME/store, ~/.cache/featstore/store]")
 
@@ -298,11 +299,16 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
             click.echo(f"corrupt  {key}  {problem}" + ("  (dropped)" if key in report.repaired else ""))
         for key, problem in sorted(report.mismatched.items()):
             click.echo(f"mismatch {key}  {problem}")
+        skipped = sorted(report.skipped.items(), key=lambda item: item[1])
+        for key, why in skipped[:SHOWN_SKIPPED]:
+            click.echo(f"skipped  {key}  {why}")
+        if len(skipped) > SHOWN_SKIPPED:
+            click.echo(f"skipped  ... and {len(skipped) - SHOWN_SKIPPED} more (--json lists every one)")
         rate = report.bytes_read / report.seconds / 1e9 if report.seconds else 0.0
         click.echo(f"checked {_count(report.checked, 'entry')} ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
                    f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
                    f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
-                   + (f", {len(report.skipped)} not recomputable (stale or unloadable)" if report.skipped else ""))
+                   + (f", {len(report.skipped)} skipped (stale or not loadable)" if report.skipped else ""))
     sys.exit(0 if report.ok else 1)
 
 

@@ -84,14 +84,16 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
     from featstore.featurizers import parse_spec
     from featstore.sources import load_source
 
+    what = f"{dataset} {row.split}/{row.layer} {row.featurizer}"
     try:
         split = load_source(dataset, (row.layer,)).splits[row.split]
         f = parse_spec(row.featurizer)
     except (FeatstoreError, KeyError) as e:
-        report.skipped[row.key] = f"cannot load {dataset!r} {row.split}/{row.layer}: {e}"
+        report.skipped[row.key] = f"{what}: cannot load it: {e}"
         return
-    if builder.column_digest(split, row.layer).digest != row.input_digest or f.identity != row.identity:
-        report.skipped[row.key] = "stale (the data or the featurizer changed since it was built)"
+    why = builder.why_stale(row, builder.column_digest(split, row.layer).digest, f.identity)
+    if why:
+        report.skipped[row.key] = f"{what}: stale ({why}), nothing to compare with"
         return
     layout = split.layout(row.layer)
     unit = builder.Unit(row.split, row.layer, layout)

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -230,3 +231,24 @@ def test_long_work_shows_progress_on_a_terminal(tmp_path, store_dir):
     status, out, shown = _on_a_terminal("verify", "--store", store_dir, "--recompute", "1")
     assert status == 0 and "checked 3 entries" in out, out  # layer_0 raw, layer_1 raw before and after the change
     assert "verify: " in shown and "recompute: " in shown
+
+
+def test_verify_names_what_it_could_not_recompute_and_why(run, tmp_path, store_dir):
+    """A feature whose data changed (stale) or is gone cannot be checked by recomputing it:
+    `verify --recompute` says which and why, and does not fail for it."""
+    from conftest import saved_layers_dataset
+
+    paths = {name: str(tmp_path / name) for name in ("same", "changed", "gone")}
+    keys = {}
+    for seed, (name, path) in enumerate(paths.items()):  # other bytes, other entries
+        saved_layers_dataset(path, layers=1, rows=12, dim=4, seed=seed)
+        run("build", "-d", path, "-f", "stats", "--device", "cpu", "--no-progress")
+        keys[name] = featstore.open(path, store=store_dir).row("layer_000", "stats").key
+    saved_layers_dataset(paths["changed"], layers=1, rows=12, dim=4, seed=9)
+    shutil.rmtree(paths["gone"])
+    out = run("verify", "--recompute", "1").output
+    assert f"skipped  {keys['changed']}  {paths['changed']} train/layer_000 stats: stale (input bytes changed), " \
+           "nothing to compare with" in out
+    assert re.search(rf"skipped  {keys['gone']}  {re.escape(paths['gone'])} train/layer_000 stats: cannot load it: "
+                     r".*no such file or directory", out), out
+    assert keys["same"] not in out and "recomputed 1: 0 corrupt, 0 mismatched, 2 skipped (stale or not loadable)" in out

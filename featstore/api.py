@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Self
 
 import numpy as np
@@ -130,8 +131,10 @@ def catalogued_name(st: Store, dataset: Any) -> str:
 def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
     from featstore import freshness
 
-    layers = tuple(glob.escape(layer) for layer in fs.layers)
-    source = load_source(dataset, layers, fs.catalog.label_column)
+    whole = load_source(dataset, (), fs.catalog.label_column)  # then narrowed to the layers served, where they still are
+    present = set(next(iter(whole.splits.values())).column_names)
+    source = replace(whole, layers=[layer for layer in fs.layers if layer in present],
+                     patterns=tuple(glob.escape(layer) for layer in fs.layers))
     report = freshness.status(source, _featurizers_for(source.name, (), fs.store), fs.store)
     served = {r.slot for r in fs.catalog.rows} | {(s, fs.catalog.label_column, "labels") for s in fs.catalog.splits}
     bad = [s for s in report.slots if s.state != "fresh" and (s.split, s.layer, s.featurizer) in served]

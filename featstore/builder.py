@@ -117,6 +117,7 @@ class BuildReport:
     cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
     worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
     worker_devices: dict[str, str] = field(default_factory=dict)  # Dask worker -> its device (--devices)
+    dropped: list[tuple[str, str, str]] = field(default_factory=list)  # catalogued slots whose column is gone
 
     @property
     def computed(self) -> int:
@@ -140,6 +141,7 @@ class BuildReport:
             "reused": self.reused,
             "reasons": dict(self.reasons),
             "bytes_written": self.bytes_written,
+            "dropped": [list(slot) for slot in self.dropped],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "entries": [asdict(e) for e in self.entries],
         }
@@ -397,7 +399,9 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
     """Catalogue what `report` built (after its entries, as the last step of a build): the
     labels, the digest cache (with the file stats taken when the build began, so a file changed
     meanwhile is hashed again next time), then the catalog, merged under the dataset's lock with
-    whatever a concurrent build added meanwhile."""
+    whatever a concurrent build added meanwhile. Rows of columns the dataset no longer has (a layer
+    or split removed from it) are dropped from the catalog, so that it serves only the dataset as it
+    is; their entries stay until `featstore gc`."""
     source, seen = build_plan.source, report.seen
     rows = [r if r.chunks else replace(r, **dict(zip(("chunk_rows", "chunks"), store.entry_chunks(r.key))))
             for r in report.rows]  # what loads need to skip each entry's metadata
@@ -434,6 +438,10 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
     with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):
         latest = store.read_catalog(source.name)  # a concurrent build may have added rows since we began
         merged = latest.merged(catalog) if latest else catalog
+        gone, splits = source.gone(merged.rows), {k: v for k, v in merged.splits.items() if k in source.splits}
+        if gone or splits != merged.splits:
+            merged = replace(merged, rows=tuple(r for r in merged.rows if r.slot not in gone), splits=splits)
+            report.dropped[:] = sorted(gone)
         if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
             store.write_catalog(merged)
 

@@ -14,7 +14,7 @@ import sys
 import click
 
 from featstore.config import default_store
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, brief
 
 SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed by name (--json: all)
 STORE_HELP = ("Store: a directory or an fsspec URL (s3://bucket/prefix, memory://...). "
@@ -124,6 +124,10 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(report.reasons.items()))
     click.echo(f"  entries  {report.computed} computed{f' ({why})' if why else ''}, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
+    if report.dropped:
+        columns = sorted({f"{split}/{layer}" for split, layer, _ in report.dropped})
+        click.echo(f"  dropped  {_count(len(report.dropped), 'feature')} of columns gone from the dataset "
+                   f"({brief(columns)}); `featstore gc` frees their entries")
     phases = "  ".join(f"{k} {s[k]:.2f}" for k in ("plan", "hash", "read", "compute", "write"))
     click.echo(f"  seconds  {s['total']:.2f} in all; per phase, summed over threads: {phases}")
 
@@ -242,6 +246,7 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
         would = [f"compute {_count(work['entries'], 'entry')} from {columns} ({_size(work['input_bytes'])})"
                  ] if work["entries"] else []
         would += [f"reuse {_count(work['reused'], 'entry')} the store holds"] if work["reused"] else []
+        would += [f"drop {_count(work['dropped'], 'feature')} of columns gone"] if work["dropped"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
     sys.exit(0 if all(r.fresh for r in reports) else 1)

@@ -14,6 +14,7 @@ its identity), so `status --lock` can say what a change invalidates on a machine
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
 from collections import Counter
@@ -67,14 +68,15 @@ class StatusReport:
         return all(s.state == "fresh" for s in self.slots)
 
     def work(self) -> dict[str, int]:
-        """What a build would do: entries to compute, the columns they need and their bytes, and
+        """What a build would do: entries to compute, the columns they need and their bytes,
         entries it would only catalogue (`reused`: the store holds them, e.g. from a killed
-        build or another dataset sharing the layer)."""
-        todo = [s for s in self.slots if s.state != "fresh"]
+        build or another dataset sharing the layer), and catalogued features it would drop
+        (`dropped`: their column is gone from the dataset; such a slot has no key)."""
+        todo = [s for s in self.slots if s.state != "fresh" and s.key]
         compute = [s for s in todo if not s.stored]
         columns = {(s.split, s.layer): s.input_bytes for s in compute}
         return {"entries": len(compute), "columns": len(columns), "input_bytes": sum(columns.values()),
-                "reused": len(todo) - len(compute)}
+                "reused": len(todo) - len(compute), "dropped": sum(not s.key for s in self.slots)}
 
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "fresh": self.fresh, "counts": dict(self.counts), "work": self.work(),
@@ -151,6 +153,10 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 else:
                     state, reason = "fresh", ""
                 report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size, stored))
+    specs = {f.spec for f in featurizers}
+    for (split, layer, spec), reason in sorted(source.gone(served.values()).items()):  # a build drops them
+        if spec in specs and (not source.patterns or any(fnmatch.fnmatch(layer, p) for p in source.patterns)):
+            report.slots.append(SlotStatus(split, layer, spec, "stale", reason, "", 0, False))
     if source.label_column and catalog:
         report.slots += _label_slots(source, catalog, store)
     report.seconds = time.perf_counter() - started

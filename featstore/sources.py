@@ -173,6 +173,17 @@ class Source:
     splits: dict[str, Split]
     layers: list[str]
     label_column: str | None
+    patterns: tuple[str, ...] = ()  # the --layers globs the layers were chosen by; () for every layer column
+
+    def gone(self, rows) -> dict[tuple[str, str, str], str]:
+        """The catalog `rows` (by slot) whose column this dataset no longer has, with why: the
+        split or the layer is gone from it."""
+        out = {}
+        for row in rows:
+            split = self.splits.get(row.split)
+            if split is None or row.layer not in split.column_names:
+                out[row.slot] = f"{'split' if split is None else 'layer'} gone from the dataset"
+        return out
 
 
 def dataset_id(dataset: Any) -> str:
@@ -216,7 +227,7 @@ def load_source(
         if missing:
             raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
     has_label = label_column in first.column_names
-    return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None)
+    return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers))
 
 
 def is_layer_type(arrow_type: pa.DataType) -> bool:

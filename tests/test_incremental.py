@@ -1,6 +1,7 @@
 """Exact invalidation: what changed is rebuilt, nothing else; `status` and lockfiles say so."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -60,7 +61,8 @@ def test_one_changed_layer_rebuilds_only_its_entries(tmp_path, store_dir):
     report = featstore.status(path, store=store_dir)
     stale = {(s.layer, s.featurizer): s.reason for s in report.slots if s.state != "fresh"}
     assert stale == {("layer_1", "raw"): "input bytes changed", ("layer_1", "stats"): "input bytes changed"}
-    assert report.work() == {"entries": 2, "columns": 1, "input_bytes": ROWS * DIM * DIM * 4, "reused": 0}
+    assert report.work() == {"entries": 2, "columns": 1, "input_bytes": ROWS * DIM * DIM * 4, "reused": 0,
+                             "dropped": 0}
 
     rebuilt = featstore.build(path, ["raw", "stats"], store=store_dir)
     assert computed(rebuilt) == {("layer_1", "raw"), ("layer_1", "stats")}
@@ -85,7 +87,7 @@ def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, 
     report = featstore.status(path, store=store_dir)
     [slot] = [s for s in report.slots if s.state != "fresh"]
     assert (slot.layer, slot.reason, slot.stored) == ("layer_1", "input bytes changed", True)
-    assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 1}
+    assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 1, "dropped": 0}
     shown = CliRunner().invoke(main, ["status", "-d", path, "--store", store_dir])
     assert shown.exit_code == 1
     assert shown.output.splitlines()[-1].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entry the store holds")
@@ -104,7 +106,8 @@ def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir
     monkeypatch.setattr(sources, "column_parts", lambda ds, name: read.append(name) or real(ds, name))
     report = featstore.status(path, ["stats", "norms"], store=store_dir)
     assert read == []  # not even the list offsets (seconds for 1k from a cold page cache)
-    assert report.work() == {"entries": 2, "columns": 2, "input_bytes": 2 * data["layer_0"].nbytes, "reused": 0}
+    assert report.work() == {"entries": 2, "columns": 2, "input_bytes": 2 * data["layer_0"].nbytes, "reused": 0,
+                             "dropped": 0}
     data["layer_1"][0, 0, 0] += 1.0
     save_layers(tmp_path / "d", data)
     assert [(s.layer, s.reason) for s in featstore.status(path, store=store_dir).slots if s.state != "fresh"] == [
@@ -294,7 +297,8 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     status = featstore.status(path, ["test_counting", "raw"], store=store_dir)  # says what the build will do
     assert {(s.layer, s.featurizer, s.state, s.reason) for s in status.slots} == {
         (name, f, "stale", "10 rows appended (100 reused)") for name in data for f in ("test_counting", "raw")}
-    assert status.work() == {"entries": 4, "columns": 2, "input_bytes": 2 * 10 * DIM * DIM * 4, "reused": 0}
+    assert status.work() == {"entries": 4, "columns": 2, "input_bytes": 2 * 10 * DIM * DIM * 4, "reused": 0,
+                             "dropped": 0}
     _CALLS.clear()
     report = featstore.build(path, ["test_counting", "raw"], store=store_dir)
     assert report.reasons == {"10 rows appended (100 reused)": 4}
@@ -443,6 +447,42 @@ def test_a_lockfile_written_by_a_script_run_as_main_names_the_script_s_module(tm
     (tmp_path / "old.lock").write_text(json.dumps(old))
     refused = _cli("status", "--lock", str(tmp_path / "old.lock"), "-d", path, cwd=project)
     assert refused.returncode == 2 and "the lockfile names the module __main__" in refused.stderr, refused.stderr
+
+
+def test_columns_gone_from_the_data_are_stale_until_a_build_drops_them(tmp_path, store_dir):
+    """A layer (or a split) removed from the dataset: its catalogued features were still served
+    by `open`, `status` said all fresh and `require_fresh` failed with "--layers ... matches no
+    column". Now status calls them stale (exit 1), a build drops them, gc frees their entries."""
+    data = layers_of(2)
+    path = tmp_path / "d"
+    dd = datasets.DatasetDict({name: datasets.Dataset.from_dict({k: v[rows] for k, v in data.items()})
+                               for name, rows in (("train", slice(0, 20)), ("test", slice(20, ROWS)))})
+    dd.save_to_disk(str(path))
+    assert featstore.build(str(path), ["stats", "svd:k=2"], store=store_dir).computed == 8
+    datasets.DatasetDict({"train": dd["train"].remove_columns("layer_1")}).save_to_disk(str(tmp_path / "d2"))
+    shutil.rmtree(path)
+    (tmp_path / "d2").rename(path)
+
+    gone = {("test", layer, spec): "split gone from the dataset" for layer in data for spec in ("stats", "svd:k=2")}
+    gone |= {("train", "layer_1", spec): "layer gone from the dataset" for spec in ("stats", "svd:k=2")}
+    report = featstore.status(str(path), store=store_dir)
+    assert {(s.split, s.layer, s.featurizer): s.reason for s in report.slots if s.state != "fresh"} == gone
+    assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 0, "dropped": 6}
+    only = featstore.status(str(path), layers=["layer_0"], store=store_dir)  # the globs asked for, as for any slot
+    assert {s.layer for s in only.slots if s.state != "fresh"} == {"layer_0"}  # of the gone split
+    cli = _cli("status", "-d", str(path), "--store", store_dir)
+    assert cli.returncode == 1 and "2 fresh, 6 stale, 0 missing; a build would drop 6 features of columns gone" \
+        in cli.stdout, cli.stdout
+    with pytest.raises(featstore.StaleError, match=r"6 catalogued features .* train/layer_1/stats: stale, layer gone"):
+        featstore.open(str(path), store=store_dir, require_fresh=True)
+
+    rebuilt = _cli("build", "-d", str(path), "-f", "stats", "-f", "svd:k=2", "--store", store_dir, "--no-progress")
+    assert rebuilt.returncode == 0 and "0 computed, 2 reused" in rebuilt.stdout
+    assert "dropped  6 features of columns gone from the dataset (test/layer_0, test/layer_1, train/layer_1)" \
+        in rebuilt.stdout, rebuilt.stdout
+    fs = featstore.open(str(path), store=store_dir, require_fresh=True)
+    assert fs.splits == ["train"] and fs.layers == ["layer_0"] and len(fs.catalog.rows) == 2
+    assert len(featstore.gc(store_dir).removed) == 6 and featstore.verify(store_dir).ok
 
 
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):

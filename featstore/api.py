@@ -29,7 +29,7 @@ from featstore.errors import (
 )
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
-from featstore.sources import dataset_id, load_source
+from featstore.sources import DEFAULT_LABEL_COLUMN, dataset_id, load_source
 from featstore.store import Store, stored_dtype
 
 log = logging.getLogger(__name__)
@@ -71,20 +71,21 @@ def build(
     location = store or default_store()
     device = check_device(device)
     devices = _devices(names(devices), device, workers, scheduler)
+    try:
+        existing = Store.open(location)
+    except StoreError:
+        existing = None
+    default_label = _catalogued_label(existing, dataset)
     if workers or scheduler or devices:
         if not isinstance(dataset, (str, os.PathLike)):
             raise FeatstoreError("a distributed build needs a dataset its workers can open: a name, path or URL")
         from featstore import distributed
 
         return distributed.build(str(dataset), bound, names(layers), label_column, location, device, rehash,
-                                 progress, workers, scheduler, devices)
-    source = load_source(dataset, names(layers), label_column, progress=progress)
-    try:
-        existing = None if rehash else Store.open(location)
-    except StoreError:
-        existing = None
+                                 progress, workers, scheduler, devices, default_label)
+    source = load_source(dataset, names(layers), label_column, progress=progress, default_label=default_label)
     started = time.perf_counter()
-    cache = builder.cached_digests(existing, source, rehash, progress)  # the files' stats before any column is read
+    cache = builder.cached_digests(None if rehash else existing, source, rehash, progress)  # the files' stats before any column is read
     build_plan = builder.plan(source, bound, cache, started)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 
@@ -117,6 +118,14 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
     return fs
 
 
+def _catalogued_label(st: Store | None, dataset: Any) -> str:
+    """The label column used when none is given: the one the store's catalog of `dataset` was
+    built with (a later build without --label-column keeps its labels; status checks them), else
+    category_label. Used only where the data has it."""
+    catalog = st.read_catalog(catalogued_name(st, dataset)) if st is not None else None
+    return catalog.label_column if catalog is not None and catalog.label_column else DEFAULT_LABEL_COLUMN
+
+
 def catalogued_name(st: Store, dataset: Any) -> str:
     """The name `st` catalogues `dataset` under: its `dataset_id`, or, for a local path whose data
     is gone (deleted once its features were built), the absolute path it was built from."""
@@ -131,7 +140,7 @@ def catalogued_name(st: Store, dataset: Any) -> str:
 def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
     from featstore import freshness
 
-    whole = load_source(dataset, (), fs.catalog.label_column)  # then narrowed to the layers served, where they still are
+    whole = load_source(dataset, (), default_label=fs.catalog.label_column or DEFAULT_LABEL_COLUMN)  # then narrowed to the layers served, where they still are
     present = set(next(iter(whole.splits.values())).column_names)
     source = replace(whole, layers=[layer for layer in fs.layers if layer in present],
                      patterns=tuple(glob.escape(layer) for layer in fs.layers))
@@ -367,7 +376,7 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
 
     st = Store.open(store or default_store())
     try:
-        source = load_source(dataset, names(layers))
+        source = load_source(dataset, names(layers), default_label=_catalogued_label(st, dataset))
     except DatasetError as e:  # deleted data whose features the store still catalogues: say what to do
         path = os.path.expanduser(str(dataset)) if isinstance(dataset, (str, os.PathLike)) else "://"
         name = catalogued_name(st, dataset) if "://" not in path and not os.path.exists(path) else ""

@@ -442,6 +442,9 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         if gone or splits != merged.splits:
             merged = replace(merged, rows=tuple(r for r in merged.rows if r.slot not in gone), splits=splits)
             report.dropped[:] = sorted(gone)
+        if latest is not None and latest.label_column:  # labels of a split gone, or of a label column gone
+            report.dropped += [(name, latest.label_column, "labels") for name, info in sorted(latest.splits.items())
+                               if info.labels and not (name in merged.splits and merged.splits[name].labels)]
         if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
             store.write_catalog(merged)
 

@@ -22,7 +22,7 @@ from featstore import builder
 from featstore import device as devs
 from featstore.errors import FeatstoreError
 from featstore.featurizers import import_modules, parse_spec
-from featstore.sources import load_source
+from featstore.sources import DEFAULT_LABEL_COLUMN, load_source
 from featstore.store import Store
 
 RETRIES = 2  # a task whose worker died is run again this many times
@@ -75,7 +75,8 @@ def _peak_rss() -> int:
 
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
-          scheduler: str | None = None, devices: tuple[str, ...] = ()) -> builder.BuildReport:
+          scheduler: str | None = None, devices: tuple[str, ...] = (),
+          default_label: str = DEFAULT_LABEL_COLUMN) -> builder.BuildReport:
     """Like `featstore.build`, with Dask tasks of a few layers each; with `devices`, on a
     LocalCluster of one single-threaded worker per device, each with its own buffers and streams."""
     try:
@@ -92,7 +93,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
                              "workers import featurizers by module: move it into a module, or run the script from "
                              "its project's directory")
     modules = tuple(sorted(set(filter(None, homes.values()))))
-    source = load_source(dataset, layers, label_column, progress=progress)
+    source = load_source(dataset, layers, label_column, progress=progress, default_label=default_label)
     started = time.perf_counter()
     build_plan = builder.plan(source, bound)  # every check first, on the client
     store = Store.open(location, create=True)

@@ -159,6 +159,11 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
             report.slots.append(SlotStatus(split, layer, spec, "stale", reason, "", 0, False))
     if source.label_column and catalog:
         report.slots += _label_slots(source, catalog, store)
+    for name, info in sorted(catalog.splits.items()) if catalog and catalog.label_column else ():
+        if info.labels and (name not in source.splits or source.label_column != catalog.label_column):
+            what = "split" if name not in source.splits else "label column"
+            report.slots.append(SlotStatus(name, catalog.label_column, "labels", "stale",
+                                           f"{what} gone from the dataset", "", 0))
     report.seconds = time.perf_counter() - started
     return report
 

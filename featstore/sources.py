@@ -208,10 +208,12 @@ def load_source(
     layers: list[str] | tuple[str, ...] = (),
     label_column: str | None = None,
     progress: bool = False,
+    default_label: str = DEFAULT_LABEL_COLUMN,
 ) -> Source:
-    """Resolve `dataset` (see module doc) and choose its layer columns (`layers` are globs)."""
+    """Resolve `dataset` (see module doc) and choose its layer columns (`layers` are globs). The
+    label column is `label_column`, which must exist, else `default_label` if the data has it."""
     explicit_label = label_column is not None
-    label_column = label_column or DEFAULT_LABEL_COLUMN
+    label_column = label_column or default_label
     splits = _open_splits(dataset, label_column, progress)
     if not splits:
         raise DatasetError(f"dataset {dataset!r} has no splits")

@@ -485,6 +485,42 @@ def test_columns_gone_from_the_data_are_stale_until_a_build_drops_them(tmp_path,
     assert len(featstore.gc(store_dir).removed) == 6 and featstore.verify(store_dir).ok
 
 
+def test_a_custom_label_column_is_kept_by_later_builds_and_checked_by_status(tmp_path, store_dir):
+    """Built with --label-column y: a later build without the flag dropped the labels, and status
+    never checked them (changed labels: all fresh, exit 0). Now the catalog's label column is the
+    default for both; one removed from the data is stale, then dropped."""
+    data = layers_of(1)
+
+    def save(labels):
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        datasets.Dataset.from_dict({**data, **({"y": labels} if labels is not None else {})}).save_to_disk(
+            str(tmp_path / "d"))
+        return str(tmp_path / "d")
+
+    path = save(np.arange(ROWS) % 3)
+    featstore.build(path, ["stats"], label_column="y", store=store_dir)
+    featstore.build(path, ["stats", "svd:k=2"], store=store_dir)  # no label column given: y still
+    assert featstore.open(path, store=store_dir).labels().tolist() == (np.arange(ROWS) % 3).tolist()
+
+    save((np.arange(ROWS) + 1) % 3)
+    changed = _cli("status", "-d", path, "--store", store_dir)
+    assert changed.returncode == 1 and "stale  train  y  labels  labels changed" in changed.stdout, \
+        changed.stdout
+    featstore.build(path, ["stats"], store=store_dir)
+    assert featstore.open(path, store=store_dir, require_fresh=True).labels().tolist() == \
+        ((np.arange(ROWS) + 1) % 3).tolist()
+
+    save(None)
+    gone = featstore.status(path, store=store_dir)
+    assert [(s.layer, s.featurizer, s.reason) for s in gone.slots if s.state != "fresh"] == [
+        ("y", "labels", "label column gone from the dataset")]
+    with pytest.raises(featstore.StaleError, match="train/y/labels: stale, label column gone from the dataset"):
+        featstore.open(path, store=store_dir, require_fresh=True)
+    assert featstore.build(path, ["stats"], store=store_dir).dropped == [("train", "y", "labels")]
+    fs = featstore.open(path, store=store_dir, require_fresh=True)
+    assert fs.catalog.label_column is None and featstore.status(path, store=store_dir).fresh
+
+
 def test_status_exit_codes_gate_ci(tmp_path, store_dir):
     data = layers_of(2)
     data["model.layers.0.self_attn.q_proj"] = data.pop("layer_1")  # a long name keeps the columns aligned

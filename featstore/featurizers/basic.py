@@ -18,7 +18,8 @@ def raw(x):
     return x.to(torch.float32)
 
 
-@featurizer("stats", version="1", output_shape=lambda shape: (4,))
+# version 2: float16 columns are summed in float32 (version 1 summed them in float16: 4e-4 off)
+@featurizer("stats", version="2", output_shape=lambda shape: (4,))
 def stats(x):
     """Per row, over all values: [mean, std (population, ddof=0), Frobenius norm sqrt(sum x^2),
     max |x|]; std from the centred values (two passes). Output (n, 4)."""
@@ -27,7 +28,7 @@ def stats(x):
     # float32 with torch's pairwise summation is within ~1e-8 of float64 here, while summing into
     # float64 (sum(dtype=float64)) ran 80x slower on the CPU (measured: 6.7 ms vs 0.08 ms per layer).
     flat = x.reshape(len(x), -1)
-    flat = flat if flat.is_floating_point() else flat.to(torch.float32)
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.to(torch.float32)
     if flat.shape[1] == 0:
         return torch.zeros((len(x), 4), dtype=torch.float32, device=x.device)
     count = flat.shape[1]

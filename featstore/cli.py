@@ -229,15 +229,23 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
     from featstore import api
     from featstore.store import Store
 
+    errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
     if lock_path:
         if featurizers:
             raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer")
         reports = [api.status_against_lock(lock_path, dataset, layers=layers, progress=progress)]
+    elif dataset:
+        reports = [api.status(dataset, featurizers, layers=layers, store=store, progress=progress)]
     else:
-        names = [dataset] if dataset else [c.dataset for c in Store.open(store or default_store()).catalogs()]
-        reports = [api.status(name, featurizers, layers=layers, store=store, progress=progress) for name in names]
+        reports = []
+        for name in [c.dataset for c in Store.open(store or default_store()).catalogs()]:
+            try:
+                reports.append(api.status(name, featurizers, layers=layers, store=store, progress=progress))
+            except FeatstoreError as e:
+                errors[name] = str(e)
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in reports], indent=1))
+        click.echo(json.dumps([r.to_json() for r in reports] + [{"dataset": name, "fresh": False, "error": error}
+                                                                for name, error in errors.items()], indent=1))
     for r in reports if not as_json else []:
         _print_table([(s.state, s.split, s.layer, s.featurizer, s.reason)
                       for s in r.slots if show_all or s.state != "fresh"])
@@ -249,7 +257,9 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
         would += [f"drop {_count(work['dropped'], 'feature')} of columns gone"] if work["dropped"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
-    sys.exit(0 if all(r.fresh for r in reports) else 1)
+    for error in errors.values() if not as_json else ():
+        click.echo(f"Error: {error}", err=True)
+    sys.exit(2 if errors else 0 if all(r.fresh for r in reports) else 1)
 
 
 @main.command()

@@ -252,3 +252,22 @@ def test_verify_names_what_it_could_not_recompute_and_why(run, tmp_path, store_d
     assert re.search(rf"skipped  {keys['gone']}  {re.escape(paths['gone'])} train/layer_000 stats: cannot load it: "
                      r".*no such file or directory", out), out
     assert keys["same"] not in out and "recomputed 1: 0 corrupt, 0 mismatched, 2 skipped (stale or not loadable)" in out
+
+
+def test_status_of_every_dataset_reports_the_others_when_one_is_deleted(tmp_path, store_dir):
+    """Without --dataset, a dataset whose data was deleted stopped the whole status (one error, no
+    report): the others are reported, the deleted one's error follows, exit 2."""
+    from conftest import saved_layers_dataset
+
+    paths = [str(tmp_path / name) for name in ("kept", "deleted")]
+    for seed, path in enumerate(paths):
+        saved_layers_dataset(path, layers=1, rows=8, dim=4, seed=seed)
+        featstore.build(path, ["stats"], store=store_dir, device="cpu")
+    shutil.rmtree(paths[1])
+    env = dict(os.environ, FEATSTORE_STORE=store_dir)
+    out = _featstore("status", env=env)
+    assert out.returncode == 2 and out.stdout.endswith("kept: 1 fresh, 0 stale, 0 missing\n"), out
+    assert out.stderr.startswith(f"Error: --dataset {paths[1]!r}: no such file") and "featstore forget" in out.stderr
+    reports = json.loads(_featstore("status", "--json", env=env).stdout)
+    assert [(r["dataset"], r["fresh"], "error" in r) for r in reports] == [(paths[0], True, False),
+                                                                           (paths[1], False, True)]

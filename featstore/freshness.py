@@ -14,7 +14,6 @@ its identity), so `status --lock` can say what a change invalidates on a machine
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import time
 from collections import Counter
@@ -155,15 +154,14 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size, stored))
     specs = {f.spec for f in featurizers}
     for (split, layer, spec), reason in sorted(source.gone(served.values()).items()):  # a build drops them
-        if spec in specs and (not source.patterns or any(fnmatch.fnmatch(layer, p) for p in source.patterns)):
+        if spec in specs and source.wants(layer):
             report.slots.append(SlotStatus(split, layer, spec, "stale", reason, "", 0, False))
     if source.label_column and catalog:
         report.slots += _label_slots(source, catalog, store)
     for name, info in sorted(catalog.splits.items()) if catalog and catalog.label_column else ():
-        if info.labels and (name not in source.splits or source.label_column != catalog.label_column):
-            what = "split" if name not in source.splits else "label column"
-            report.slots.append(SlotStatus(name, catalog.label_column, "labels", "stale",
-                                           f"{what} gone from the dataset", "", 0))
+        why = source.missing(name, catalog.label_column).replace("layer", "label column")
+        if info.labels and why:  # a build drops these labels
+            report.slots.append(SlotStatus(name, catalog.label_column, "labels", "stale", why, "", 0))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -236,8 +234,12 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
     locked_columns, locked_entries = lock["columns"], lock["entries"]
     for split in sorted(set(source.splits) | set(locked_columns)):
         layers = source.layers if split in source.splits else []
-        for layer in sorted(set(layers) | set(locked_columns.get(split, {}))):
+        locked = [layer for layer in locked_columns.get(split, {}) if source.wants(layer)]
+        for layer in sorted(set(layers) | set(locked)):
             here = layer in layers
+            gone = "" if here else source.missing(split, layer)
+            if not here and not gone:  # in the data, but not a column this status looks at
+                continue
             digest = digests[(split, layer)] if here else ""
             size = int(np.prod(_rows_and_row_bytes(source, split, layer, {}))) if here else 0
             for f in featurizers:
@@ -246,7 +248,7 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
                 if then is None:
                     state, reason = "missing", "not in the lockfile"
                 elif not here:
-                    state, reason = "stale", "layer gone from the dataset"
+                    state, reason = "stale", gone
                 elif then == key:
                     state, reason = "fresh", ""
                 else:

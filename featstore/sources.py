@@ -175,15 +175,20 @@ class Source:
     label_column: str | None
     patterns: tuple[str, ...] = ()  # the --layers globs the layers were chosen by; () for every layer column
 
+    def wants(self, layer: str) -> bool:
+        """Whether the --layers globs ask for `layer` (without globs, every layer)."""
+        return not self.patterns or any(fnmatch.fnmatch(layer, p) for p in self.patterns)
+
+    def missing(self, split: str, column: str) -> str:
+        """Why the data has no column `column` in split `split` ("split gone from the dataset",
+        "layer gone from the dataset"), or "" if it has."""
+        if split not in self.splits:
+            return "split gone from the dataset"
+        return "" if column in self.splits[split].column_names else "layer gone from the dataset"
+
     def gone(self, rows) -> dict[tuple[str, str, str], str]:
-        """The catalog `rows` (by slot) whose column this dataset no longer has, with why: the
-        split or the layer is gone from it."""
-        out = {}
-        for row in rows:
-            split = self.splits.get(row.split)
-            if split is None or row.layer not in split.column_names:
-                out[row.slot] = f"{'split' if split is None else 'layer'} gone from the dataset"
-        return out
+        """The catalog `rows` (by slot) whose column this dataset no longer has, with why."""
+        return {row.slot: why for row in rows if (why := self.missing(row.split, row.layer))}
 
 
 def dataset_id(dataset: Any) -> str:

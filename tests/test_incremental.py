@@ -393,6 +393,12 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     slots = json.loads(changed.stdout)[0]["slots"]
     assert {(s["layer"], s["featurizer"], s["reason"]) for s in slots if s["state"] != "fresh"} == {
         ("layer_0", "stats", "input bytes changed"), ("layer_0", "svd:k=2", "input bytes changed")}
+    only = _cli("status", "--lock", str(lock), "-d", path, "--layers", "layer_1")  # layer_0 was "gone" here
+    assert only.returncode == 0 and only.stdout.endswith(": 2 fresh, 0 stale, 0 missing\n"), only.stdout
+    save_layers(tmp_path / "d", {"layer_1": data["layer_1"]})
+    gone = _cli("status", "--lock", str(lock), "-d", path, "--json")
+    assert {(s["layer"], s["state"], s["reason"]) for s in json.loads(gone.stdout)[0]["slots"]} == {
+        ("layer_0", "stale", "layer gone from the dataset"), ("layer_1", "fresh", "")}
 
     broken = _cli("status", "--lock", str(tmp_path / "nope.lock"), "-d", path)
     assert broken.returncode == 2 and "nope.lock" in broken.stderr

@@ -398,7 +398,7 @@ def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | I
         st = Store.open(location)
     except FeatstoreError:
         st = None
-    source = load_source(dataset, names(layers))
+    source = load_source(dataset, names(layers), default_label=_catalogued_label(st, dataset))
     return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st, progress)
 
 
@@ -415,7 +415,9 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
     except OSError as e:
         raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
     lock = freshness.read_lock(raw, lock_path)
-    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers))
+    labels = lock.get("labels") or {}
+    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers),
+                         default_label=labels.get("column") or DEFAULT_LABEL_COLUMN)
     return freshness.status_against_lock(source, lock, progress)
 
 

@@ -170,20 +170,25 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
     """One slot per split for its labels (featurizer `labels`): the labels entry is keyed like any other."""
     out = []
     for split_name, split in source.splits.items():
-        values = split.read(source.label_column).astype(np.int64, copy=False)
-        key = entry_key(array_digest(values), LABELS_IDENTITY)
+        key, size = labels_key(split, source.label_column)
         served = catalog.splits.get(split_name)
         state, reason = (("fresh", "") if served and served.labels == key
                          else ("stale", "labels changed") if served and served.labels else ("missing", "not built"))
-        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, values.nbytes,
-                              store.has_entry(key)))
+        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, size, store.has_entry(key)))
     return out
+
+
+def labels_key(split, column: str) -> tuple[str, int]:
+    """(the entry key of a split's labels, their bytes): the int64 labels keyed like any entry."""
+    values = split.read(column).astype(np.int64, copy=False)
+    return entry_key(array_digest(values), LABELS_IDENTITY), values.nbytes
 
 
 def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None,
               progress: bool = False) -> dict:
     """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
-    featurizer its identity, and the entry keys they give. JSON, sorted, one value per line."""
+    featurizer its identity, and the entry keys they give; the label column and the key of each
+    split's labels (null without one). JSON, sorted, one value per line."""
     in_main = [f.spec for f in featurizers if f.module == "__main__"]
     if in_main:
         raise SpecError(f"featurizer {', '.join(in_main)} is defined in __main__ where no module name reaches it (a "
@@ -200,6 +205,9 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},
         "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
                         for layer in source.layers} for s in source.splits},
+        "labels": {"column": source.label_column, "entries": {s: labels_key(split, source.label_column)[0]
+                                                              for s, split in source.splits.items()}}
+        if source.label_column else None,
     }
 
 
@@ -256,5 +264,26 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
                                      lock["featurizers"][f.spec])
                     state, reason = "stale", why_stale(old, digest, f.identity)
                 report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size))
+    if "labels" in lock:  # locks from before labels were locked have no such field: not checked
+        report.slots += _locked_label_slots(source, lock["labels"])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _locked_label_slots(source: Source, locked: dict | None) -> list[SlotStatus]:
+    """Each split's labels against the lockfile's: fresh, stale (labels changed; their column or
+    split gone), or missing (not in the lockfile: the data had no label column then)."""
+    column = locked["column"] if locked else source.label_column
+    then = locked["entries"] if locked else {}
+    out = []
+    for split in sorted(set(source.splits) | set(then)) if column else ():
+        gone = source.missing(split, column).replace("layer", "label column")
+        if gone:
+            if split in then:
+                out.append(SlotStatus(split, column, "labels", "stale", gone, "", 0))
+            continue
+        key, size = labels_key(source.splits[split], column)
+        state, reason = (("missing", "not in the lockfile") if split not in then
+                         else ("fresh", "") if then[split] == key else ("stale", "labels changed"))
+        out.append(SlotStatus(split, column, "labels", state, reason, key, size))
+    return out

@@ -404,6 +404,37 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     assert broken.returncode == 2 and "nope.lock" in broken.stderr
 
 
+def test_lockfile_locks_the_labels_too(tmp_path):
+    """Training reads its labels from the store: a lockfile that did not lock them let a CI gate
+    pass when only the labels changed. A lock from before labels were locked does not check them."""
+    data = layers_of(1)
+
+    def save(labels):
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        columns = {**data, **({"category_label": labels} if labels is not None else {})}
+        datasets.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "d"))
+        return str(tmp_path / "d")
+
+    path, lock = save(np.arange(ROWS) % 3), tmp_path / "featstore.lock"
+    assert _cli("lock", "-d", path, "-f", "stats", "-o", str(lock)).returncode == 0
+    locked = json.loads(lock.read_text())
+    assert locked["labels"]["column"] == "category_label" and set(locked["labels"]["entries"]) == {"train"}
+
+    def labels_state(lock_file):
+        out = _cli("status", "--lock", str(lock_file), "-d", path, "--json")
+        return out.returncode, [(s["state"], s["reason"]) for s in json.loads(out.stdout)[0]["slots"]
+                                if s["featurizer"] == "labels"]
+
+    assert labels_state(lock) == (0, [("fresh", "")])
+    save((np.arange(ROWS) + 1) % 3)
+    assert labels_state(lock) == (1, [("stale", "labels changed")])
+    old = tmp_path / "old.lock"  # written by an earlier featstore: no "labels" field
+    old.write_text(json.dumps({k: v for k, v in locked.items() if k != "labels"}))
+    assert labels_state(old) == (0, [])
+    save(None)
+    assert labels_state(lock) == (1, [("stale", "label column gone from the dataset")])
+
+
 def test_lockfile_of_a_users_own_featurizer_checks_its_code(tmp_path):
     path = save_layers(tmp_path / "d", layers_of(2))
     project = tmp_path / "project"

@@ -230,8 +230,7 @@ class FeatureSet:
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
             host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))
-            _map(lambda i: self.store.read_entry(found[i].key, rows, out=host[i].numpy(), known=found[i]),
-                 range(len(found)), found)
+            _map(lambda i: self._read_into(found[i], rows, host[i].numpy()), range(len(found)), found)
             return self._finish(host, found[0].dtype, device, dtype)
         tensors = _map(lambda r: self._read(r, rows, device, dtype), found, found)
         if stack:
@@ -251,12 +250,23 @@ class FeatureSet:
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""
         if self._pin(device, row.shape):
             host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
-            self.store.read_entry(row.key, rows, out=host.numpy(), known=row)
+            self._read_into(row, rows, host.numpy())
         else:
             import torch
 
-            host = torch.from_numpy(self.store.read_entry(row.key, rows, known=row))
+            host = torch.from_numpy(self._read_into(row, rows))
         return self._finish(host, row.dtype, device, dtype)
+
+    def _read_into(self, row: CatalogRow, rows, out=None):
+        """`store.read_entry` of `row`; a missing or corrupt entry's error names the feature and
+        how to get it back."""
+        try:
+            return self.store.read_entry(row.key, rows, out=out, known=row)
+        except StoreError as e:
+            what = f"the labels of split {row.split}" if row.featurizer == "labels" else \
+                f"{row.featurizer} features of {row.layer!r} (split {row.split})"
+            raise StoreError(f"{what} of {self.dataset!r}: {e} (featstore build --dataset {self.dataset} --store "
+                             f"{self.store.location})") from e
 
     @staticmethod
     def _pin(device, shape: tuple[int, ...]) -> bool:

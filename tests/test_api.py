@@ -9,7 +9,7 @@ import torch
 from conftest import matrices
 
 import featstore
-from featstore import ColumnError, NotFoundError, read_column
+from featstore import ColumnError, NotFoundError, StoreError, read_column
 from featstore.featurizers import parse_spec
 
 
@@ -186,3 +186,19 @@ def test_loads_take_chunk_digests_from_the_catalog_and_the_entry_metadata_decide
     store.delete_entry(row.key)
     store.write_entry(entry_info(expected * 2, row.key), expected * 2)
     np.testing.assert_array_equal(fs.load("layer_001", "stats").numpy(), expected * 2)
+
+
+def test_a_missing_entry_names_the_feature_and_the_build_that_restores_it(sanity_dir, store_dir):
+    featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
+    featstore.gc(store_dir, max_size=0)  # least recently used first, referenced or not: all gone
+    fs = featstore.open("sanity", store=store_dir)
+    restore = rf"is missing from {re.escape(store_dir)}; rebuild to recreate it \(featstore build --dataset sanity " \
+              rf"--store {re.escape(store_dir)}\)$"
+    with pytest.raises(StoreError, match=r"^stats features of 'layer_001' \(split test\) of 'sanity': entry \w+ " + restore):
+        fs.load("layer_001", "stats", split="test")
+    with pytest.raises(StoreError, match=r"^stats features of 'layer_000' \(split train\) of 'sanity': .*" + restore):
+        fs.load_many(["layer_000", "layer_001"], "stats", stack=True)
+    with pytest.raises(StoreError, match=r"^the labels of split train of 'sanity': entry \w+ " + restore):
+        fs.labels()
+    featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
+    assert fs.load("layer_001", "stats", split="test").shape == (64, 4)

@@ -85,7 +85,8 @@ def build(
                                  progress, workers, scheduler, devices, default_label)
     source = load_source(dataset, names(layers), label_column, progress=progress, default_label=default_label)
     started = time.perf_counter()
-    cache = builder.cached_digests(None if rehash else existing, source, rehash, progress)  # the files' stats before any column is read
+    # the files' stats before any column is read
+    cache = builder.cached_digests(None if rehash else existing, source, rehash, progress)
     build_plan = builder.plan(source, bound, cache, started)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 
@@ -140,7 +141,8 @@ def catalogued_name(st: Store, dataset: Any) -> str:
 def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
     from featstore import freshness
 
-    whole = load_source(dataset, (), default_label=fs.catalog.label_column or DEFAULT_LABEL_COLUMN)  # then narrowed to the layers served, where they still are
+    # every layer column, narrowed to those served that the data still has (one gone is stale)
+    whole = load_source(dataset, (), default_label=fs.catalog.label_column or DEFAULT_LABEL_COLUMN)
     present = set(next(iter(whole.splits.values())).column_names)
     source = replace(whole, layers=[layer for layer in fs.layers if layer in present],
                      patterns=tuple(glob.escape(layer) for layer in fs.layers))

@@ -588,7 +588,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     rows = len(x)
     batch = devices.batch_rows(x[:1].nbytes, rows, device) if f.featurizer.per_row else rows
     column = f"featurizer {f.spec} on column {unit.layer!r} (split {unit.split}"
-    outs, start = [], 0
+    outs, start, wide = [], 0, False  # wide: it returned float64, whose range float32 may not hold
     while start < rows or not outs:
         stop = min(rows, start + batch)
         where = f"{column}, rows {first + start}-{first + max(stop - 1, 0)})"
@@ -614,6 +614,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
                 "depend on the batch; declare output_shape= if the probe cannot find it)")
             raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape "
                                   f"{list(expected)}{probed}")
+        wide |= out.dtype == torch.float64
         outs.append(out.to(torch.float32))
         start = stop
     result = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -623,7 +624,8 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
     bad = devices.first_nonfinite_row(stored, f.dtype)
     if bad is not None:
         cause = _nonfinite_input(x[bad : bad + 1], first + bad)
-        beyond = "" if f.dtype == "float32" or cause else f" (stored as {f.dtype}: a value beyond its range?)"
+        beyond = "" if cause or f.dtype == "float32" and not wide else \
+            f" ({'returned float64, ' if wide else ''}stored as {f.dtype}: a value beyond its range?)"
         raise FeaturizerError(f"{column}) returned NaN or inf at row {first + bad}{beyond}; nothing of it was "
                               f"stored{cause}")
     return stored

@@ -48,6 +48,11 @@ def _huge(x):
     return x.mean(2) * 0 + 1e6  # fine in float32, inf in float16
 
 
+@featstore.featurizer("test_huge64", version="1")
+def _huge64(x):
+    return x.double().mean(2) * 0 + 1e300  # finite in float64, inf in float32
+
+
 @featstore.featurizer("test_wrong_shape", version="1", output_shape=lambda shape: (3,))
 def _wrong(x):
     return x.mean(2)
@@ -178,6 +183,9 @@ def test_nan_and_wrong_shapes_are_refused(sanity_dir, store_dir):
                                               r"inf at row 0 \(stored as float16: a value beyond its range\?\)"):
         featstore.build("sanity", ["test_huge:dtype=float16"], store=store_dir)
     assert featstore.build("sanity", ["test_huge"], layers=["layer_000"], store=f"{store_dir}-ok").computed == 2
+    with pytest.raises(FeaturizerError, match=r"test_huge64 on column 'layer_000' \(split train\) returned NaN or inf "
+                                              r"at row 0 \(returned float64, stored as float32: a value beyond its range"):
+        featstore.build("sanity", ["test_huge64"], store=store_dir)
     with pytest.raises(FeaturizerError, match=r"returned torch.float32\[256, 16\]; it must return a floating "
                                               r"tensor of shape \[256, 3\]$"):  # declared: no probe to blame
         featstore.build("sanity", ["test_wrong_shape"], store=store_dir)

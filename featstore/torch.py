@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from featstore.api import FeatureSet, names
 from featstore.api import open as open_store
 from featstore.device import from_stored
+from featstore.errors import StoreError
 from featstore.store import Store
 
 
@@ -43,6 +44,7 @@ class FeatureDataset(Dataset):
         self._view = open_store(dataset, store)  # checks every name now; leases the entries
         chosen = _choose(self._view, layers, featurizers, split)
         self.location = self._view.store.location
+        self.dataset = self._view.dataset
         self.split = split
         self.flatten = flatten
         self.columns = [(layer, row.featurizer) for layer, row in chosen]
@@ -60,12 +62,21 @@ class FeatureDataset(Dataset):
     def _load(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if self._data is None:
             store = self._view.store if self._view is not None else Store.open(self.location)
-            tensors = [from_stored(store.read_entry(key), dtype) for key, dtype in self._entries]
+            tensors = [from_stored(self._read(store, key, f"{spec} features of {layer!r}"), dtype)
+                       for (layer, spec), (key, dtype) in zip(self.columns, self._entries)]
             if self.flatten:
                 tensors = [torch.cat([t.reshape(len(t), -1).to(torch.float32) for t in tensors], 1)]
-            labels = torch.from_numpy(store.read_entry(self._labels)) if self._labels else None
+            labels = torch.from_numpy(self._read(store, self._labels, "the labels")) if self._labels else None
             self._data = (tensors, labels)
         return self._data
+
+    def _read(self, store: Store, key: str, what: str):
+        """An entry's values; a missing or corrupt one's error names the feature (as `load` does)."""
+        try:
+            return store.read_entry(key)
+        except StoreError as e:
+            raise StoreError(f"{what} (split {self.split}) of {self.dataset!r}: {e} (featstore build --dataset "
+                             f"{self.dataset} --store {self.location})") from e
 
     def __getitem__(self, i: int):
         tensors, labels = self._load()

@@ -84,6 +84,16 @@ def test_feature_dataset_with_dataloader_workers(built):
     assert set(features) == {(f"layer_{i:03d}", "raw") for i in range(8)} and label.dtype == torch.int64
 
 
+def test_feature_dataset_names_a_missing_feature(built):
+    """A DataLoader worker reading a removed entry says which feature it is, as `load` does."""
+    ds = FeatureDataset("sanity", layers=["layer_002"], featurizers=["svd:k=4"], store=built)
+    key = featstore.open("sanity", store=built).row("layer_002", "svd:k=4").key
+    shutil.rmtree(os.path.join(built, "entries", key[:2], key))
+    with pytest.raises(featstore.StoreError, match=r"^svd:k=4 features of 'layer_002' \(split train\) of 'sanity': "
+                                                   rf"entry {key} is missing .*\(featstore build --dataset sanity"):
+        ds[0]
+
+
 def test_load_split_returns_a_whole_split(built):
     features, labels = load_split("sanity", layers=["layer_000"], store=built, split="test")
     assert set(features) == {("layer_000", f) for f in ("raw", "stats", "svd:k=4")}

@@ -189,8 +189,8 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             rehash: bool = False, commit: bool = True) -> BuildReport:
     """Compute and publish what the store lacks, then update the dataset's catalog.
 
-    Column digests are cached per split with the (path, inode, size, mtime_ns) of its files and
-    trusted only while every one matches; `rehash` ignores the cache."""
+    Column digests are cached per split with the (path, inode, size, mtime_ns, ctime_ns) of its
+    files and trusted only while every one matches; `rehash` ignores the cache."""
     started = time.perf_counter()
     report = BuildReport(build_plan.source.name, store.location, device)  # resolved once something is computed
     with store.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT), devices.restore_threads():  # no gc meanwhile
@@ -210,7 +210,7 @@ def cached_digests(store: Store | None, source: Source, rehash: bool = False,
                    progress: bool = False) -> tuple[dict, dict, dict]:
     """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
     that the cache vouches for). The cache vouches for every column of a split whose files all
-    kept path, inode, size and mtime_ns; when files holding at most half its rows changed, for each
+    kept path, inode, size, mtime_ns and ctime_ns; when files holding at most half its rows changed, for each
     column whose rows in every changed file hash as they did (`Split.file_digest`), so that
     rewriting one file of a split hashes that file, not the split. For such a split the cache
     returned holds only those columns."""

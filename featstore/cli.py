@@ -92,8 +92,8 @@ def main(debug: bool) -> None:
               help="Stored dtype of features whose spec sets none (computation stays float32).")
 @_store_option
 @click.option("--rehash", is_flag=True,
-              help="Hash every column, even where the digest cache vouches for it (the files' inode, size "
-                   "and mtime are unchanged, or a changed file's rows of the column hash as before).")
+              help="Hash every column, even where the digest cache vouches for it (the files' inode, size, "
+                   "mtime and ctime are unchanged, or a changed file's rows of the column hash as before).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Spread the layers over a local Dask cluster of N worker processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",

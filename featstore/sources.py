@@ -142,7 +142,7 @@ class Split:
             self.release(parts)
 
     def file_stats(self) -> list[list] | None:
-        """(path, inode, size, mtime_ns) of each file the split reads, or None when it is not
+        """(path, inode, size, mtime_ns, ctime_ns) of each file the split reads, or None when it is not
         read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts.
         Arrow files are stat'ed before they are mapped: a file replaced since is hashed next time."""
         if not self.files or self.filesystem is not None or getattr(self._data, "_indices", None) is not None:
@@ -383,7 +383,8 @@ def _stats(files: list[str]) -> list[list]:
     out = []
     for f in files:
         s = os.stat(f)
-        out.append([os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns])
+        # ctime too: a write that keeps the mtime (cp -p, rsync --inplace -t, os.utime) still moves it
+        out.append([os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns])
     return out
 
 

@@ -297,7 +297,7 @@ class Store:
         self.storage.write_bytes(self.catalog_path(catalog.dataset), catalog.to_bytes())
 
     def read_digests(self, dataset: str) -> dict:
-        """{split: {"files": [[path, inode, size, mtime_ns], ...], "layers": {layer: digest},
+        """{split: {"files": [[path, inode, size, mtime_ns, ctime_ns], ...], "layers": {layer: digest},
         "layouts": {column: [rows, shape, dtype]}, "segments": {layer: [digest of each file's rows]}}},
         or {} when absent or unreadable (a cache: the build then hashes again)."""
         path = f"digests/{dataset_slug(dataset)}.json"

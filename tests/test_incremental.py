@@ -1,6 +1,7 @@
 """Exact invalidation: what changed is rebuilt, nothing else; `status` and lockfiles say so."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,22 @@ def test_one_changed_layer_rebuilds_only_its_entries(tmp_path, store_dir):
     assert rebuilt.reasons == {"input bytes changed": 2}
     assert featstore.status(path, store=store_dir).fresh
     np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_1", "raw").numpy(), data["layer_1"])
+
+
+def test_a_write_in_place_that_keeps_the_mtime_is_not_vouched_for(tmp_path, store_dir):
+    """`cp -p`, `rsync --inplace -t` or os.utime leave a rewritten file with its old path, inode,
+    size and mtime: the digest cache vouched for it, and status called stale features fresh."""
+    data = layers_of(2)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    (data_file,) = (tmp_path / "d").glob("data-*.arrow")
+    before = os.stat(data_file)
+    patch_in_place(tmp_path / "d", data["layer_1"][3].copy(), 7.0)
+    os.utime(data_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(data_file)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    report = featstore.status(path, store=store_dir)
+    assert [(s.layer, s.reason) for s in report.slots if s.state != "fresh"] == [("layer_1", "input bytes changed")]
 
 
 def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, store_dir):

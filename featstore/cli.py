@@ -237,8 +237,14 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
     elif dataset:
         reports = [api.status(dataset, featurizers, layers=layers, store=store, progress=progress)]
     else:
+        from featstore.sources import OBJECT_PREFIX
+
         reports = []
         for name in [c.dataset for c in Store.open(store or default_store()).catalogs()]:
+            if name.startswith(OBJECT_PREFIX):  # no name opens it: not an error of this status
+                click.echo(f"note: skipped {_short_dataset(name)}, a datasets.Dataset built from Python: check it "
+                           "there (featstore.status(ds))", err=True)
+                continue
             try:
                 reports.append(api.status(name, featurizers, layers=layers, store=store, progress=progress))
             except FeatstoreError as e:

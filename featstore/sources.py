@@ -35,6 +35,7 @@ from featstore.errors import DatasetError, brief
 from featstore.keys import parts_digest
 
 DEFAULT_LABEL_COLUMN = "category_label"
+OBJECT_PREFIX = "fingerprint:"  # the catalog name of a datasets.Dataset object passed from Python
 RELEASE_BYTES = 64 << 20  # column bytes read between two releases of a split's mapped pages
 _DATA_EXTENSIONS = (".parquet", ".arrow")
 
@@ -280,6 +281,9 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
         raise DatasetError(f"cannot use a {type(dataset).__name__} as a dataset; pass a name, a path or a "
                            "datasets.Dataset / DatasetDict")
     text = str(dataset)
+    if text.startswith(OBJECT_PREFIX):
+        raise DatasetError(f"{text!r} names a datasets.Dataset that was passed from Python (by its fingerprint): "
+                           "no file or name opens it; pass the Dataset object itself (featstore.status(ds), ...)")
     if "://" in text and not text.startswith("file://"):
         return _open_remote(text, label_column)
     text = os.path.expanduser(text.removeprefix("file://"))
@@ -455,7 +459,7 @@ def _object_id(obj: Any) -> str:
     import datasets
 
     if isinstance(obj, datasets.DatasetDict):
-        return "fingerprint:" + "+".join(f"{k}={v._fingerprint}" for k, v in sorted(obj.items()))
+        return OBJECT_PREFIX + "+".join(f"{k}={v._fingerprint}" for k, v in sorted(obj.items()))
     if isinstance(obj, datasets.Dataset):
-        return f"fingerprint:{obj._fingerprint}"
+        return f"{OBJECT_PREFIX}{obj._fingerprint}"
     raise DatasetError(f"cannot use a {type(obj).__name__} as a dataset; pass a name, a path or a datasets.Dataset")

@@ -271,3 +271,21 @@ def test_status_of_every_dataset_reports_the_others_when_one_is_deleted(tmp_path
     reports = json.loads(_featstore("status", "--json", env=env).stdout)
     assert [(r["dataset"], r["fresh"], "error" in r) for r in reports] == [(paths[0], True, False),
                                                                            (paths[1], False, True)]
+
+
+def test_status_skips_a_dataset_passed_from_python_and_says_so(tmp_path, store_dir):
+    """A datasets.Dataset object is catalogued by its fingerprint, which no name opens: status of
+    every dataset tried it as a Hub id; it now notes it, and checks the rest."""
+    from conftest import saved_layers_dataset
+
+    ds = datasets.Dataset.from_dict({"w": np.zeros((6, 2, 2), np.float32)})
+    featstore.build(ds, ["stats"], store=store_dir, device="cpu")
+    saved_layers_dataset(tmp_path / "d", layers=1, rows=8, dim=4)
+    featstore.build(str(tmp_path / "d"), ["stats"], store=store_dir, device="cpu")
+    env = dict(os.environ, FEATSTORE_STORE=store_dir)
+    every = _featstore("status", env=env)
+    assert every.returncode == 0 and every.stdout.endswith("d: 1 fresh, 0 stale, 0 missing\n"), every
+    assert f"note: skipped fingerprint:{ds._fingerprint}, a datasets.Dataset built from Python" in every.stderr
+    named = _featstore("status", "-d", f"fingerprint:{ds._fingerprint}", env=env)
+    assert named.returncode == 2 and "names a datasets.Dataset that was passed from Python" in named.stderr
+    assert featstore.status(ds, store=store_dir).fresh  # from Python, with the object

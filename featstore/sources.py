@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from featstore.columns import (
 )
 from featstore.errors import DatasetError, brief
 from featstore.keys import parts_digest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_COLUMN = "category_label"
 OBJECT_PREFIX = "fingerprint:"  # the catalog name of a datasets.Dataset object passed from Python
@@ -175,6 +178,7 @@ class Source:
     layers: list[str]
     label_column: str | None
     patterns: tuple[str, ...] = ()  # the --layers globs the layers were chosen by; () for every layer column
+    empty: tuple[str, ...] = ()  # splits the dataset has without rows: left out of `splits`
 
     def wants(self, layer: str) -> bool:
         """Whether the --layers globs ask for `layer` (without globs, every layer)."""
@@ -184,7 +188,7 @@ class Source:
         """Why the data has no column `column` in split `split` ("split gone from the dataset",
         "layer gone from the dataset"), or "" if it has."""
         if split not in self.splits:
-            return "split gone from the dataset"
+            return "split empty in the dataset" if split in self.empty else "split gone from the dataset"
         return "" if column in self.splits[split].column_names else "layer gone from the dataset"
 
     def gone(self, rows) -> dict[tuple[str, str, str], str]:
@@ -221,8 +225,13 @@ def load_source(
     explicit_label = label_column is not None
     label_column = label_column or default_label
     splits = _open_splits(dataset, label_column, progress)
+    empty = tuple(name for name, split in splits.items() if split is None or not split.num_rows)
+    named = dataset if isinstance(dataset, (str, os.PathLike)) else dataset_id(dataset)
+    if empty and len(empty) < len(splits):  # nothing to compute; featurizers are never called on no rows
+        log.warning("%s: split %s has no rows, so no features: left out", named, ", ".join(empty))
+    splits = {name: split for name, split in splits.items() if name not in empty}
     if not splits:
-        raise DatasetError(f"dataset {dataset!r} has no splits")
+        raise DatasetError(f"dataset {str(named)!r} has {'no rows' if empty else 'no splits'}")
     first = next(iter(splits.values()))
     if explicit_label and label_column not in first.column_names:
         raise DatasetError(
@@ -235,7 +244,7 @@ def load_source(
         if missing:
             raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
     has_label = label_column in first.column_names
-    return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers))
+    return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers), empty)
 
 
 def is_layer_type(arrow_type: pa.DataType) -> bool:
@@ -270,7 +279,7 @@ def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str)
     return chosen
 
 
-def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, Split]:
+def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, Split | None]:
     if not isinstance(dataset, (str, os.PathLike)):
         import datasets
 
@@ -307,7 +316,7 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
     return _open_hub(text, label_column)
 
 
-def _open_saved(path: Path, label_column: str) -> dict[str, Split]:
+def _open_saved(path: Path, label_column: str) -> dict[str, Split | None]:
     """A `save_to_disk` directory, opened with pyarrow from the files its state.json lists.
 
     `datasets.load_from_disk` would give the same tables, but importing and running it cost ~0.7 s
@@ -325,7 +334,7 @@ def _open_saved(path: Path, label_column: str) -> dict[str, Split]:
             files = [str(folder / f["filename"]) for f in state["_data_files"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"{folder} is not a readable save_to_disk directory ({e!r}); re-save it") from e
-        out[name] = Split.from_arrow_files(files, label_column)
+        out[name] = Split.from_arrow_files(files, label_column) if files else None  # an empty split has no file
     return out
 
 

@@ -539,6 +539,40 @@ def test_columns_gone_from_the_data_are_stale_until_a_build_drops_them(tmp_path,
     assert len(featstore.gc(store_dir).removed) == 6 and featstore.verify(store_dir).ok
 
 
+def test_an_empty_split_is_left_out_and_said_so(tmp_path, store_dir, caplog):
+    """A split without rows crashed every build: a save_to_disk split has no data file then
+    ('ArrowInvalid: Must pass at least one table'), and featurizers failed on an empty batch. It
+    has no features: it is left out with a warning; features built while it had rows are stale."""
+    data = layers_of(1)
+
+    def save(test_rows):
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        full = datasets.Dataset.from_dict({**data, "category_label": np.arange(ROWS) % 3})
+        dd = datasets.DatasetDict({"train": full.select(range(20)), "test": full.select(range(20, 20 + test_rows))})
+        dd.flatten_indices().save_to_disk(str(tmp_path / "d"))
+        return str(tmp_path / "d")
+
+    path = save(10)
+    featstore.build(path, ["stats"], store=store_dir)
+    save(0)
+    assert not list((tmp_path / "d" / "test").glob("*.arrow"))  # what save_to_disk writes for no rows
+    with caplog.at_level("WARNING"):
+        report = featstore.status(path, store=store_dir)
+    assert f"{path}: split test has no rows, so no features: left out" in caplog.text
+    assert {(s.split, s.featurizer, s.reason) for s in report.slots if s.state != "fresh"} == {
+        ("test", "stats", "split empty in the dataset"), ("test", "labels", "split empty in the dataset")}
+    rebuilt = featstore.build(path, ["stats", "svd:k=2"], store=store_dir)
+    assert rebuilt.computed == 1 and set(rebuilt.dropped) == {("test", "layer_0", "stats"),
+                                                                ("test", "category_label", "labels")}
+    fs = featstore.open(path, store=store_dir, require_fresh=True)
+    assert fs.splits == ["train"] and fs.load("layer_0", "svd:k=2").shape == (20, 2)
+    in_memory = datasets.DatasetDict({"train": datasets.Dataset.from_dict(data), "test": datasets.Dataset.from_dict(
+        {k: v[:0] for k, v in data.items()})})
+    assert featstore.build(in_memory, ["stats"], store=store_dir).computed == 1
+    with pytest.raises(featstore.DatasetError, match=r"has no rows$"):
+        featstore.build(datasets.DatasetDict({"test": in_memory["test"]}), ["stats"], store=store_dir)
+
+
 def test_a_custom_label_column_is_kept_by_later_builds_and_checked_by_status(tmp_path, store_dir):
     """Built with --label-column y: a later build without the flag dropped the labels, and status
     never checked them (changed labels: all fresh, exit 0). Now the catalog's label column is the

@@ -28,7 +28,7 @@ import numpy as np
 
 from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
-from featstore.errors import ColumnError, FeatstoreError, FeaturizerError
+from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.identity import changed_parts
 from featstore.keys import (
@@ -181,7 +181,13 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
     labels = {}
     if source.label_column:
         for split_name, split in source.splits.items():
-            labels[split_name] = checked.get((split_name, source.label_column)) or split.layout(source.label_column)
+            labels[split_name] = checked.get((split_name, source.label_column))
+            if labels[split_name] is None:
+                try:
+                    split.labels(source.label_column)  # class ids, or an error now: before anything is written
+                except DatasetError as e:
+                    raise DatasetError(f"split {split_name}: {e}") from None
+                labels[split_name] = split.layout(source.label_column)
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
 
 
@@ -652,7 +658,7 @@ def _nonfinite_input(x, first: int) -> str:
 def _labels(store: Store, source: Source, split_name: str) -> str | None:
     if not source.label_column:
         return None
-    values = source.splits[split_name].read(source.label_column).astype(np.int64, copy=False)
+    values = source.splits[split_name].labels(source.label_column)
     digest = array_digest(values)
     key = entry_key(digest, LABELS_IDENTITY)
     if not store.has_entry(key):

@@ -180,7 +180,7 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
 
 def labels_key(split, column: str) -> tuple[str, int]:
     """(the entry key of a split's labels, their bytes): the int64 labels keyed like any entry."""
-    values = split.read(column).astype(np.int64, copy=False)
+    values = split.labels(column)
     return entry_key(array_digest(values), LABELS_IDENTITY), values.nbytes
 
 

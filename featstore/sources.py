@@ -122,6 +122,21 @@ class Split:
     def read(self, name: str) -> np.ndarray:
         return join_parts(*self.parts(name))
 
+    def labels(self, column: str) -> np.ndarray:
+        """The label column as int64 class ids, one per row: a ClassLabel or integer column, or
+        floats that are whole numbers (never truncated); else a DatasetError saying what to do."""
+        kind = self.schema.field(column).type
+        how = (f"labels must be integer class ids, one per row: encode them with ds.class_encode_column({column!r}), "
+               "or name another column with --label-column")
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise DatasetError(f"label column {column!r} holds {kind} values; {how}")
+        values = self.read(column)
+        if values.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+            if len(bad):
+                raise DatasetError(f"label column {column!r} holds {values[bad[0]]} at row {bad[0]}; {how}")
+        return values.astype(np.int64, copy=False)
+
     def layout(self, name: str) -> ColumnLayout:
         """Check the column (see columns.column_layout). For Arrow-backed splits the zero-copy parts
         are kept for the next `parts(name)`, so a build walks each column's chunks once."""

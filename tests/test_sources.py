@@ -177,3 +177,23 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     with pytest.raises(DatasetError, match=rf"cannot read .*train-1.parquet: .*{hint}"):
         featstore.build(str(tmp_path / "pq"), ["stats"], store=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()  # refused before a store was made
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["cat", "dog"] * 4, r"label column 'category_label' holds string values; labels must be integer class ids"),
+    ([0.5, 1.0] * 4, r"label column 'category_label' holds 0.5 at row 0; labels must be integer class ids"),
+    ([0.0, float("nan")] * 4, r"label column 'category_label' holds nan at row 1;"),
+])
+def test_labels_must_be_class_ids_never_truncated(tmp_path, labels, message):
+    """Float labels were cast to int64 (0.5 stored as 0, silently); strings failed with advice
+    for layer columns (--layers). Whole-number floats are class ids."""
+    import featstore
+
+    values = {"w": matrices(8, (2, 2))}
+    datasets.Dataset.from_dict({**values, "category_label": labels}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DatasetError, match=r"^split train: " + message + r".*ds.class_encode_column\('category_label'\)"):
+        featstore.build(str(tmp_path / "bad"), ["stats"], store=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+    datasets.Dataset.from_dict({**values, "category_label": [2.0, 0.0] * 4}).save_to_disk(str(tmp_path / "ok"))
+    featstore.build(str(tmp_path / "ok"), ["stats"], store=str(tmp_path / "s"))
+    assert featstore.open(str(tmp_path / "ok"), store=str(tmp_path / "s")).labels().tolist() == [2, 0] * 4

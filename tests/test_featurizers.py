@@ -37,6 +37,28 @@ def test_a_users_module_cannot_take_a_builtin_name_or_fail_to_import_without_say
         import_modules(["typo"], "install it")
 
 
+def test_two_modules_cannot_register_one_name_but_one_module_may_reload(tmp_path, monkeypatch):
+    """Two modules registering `test_mine`: the second silently replaced the first, so a build
+    asked for both computed one. Now that is refused; the same function registered again (a
+    module reloaded after an edit) still replaces itself."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    body = "import featstore\n\n\n@featstore.featurizer('test_mine')\ndef {}(x):\n    return x.{}(1)\n"
+    (tmp_path / "mine_a.py").write_text(body.format("f", "mean"))
+    (tmp_path / "mine_b.py").write_text(body.format("g", "amax"))
+    mine_a = importlib.import_module("mine_a")
+    with pytest.raises(SpecError, match=r"^cannot load featurizer 'mine_b:g': importing 'mine_b' failed: SpecError: "
+                                        r"featurizer name 'test_mine' is taken by mine_a.f; mine_b.g registers it too"):
+        parse_spec("mine_b:g")
+    assert parse_spec("test_mine").featurizer.fn is mine_a.f
+    (tmp_path / "mine_a.py").write_text(body.format("f", "sum"))
+    importlib.reload(mine_a)
+    x = torch.ones((2, 3, 3))
+    assert parse_spec("test_mine")(x).tolist() == [[3.0] * 3] * 2  # the edited code
+
+
 def test_spec_parsing_binds_every_parameter():
     svd = parse_spec("svd")
     assert svd.params == {"k": 16, "normalize": False} and svd.spec == "svd"

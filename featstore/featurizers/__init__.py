@@ -100,8 +100,7 @@ class BoundFeaturizer:
         importing it registers the featurizer (Dask workers and `status --lock` import it to know
         a decorated featurizer by its name). For a script run as `__main__`, the name of its file
         (`_script_module`), or `__main__` where it has none (a notebook, an interactive session)."""
-        module = getattr(self.featurizer.fn, "__module__", None)
-        return (_script_module(self.featurizer.fn) or module) if module == "__main__" else module
+        return _module_of(self.featurizer.fn)
 
     def output_shape(self, value_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
@@ -147,6 +146,10 @@ def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
     if name in BUILTINS and not module.startswith(__name__ + "."):
         raise SpecError(f"featurizer name {name!r} is featstore's built-in {name}; register "
                         f"{module}.{getattr(fn, '__qualname__', fn)} under another name")
+    old = _REGISTRY.get(name)
+    if old is not None and _origin(old.fn) != _origin(fn):  # the same function again (reloaded) replaces it
+        raise SpecError(f"featurizer name {name!r} is taken by {_origin(old.fn)}; {_origin(fn)} registers it too: "
+                        "give one of them another name")
     params = _signature_params(fn, name)
     pinned = str(version) if version is not None else code_parts(fn)
     entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
@@ -247,6 +250,20 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
         got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row")
     return tuple(out.shape[1:])
+
+
+def _module_of(fn) -> str | None:
+    """The module that defines `fn`, as another process imports it: for a script run as
+    `__main__` (or re-run as `__mp_main__` in a multiprocessing child, as Dask's local workers
+    are), the name of its file (`_script_module`), else `__main__` (a notebook)."""
+    module = getattr(fn, "__module__", None)
+    return (_script_module(fn) or "__main__") if module in ("__main__", "__mp_main__") else module
+
+
+def _origin(fn) -> str:
+    """module.qualname of `fn` (module as `_module_of`): two registrations of one name from the
+    same origin are one function, edited or reloaded; from two origins, a clash."""
+    return f"{_module_of(fn)}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def _script_module(fn) -> str | None:

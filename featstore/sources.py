@@ -201,7 +201,7 @@ class Source:
 
     def missing(self, split: str, column: str) -> str:
         """Why the data has no column `column` in split `split` ("split gone from the dataset",
-        "layer gone from the dataset"), or "" if it has."""
+        "split empty in the dataset", "layer gone from the dataset"), or "" if it has."""
         if split not in self.splits:
             return "split empty in the dataset" if split in self.empty else "split gone from the dataset"
         return "" if column in self.splits[split].column_names else "layer gone from the dataset"
@@ -253,12 +253,12 @@ def load_source(
             f"label column {label_column!r} not in dataset {dataset!r}; columns: {brief(first.column_names)}"
         )
     chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
+    has_label = label_column in first.column_names
     for split_name, split in splits.items():
         names = set(split.column_names)
-        missing = [c for c in chosen if c not in names]
+        missing = [c for c in chosen + [label_column] * has_label if c not in names]
         if missing:
-            raise DatasetError(f"split {split_name!r} of {dataset!r} lacks columns {', '.join(missing)}")
-    has_label = label_column in first.column_names
+            raise DatasetError(f"split {split_name!r} of {str(named)!r} lacks columns {', '.join(missing)}")
     return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers), empty)
 
 

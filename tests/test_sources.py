@@ -197,3 +197,13 @@ def test_labels_must_be_class_ids_never_truncated(tmp_path, labels, message):
     datasets.Dataset.from_dict({**values, "category_label": [2.0, 0.0] * 4}).save_to_disk(str(tmp_path / "ok"))
     featstore.build(str(tmp_path / "ok"), ["stats"], store=str(tmp_path / "s"))
     assert featstore.open(str(tmp_path / "ok"), store=str(tmp_path / "s")).labels().tolist() == [2, 0] * 4
+
+
+def test_a_split_without_the_label_column_says_so(tmp_path):
+    """The label column was looked for in the first split only: a test split without it failed
+    later, with a KeyError from the Arrow schema."""
+    w = matrices(4, (2, 2))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"w": w, "category_label": [0, 1, 0, 1]}),
+                          "test": datasets.Dataset.from_dict({"w": w})}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DatasetError, match=r"^split 'test' of '.*/d' lacks columns category_label$"):
+        load_source(str(tmp_path / "d"))

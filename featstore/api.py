@@ -243,6 +243,9 @@ class FeatureSet:
         """The split's label column as an int64 torch.Tensor."""
         self._check_split(split)
         key = self.catalog.splits[split].labels
+        if key is None and self.catalog.label_column:
+            raise NotFoundError(f"split {split} of {self.dataset!r} has no labels: its data has no column "
+                                f"{self.catalog.label_column!r}")
         if key is None:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
         n = self.catalog.splits[split].rows

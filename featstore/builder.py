@@ -179,8 +179,8 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
                     raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
             units.append(Unit(split_name, layer, layout))
     labels = {}
-    if source.label_column:
-        for split_name, split in source.splits.items():
+    for split_name, split in source.splits.items():
+        if split.has_labels(source.label_column):
             labels[split_name] = checked.get((split_name, source.label_column))
             if labels[split_name] is None:
                 try:
@@ -656,7 +656,7 @@ def _nonfinite_input(x, first: int) -> str:
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:
-    if not source.label_column:
+    if not source.splits[split_name].has_labels(source.label_column):
         return None
     values = source.splits[split_name].labels(source.label_column)
     digest = array_digest(values)

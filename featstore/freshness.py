@@ -170,6 +170,8 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
     """One slot per split for its labels (featurizer `labels`): the labels entry is keyed like any other."""
     out = []
     for split_name, split in source.splits.items():
+        if not split.has_labels(source.label_column):  # an unlabelled split: a labels slot only if it had some
+            continue
         key, size = labels_key(split, source.label_column)
         served = catalog.splits.get(split_name)
         state, reason = (("fresh", "") if served and served.labels == key
@@ -206,7 +208,8 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
                         for layer in source.layers} for s in source.splits},
         "labels": {"column": source.label_column, "entries": {s: labels_key(split, source.label_column)[0]
-                                                              for s, split in source.splits.items()}}
+                                                              for s, split in source.splits.items()
+                                                              if split.has_labels(source.label_column)}}
         if source.label_column else None,
     }
 

@@ -122,6 +122,10 @@ class Split:
     def read(self, name: str) -> np.ndarray:
         return join_parts(*self.parts(name))
 
+    def has_labels(self, column: str | None) -> bool:
+        """Whether this split has the label column: a split may have none (an unlabelled test set)."""
+        return column is not None and column in self.column_names
+
     def labels(self, column: str) -> np.ndarray:
         """The label column as int64 class ids, one per row: a ClassLabel or integer column, or
         floats that are whole numbers (never truncated); else a DatasetError saying what to do."""
@@ -256,7 +260,7 @@ def load_source(
     has_label = label_column in first.column_names
     for split_name, split in splits.items():
         names = set(split.column_names)
-        missing = [c for c in chosen + [label_column] * has_label if c not in names]
+        missing = [c for c in chosen if c not in names]
         if missing:
             raise DatasetError(f"split {split_name!r} of {str(named)!r} lacks columns {', '.join(missing)}")
     return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers), empty)

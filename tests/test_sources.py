@@ -199,11 +199,28 @@ def test_labels_must_be_class_ids_never_truncated(tmp_path, labels, message):
     assert featstore.open(str(tmp_path / "ok"), store=str(tmp_path / "s")).labels().tolist() == [2, 0] * 4
 
 
-def test_a_split_without_the_label_column_says_so(tmp_path):
-    """The label column was looked for in the first split only: a test split without it failed
-    later, with a KeyError from the Arrow schema."""
+def test_a_split_without_the_label_column_has_features_and_no_labels(tmp_path, monkeypatch):
+    """An unlabelled test split: the label column was looked for in the first split only, and the
+    test split then failed with a bare KeyError from the Arrow schema. Its features are built;
+    asking for its labels says it has none; status and lockfiles agree."""
+    import featstore
+    from featstore import NotFoundError
+    from featstore.freshness import lock_bytes
+
     w = matrices(4, (2, 2))
+    path, store = str(tmp_path / "d"), str(tmp_path / "s")
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"w": w, "category_label": [0, 1, 0, 1]}),
-                          "test": datasets.Dataset.from_dict({"w": w})}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(DatasetError, match=r"^split 'test' of '.*/d' lacks columns category_label$"):
-        load_source(str(tmp_path / "d"))
+                          "test": datasets.Dataset.from_dict({"w": matrices(4, (2, 2), seed=1)})}).save_to_disk(path)
+    assert featstore.build(path, ["stats"], store=store).computed == 2
+    fs = featstore.open(path, store=store)
+    assert fs.splits == ["test", "train"] and fs.labels("train").tolist() == [0, 1, 0, 1]
+    with pytest.raises(NotFoundError, match=r"^split test of '.*/d' has no labels: its data has no column "
+                                            r"'category_label'$"):
+        fs.labels("test")
+    report = featstore.status(path, store=store)
+    assert report.fresh and [(s.split, s.featurizer) for s in report.slots if s.featurizer == "labels"] == [
+        ("train", "labels")]
+    lock = featstore.lock(path, store=store)
+    assert set(lock["labels"]["entries"]) == {"train"}
+    (tmp_path / "f.lock").write_bytes(lock_bytes(lock))
+    assert featstore.status_against_lock(str(tmp_path / "f.lock")).fresh

@@ -159,7 +159,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     if source.label_column and catalog:
         report.slots += _label_slots(source, catalog, store)
     for name, info in sorted(catalog.splits.items()) if catalog and catalog.label_column else ():
-        why = source.missing(name, catalog.label_column).replace("layer", "label column")
+        why = source.missing(name, catalog.label_column, "label column")
         if info.labels and why:  # a build drops these labels
             report.slots.append(SlotStatus(name, catalog.label_column, "labels", "stale", why, "", 0))
     report.seconds = time.perf_counter() - started
@@ -280,7 +280,7 @@ def _locked_label_slots(source: Source, locked: dict | None) -> list[SlotStatus]
     then = locked["entries"] if locked else {}
     out = []
     for split in sorted(set(source.splits) | set(then)) if column else ():
-        gone = source.missing(split, column).replace("layer", "label column")
+        gone = source.missing(split, column, "label column")
         if gone:
             if split in then:
                 out.append(SlotStatus(split, column, "labels", "stale", gone, "", 0))

@@ -203,12 +203,12 @@ class Source:
         """Whether the --layers globs ask for `layer` (without globs, every layer)."""
         return not self.patterns or any(fnmatch.fnmatch(layer, p) for p in self.patterns)
 
-    def missing(self, split: str, column: str) -> str:
-        """Why the data has no column `column` in split `split` ("split gone from the dataset",
-        "split empty in the dataset", "layer gone from the dataset"), or "" if it has."""
+    def missing(self, split: str, column: str, kind: str = "layer") -> str:
+        """Why the data has no column `column` (a `kind`) in split `split` ("split gone from the
+        dataset", "split empty in the dataset", "layer gone from the dataset"), or "" if it has."""
         if split not in self.splits:
             return "split empty in the dataset" if split in self.empty else "split gone from the dataset"
-        return "" if column in self.splits[split].column_names else "layer gone from the dataset"
+        return "" if column in self.splits[split].column_names else f"{kind} gone from the dataset"
 
     def gone(self, rows) -> dict[tuple[str, str, str], str]:
         """The catalog `rows` (by slot) whose column this dataset no longer has, with why."""

@@ -229,6 +229,10 @@ class FeatureSet:
 
         layers = list(names(layers))
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
+        if stack and len({r.shape[1:] for r in found}) > 1:
+            shapes = ", ".join(f"{layer} {tuple(r.shape)}" for layer, r in zip(layers, found))
+            raise FeatstoreError(f"cannot stack {found[0].featurizer} features of layers of different shapes ({shapes}); "
+                                 "load them without stack=True (a dict of layer: tensor)")
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
             host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))

@@ -202,3 +202,15 @@ def test_a_missing_entry_names_the_feature_and_the_build_that_restores_it(sanity
         fs.labels()
     featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
     assert fs.load("layer_001", "stats", split="test").shape == (64, 4)
+
+
+def test_stacking_layers_of_different_shapes_names_them(tmp_path, store_dir):
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict({"a": matrices(6, (4, 4)), "b": matrices(6, (8, 8), seed=1)}).save_to_disk(path)
+    featstore.build(path, ["raw", "svd:k=2"], store=store_dir, device="cpu")
+    fs = featstore.open(path, store=store_dir)
+    assert fs.load_many(["a", "b"], "svd:k=2", stack=True).shape == (2, 6, 2)
+    with pytest.raises(featstore.FeatstoreError, match=r"^cannot stack raw features of layers of different shapes "
+                                                       r"\(a \(6, 4, 4\), b \(6, 8, 8\)\); load them without stack=True"):
+        fs.load_many(["a", "b"], "raw", stack=True)
+    assert fs.load_many(["a", "b"], "raw")["b"].shape == (6, 8, 8)

@@ -171,7 +171,11 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
         click.echo(json.dumps(listed, indent=1))
         return
     if not rows:
-        click.echo(f"no features{' of ' + wanted if wanted else ''} in {st.location}", err=True)
+        filters = [f"{flag} {value}" for flag, value in (("--split", split), ("--layer", layer),
+                                                          ("--featurizer", featurizer)) if value]
+        some = filters and any(c.rows for c in st.catalogs() if wanted in (None, c.dataset))
+        click.echo(f"no features{' of ' + wanted if wanted else ''} in {st.location}"
+                   + (f" match {' '.join(filters)}; `featstore ls --summary` lists what it holds" if some else ""), err=True)
         return
     if summary:
         _print_table([("dataset", "featurizer", "splits", "layers", "entries", "size", "removed", "last built")] + [

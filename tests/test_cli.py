@@ -289,3 +289,11 @@ def test_status_skips_a_dataset_passed_from_python_and_says_so(tmp_path, store_d
     named = _featstore("status", "-d", f"fingerprint:{ds._fingerprint}", env=env)
     assert named.returncode == 2 and "names a datasets.Dataset that was passed from Python" in named.stderr
     assert featstore.status(ds, store=store_dir).fresh  # from Python, with the object
+
+
+def test_ls_says_when_its_filters_match_nothing_the_store_holds(run, sanity_dir, store_dir):
+    run("build", "--dataset", "sanity", "-f", "stats", "--layers", "layer_000", "--no-progress")
+    out = run("ls", "--dataset", "sanity", "--layer", "layer_9*").output
+    assert out.strip().endswith(f"no features of sanity in {store_dir} match --layer layer_9*; `featstore ls "
+                                "--summary` lists what it holds"), out
+    assert run("ls", "--dataset", "nothere").output.strip().endswith(f"no features of nothere in {store_dir}")

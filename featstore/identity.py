@@ -234,4 +234,5 @@ def _project_local(obj) -> bool:
         path = inspect.getsourcefile(_unwrapped(obj))
     except TypeError:
         return False
-    return bool(path) and not path.startswith(_library_roots())
+    # "<frozen posixpath>": the standard library's modules frozen into the interpreter (os.path, codecs, ...)
+    return bool(path) and not path.startswith(("<frozen ", *_library_roots()))

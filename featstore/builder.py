@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -312,7 +313,8 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
     writing_at_once = WRITERS or workers
-    with ThreadPoolExecutor(workers, "featstore-read") as readers, \
+    with _ctrl_c_between_columns() as interrupted, \
+            ThreadPoolExecutor(workers, "featstore-read") as readers, \
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
         prepared: deque = deque()
@@ -373,7 +375,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         for _ in range(workers + 1):
             read_ahead()
         lanes, computing = 0, deque()  # columns computed at once; those in flight, in build order
-        while prepared:
+        while prepared and not interrupted:
             ready = prepared.popleft().result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             if ready.segments:
@@ -395,10 +397,44 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                 built = Future()
                 built.set_result(_build_unit(*args))
             computing.append(built)
+        for read in prepared:  # left by Ctrl-C
+            read.cancel()
         settle(1)
         while writes:
             report.bytes_written += writes.popleft()[0].result()
     bar.close()
+    if interrupted:  # every column begun is finished, written and (by `execute`) catalogued
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _ctrl_c_between_columns():
+    """Defer Ctrl-C to the build loop, which checks the list this yields between columns and then
+    finishes the columns begun: a KeyboardInterrupt raised wherever the main thread happens to be
+    can land inside a lock of concurrent.futures (a `wait` holding some futures' locks) and leave
+    worker threads waiting on it forever, so that the build never ends. A second Ctrl-C ends the
+    process at once, as a kill would: what is published stays, uncatalogued, for the next build to
+    reuse. Only where Python's own handler is in place (the main thread, no handler of the caller's)."""
+    interrupted: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        # os.write, not logging or print: the handler may run while the main thread holds their locks
+        if interrupted:
+            os.write(2, b"\nStopped. The features it finished are in the store, uncatalogued: the next build "
+                        b"reuses them unless a gc runs first.\n")
+            os._exit(130)
+        interrupted.append(signum)
+        os.write(2, b"\nCtrl-C: finishing the columns in flight, then stopping (Ctrl-C again to stop at once)\n")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:

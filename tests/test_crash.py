@@ -56,11 +56,17 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
     assert len(_entry_keys(store_dir)) == 32
 
 
-def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store_dir):
+def _interruptible_build(tmp_path, store_dir, seconds):
+    """A `featstore build` subprocess over 8 columns of a featurizer that sleeps `seconds` per column
+    (and first adds a file to started/), with Ctrl-C handled as in a terminal, and its thread stacks
+    printed on SIGABRT (see `_ended`)."""
     data = tmp_path / "data"
     saved_layers_dataset(data, layers=8, rows=32, dim=4)
-    (tmp_path / "slowfeat.py").write_text(  # slow columns, two at a time, so SIGINT lands mid-build
-        "import time\n\ndef slow(x):\n    time.sleep(0.3)\n    return x.sum(2)\n")
+    (tmp_path / "started").mkdir()
+    (tmp_path / "slowfeat.py").write_text(  # (a build's plan first calls it on one row, to learn its shape)
+        "import os, time, uuid\n\ndef slow(x):\n    if len(x) > 1:\n"
+        "        open(os.path.join('started', uuid.uuid4().hex), 'w').close()\n"
+        f"        time.sleep({seconds})\n    return x.sum(2)\n")
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
                "--store", store_dir, "--no-progress", "--device", "cpu"]
     # A child inherits an ignored SIGINT (this suite run in the background); a handled one it does not.
@@ -69,22 +75,38 @@ def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store
         # Two compute lanes whatever the cores: on 16, all 8 columns ran at once and the build had
         # finished when the signal came (seen on the GPU host).
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "2"})
+                                env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONFAULTHANDLER": "1"})
     finally:
         signal.signal(signal.SIGINT, previous)
+    return data, command, proc
+
+
+def _ended(proc, timeout=120):
+    """`proc`'s stderr once it ends; if it does not, its threads' stacks (faulthandler) in the failure."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail(f"the build did not end after Ctrl-C; where its threads were:\n{proc.communicate()[1]}")
+
+
+def test_ctrl_c_ends_a_build_with_130_and_catalogues_every_column_it_began(tmp_path, store_dir):
+    data, command, proc = _interruptible_build(tmp_path, store_dir, seconds=0.3)
     deadline = time.monotonic() + 120
     while len(_entry_keys(store_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    stderr = proc.communicate(timeout=120)[1]
+    stderr = _ended(proc)
     assert proc.returncode == 130, stderr
+    assert "Ctrl-C: finishing the columns in flight" in stderr, stderr
     assert "Interrupted. A build keeps and catalogues the columns it finished" in stderr and "Traceback" not in stderr
     kept = _entry_keys(store_dir)
     assert 3 <= len(kept) < 8
-    # The finished columns are catalogued (an entry still in a lane when the signal came may not
-    # be): gc keeps them, and the next build reuses them.
+    assert len(os.listdir(tmp_path / "started")) == len(kept)  # no column begun was left unfinished
+    # The columns in flight when the signal came finished: all are catalogued, gc keeps them, and the
+    # next build reuses them.
     catalogued = {r.key for r in Store.open(store_dir).read_catalog(os.path.realpath(data)).rows}
-    assert 1 <= len(catalogued) and catalogued <= set(kept)
+    assert catalogued == set(kept)
     assert subprocess.run([sys.executable, "-m", "featstore.cli", "gc", "--store", store_dir], check=False).returncode == 0
     assert set(_entry_keys(store_dir)) == catalogued
     again = subprocess.run([*command, "--json"], cwd=tmp_path, capture_output=True, text=True,
@@ -92,3 +114,20 @@ def test_ctrl_c_ends_a_build_with_130_and_keeps_what_it_finished(tmp_path, store
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
     assert (report["reused"], report["computed"]) == (len(catalogued), 8 - len(catalogued))
+
+
+def test_a_second_ctrl_c_stops_a_build_at_once_leaving_nothing_partial(tmp_path, store_dir):
+    data, _, proc = _interruptible_build(tmp_path, store_dir, seconds=60)
+    deadline = time.monotonic() + 120
+    while not os.listdir(tmp_path / "started") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline() + proc.stderr.readline()  # a blank line, then what it does
+    assert "finishing the columns in flight" in first, first
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stderr = _ended(proc, timeout=30)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - began < 30  # not after the columns' 60 s
+    assert "Stopped. The features it finished are in the store, uncatalogued" in stderr, stderr
+    assert _entry_keys(store_dir) == [] and Store.open(store_dir).read_catalog(os.path.realpath(data)) is None

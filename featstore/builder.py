@@ -651,7 +651,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: s
         expected = (stop - start, *shape[1:])
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
             got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-            probed = "" if f.featurizer.output_shape else (
+            probed = "" if f.featurizer.output_shape or tuple(getattr(out, "shape", ())) == expected else (
                 f" (the row shape {list(shape[1:])} came from a one-row probe: a featurizer's output per row must not "
                 "depend on the batch; declare output_shape= if the probe cannot find it)")
             raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape "

@@ -116,6 +116,20 @@ def test_a_featurizer_that_does_not_return_a_row_per_row_is_refused_before_build
     assert _entries(store_dir) == []
 
 
+@featstore.featurizer("test_counts", version="1")
+def _counts(x):
+    return (x > 0).sum(dim=(1, 2))[:, None]  # int64: a count, not cast
+
+
+def test_a_featurizer_returning_integers_is_refused_before_building(sanity_dir, store_dir):
+    # it failed after the plan, with a hint about the probe's shape, which was right
+    with pytest.raises(SpecError, match=r"^featurizer test_counts cannot use column 'layer_000' \(split train\): a "
+                                        r"probe batch of 1 row of shape \(16, 16\) returned a torch.int64 tensor; a "
+                                        r"featurizer must return a floating one \(cast it: .float\(\)\)$"):
+        featstore.build("sanity", ["test_counts"], store=store_dir, device="cpu")
+    assert _entries(store_dir) == []
+
+
 @featstore.featurizer("test_centres_in_place", version="1")
 def _in_place(x):
     x -= x.mean(dim=(1, 2), keepdim=True)  # a user's easy mistake: the column's other featurizers see it

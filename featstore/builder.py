@@ -313,7 +313,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
                disable=True if not progress else None)
     writing_at_once = WRITERS or workers
-    with _ctrl_c_between_columns() as interrupted, \
+    with deferred_ctrl_c("finishing the columns in flight, then stopping") as interrupted, \
             ThreadPoolExecutor(workers, "featstore-read") as readers, \
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
@@ -408,18 +408,20 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
 
 
 @contextmanager
-def _ctrl_c_between_columns():
-    """Defer Ctrl-C to the build loop, which checks the list this yields between columns and then
-    finishes the columns begun: a KeyboardInterrupt raised wherever the main thread happens to be
-    can land inside a lock of concurrent.futures (a `wait` holding some futures' locks) and leave
-    worker threads waiting on it forever, so that the build never ends. A second Ctrl-C ends the
-    process at once, as a kill would: what is published stays, uncatalogued, for the next build to
-    reuse. Only where Python's own handler is in place (the main thread, no handler of the caller's)."""
+def deferred_ctrl_c(doing: str):
+    """Defer Ctrl-C to a loop that checks the list this yields (the build loop: between columns;
+    a Dask build: between tasks) and stops cleanly: a KeyboardInterrupt raised wherever the main
+    thread happens to be can land inside a lock of concurrent.futures (a `wait` holding some
+    futures' locks) and leave worker threads waiting on it forever, so that the build never ends.
+    The first Ctrl-C prints "Ctrl-C: `doing`"; a second ends the process at once, as a kill would:
+    what is published stays, uncatalogued, for the next build to reuse. Only where Python's own
+    handler is in place (the main thread, no handler of the caller's)."""
     interrupted: list[int] = []
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield interrupted
         return
+    first = f"\nCtrl-C: {doing} (Ctrl-C again to stop at once)\n".encode()
 
     def handler(signum, frame):
         # os.write, not logging or print: the handler may run while the main thread holds their locks
@@ -428,7 +430,7 @@ def _ctrl_c_between_columns():
                         b"reuses them unless a gc runs first.\n")
             os._exit(130)
         interrupted.append(signum)
-        os.write(2, b"\nCtrl-C: finishing the columns in flight, then stopping (Ctrl-C again to stop at once)\n")
+        os.write(2, first)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

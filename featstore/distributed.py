@@ -117,23 +117,45 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
         futures = [client.submit(_build_layers, dataset, group, source.label_column, specs, identities, modules,
                                  location, device, rehash, retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
                    for i, group in enumerate(groups)]
-        if progress:
-            from dask.distributed import progress as show
-
-            show(futures)
-        try:
-            parts = client.gather(futures)
-        except BaseException:  # a failed task, Ctrl-C: catalogue the tasks that finished, so that gc keeps them
-            with suppress(Exception):  # what they returned, while the client can fetch it
-                _add(report, [f.result() for f in futures if f.status == "finished"])
-            builder.commit_finished(build_plan, store, report)
-            raise
+        columns = [len(group) * len(source.splits) for group in groups]
+        with builder.deferred_ctrl_c("cancelling the tasks not finished, cataloguing those finished") as interrupted:
+            try:
+                parts = _gather(client, futures, columns, interrupted, progress and source.name)
+            except BaseException:  # a failed task, Ctrl-C: catalogue the tasks that finished, so that gc keeps them
+                with suppress(Exception):  # what they returned, while the client can fetch it
+                    _add(report, [f.result() for f in futures if f.status == "finished"])
+                builder.commit_finished(build_plan, store, report)
+                raise
         report.worker_peak_rss = client.run(_peak_rss)
         _add(report, parts)
     builder.commit_catalog(build_plan, store, report)
     report.seconds["plan"] = build_plan.seconds
     report.seconds["total"] = time.perf_counter() - started
     return report
+
+
+def _gather(client, futures: list, columns: list[int], interrupted: list, progress: str | bool) -> list:
+    """What the tasks return, as `client.gather`, but waited for in short steps, so that Ctrl-C
+    (`interrupted`: see builder.deferred_ctrl_c) cancels the tasks not finished and raises
+    KeyboardInterrupt here, outside Dask's event loop. The first task to fail raises its error. With
+    `progress` (the dataset's name), a bar counts the columns of the tasks finished."""
+    from dask.distributed import wait
+    from tqdm.auto import tqdm
+
+    pending = dict(zip(futures, columns))
+    with tqdm(total=sum(columns), desc=f"build {progress}", unit="column", leave=False,
+              disable=None if progress else True) as bar:
+        while pending:
+            if interrupted:
+                client.cancel(list(pending))
+                raise KeyboardInterrupt
+            with suppress(TimeoutError):
+                wait(list(pending), timeout=0.25, return_when="FIRST_COMPLETED")
+            for future in [f for f in pending if f.status in ("finished", "error", "cancelled")]:
+                if future.status != "finished":
+                    future.result()  # raises the task's error
+                bar.update(pending.pop(future))
+    return client.gather(futures)
 
 
 def _add(report: builder.BuildReport, parts: list[builder.BuildReport]) -> None:

@@ -56,10 +56,10 @@ def test_sigkill_mid_build_leaves_only_complete_entries(tmp_path, store_dir, kil
     assert len(_entry_keys(store_dir)) == 32
 
 
-def _interruptible_build(tmp_path, store_dir, seconds):
-    """A `featstore build` subprocess over 8 columns of a featurizer that sleeps `seconds` per column
-    (and first adds a file to started/), with Ctrl-C handled as in a terminal, and its thread stacks
-    printed on SIGABRT (see `_ended`)."""
+def _interruptible_build(tmp_path, store_dir, seconds, *options):
+    """A `featstore build` subprocess (with `options`) over 8 columns of a featurizer that sleeps
+    `seconds` per column (and first adds a file to started/), with Ctrl-C handled as in a terminal,
+    and its thread stacks printed on SIGABRT (see `_ended`)."""
     data = tmp_path / "data"
     saved_layers_dataset(data, layers=8, rows=32, dim=4)
     (tmp_path / "started").mkdir()
@@ -68,7 +68,7 @@ def _interruptible_build(tmp_path, store_dir, seconds):
         "        open(os.path.join('started', uuid.uuid4().hex), 'w').close()\n"
         f"        time.sleep({seconds})\n    return x.sum(2)\n")
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
-               "--store", store_dir, "--no-progress", "--device", "cpu"]
+               "--store", store_dir, "--no-progress", "--device", "cpu", *options]
     # A child inherits an ignored SIGINT (this suite run in the background); a handled one it does not.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -131,3 +131,25 @@ def test_a_second_ctrl_c_stops_a_build_at_once_leaving_nothing_partial(tmp_path,
     assert time.monotonic() - began < 30  # not after the columns' 60 s
     assert "Stopped. The features it finished are in the store, uncatalogued" in stderr, stderr
     assert _entry_keys(store_dir) == [] and Store.open(store_dir).read_catalog(os.path.realpath(data)) is None
+
+def test_ctrl_c_ends_a_dask_build_quietly_and_the_next_build_reuses_what_it_published(tmp_path, store_dir):
+    pytest.importorskip("dask.distributed")
+    data, command, proc = _interruptible_build(tmp_path, store_dir, 1.0, "--workers", "2")  # a task per column
+    deadline = time.monotonic() + 120
+    while len(_entry_keys(store_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stderr = _ended(proc, timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Ctrl-C: cancelling the tasks not finished, cataloguing those finished" in stderr, stderr
+    # Dask's client, interrupted inside its event loop, printed a traceback per task
+    assert "Traceback" not in stderr and "Task exception was never retrieved" not in stderr, stderr
+    kept = _entry_keys(store_dir)
+    assert 3 <= len(kept) < 8
+    catalog = Store.open(store_dir).read_catalog(os.path.realpath(data))  # the tasks finished, if any
+    assert ({r.key for r in catalog.rows} if catalog else set()) <= set(kept)
+    again = subprocess.run([*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert (report["reused"], report["computed"]) == (len(kept), 8 - len(kept))

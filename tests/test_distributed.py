@@ -1,5 +1,7 @@
 """A build spread over a real Dask LocalCluster (worker processes) equals a single-process build."""
 
+import json
+
 import pytest
 
 import featstore
@@ -179,3 +181,14 @@ def test_cli_devices_flag(sanity_dir, tmp_path):
     report = json.loads(run.stdout)
     assert report["computed"] == 4 and report["device"] == "cpu"
     assert featstore.status("sanity", ["stats"], layers=["layer_00[01]"], store=store).fresh
+
+
+def test_a_dask_build_shows_its_progress_on_a_terminal(sanity_dir, tmp_path):
+    """A bar of the columns the finished tasks built, as a local build's (it was Dask's own bar,
+    which blocked the build's Ctrl-C until every task ended)."""
+    from test_cli import _on_a_terminal
+
+    status, out, shown = _on_a_terminal("build", "-d", "sanity", "-f", "stats", "--workers", "2",
+                                        "--store", str(tmp_path / "store"), "--json")
+    assert status == 0 and json.loads(out)["computed"] == 16
+    assert "build sanity:" in shown and "/16 " in shown

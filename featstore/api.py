@@ -369,13 +369,15 @@ def names(value: str | Iterable[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None) -> tuple:
-    """The featurizers asked for; else the ones the store's catalog of `name` holds; else build's default."""
+def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None, dtype: str = "float32") -> tuple:
+    """The featurizers asked for; else the ones the store's catalog of `name` holds (as built: their
+    specs name their dtype); else build's default. `dtype` as for `build`, for the others."""
     specs, catalogued = names(featurizers), False
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
         specs, catalogued = tuple(sorted({r.featurizer for r in catalog.rows})), True
     try:
-        return tuple({b.spec: b for b in (parse_spec(s) for s in specs or DEFAULT_FEATURIZERS)}.values())
+        dtype = "float32" if catalogued else dtype
+        return tuple({b.spec: b for b in (parse_spec(s, dtype) for s in specs or DEFAULT_FEATURIZERS)}.values())
     except SpecError as e:
         if not catalogued:
             raise
@@ -386,10 +388,11 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None)
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-           store: str | None = None, progress: bool = False):
+           store: str | None = None, dtype: str = "float32", progress: bool = False):
     """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
     (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
-    or missing. Featurizers default to those the store holds for the dataset. `progress`: a
+    or missing. Featurizers default to those the store holds for the dataset; `dtype` as for
+    `build` (the stored dtype of `featurizers` whose spec sets none). `progress`: a
     progress bar (on a terminal) while it hashes columns the digest cache does not vouch for."""
     from featstore import freshness
 
@@ -403,13 +406,13 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
             raise
         raise DatasetError(f"{e}; the store {st.location} still holds its features: if the data is gone for good, "
                            f"`featstore forget --dataset {name}` drops them (then `featstore gc` frees them)") from e
-    return freshness.status(source, _featurizers_for(source.name, featurizers, st), st, progress)
+    return freshness.status(source, _featurizers_for(source.name, featurizers, st, dtype), st, progress)
 
 
 def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-         store: str | None = None, progress: bool = False) -> dict:
+         store: str | None = None, dtype: str = "float32", progress: bool = False) -> dict:
     """The lockfile contents for `dataset` (see `featstore lock`); uses the store, if there is one,
-    for the digest cache and the default featurizers. `progress` as for `status`."""
+    for the digest cache and the default featurizers. `dtype` and `progress` as for `status`."""
     from featstore import freshness
 
     location = store or default_store()
@@ -418,13 +421,13 @@ def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | I
     except FeatstoreError:
         st = None
     source = load_source(dataset, names(layers), default_label=_catalogued_label(st, dataset))
-    return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st), st, progress)
+    return freshness.make_lock(source, _featurizers_for(source.name, featurizers, st, dtype), st, progress)
 
 
 def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | Iterable[str] = (),
                         progress: bool = False):
-    """`status` against a lockfile instead of a store (see `featstore status --lock`); `progress` as
-    for `status`."""
+    """`status` against a lockfile instead of a store (see `featstore status --lock`); `layers`
+    default to the globs the lockfile was written with; `progress` as for `status`."""
     from pathlib import Path
 
     from featstore import freshness
@@ -435,7 +438,7 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
         raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
     lock = freshness.read_lock(raw, lock_path)
     labels = lock.get("labels") or {}
-    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers),
+    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers) or tuple(lock.get("layers") or ()),
                          default_label=labels.get("column") or DEFAULT_LABEL_COLUMN)
     return freshness.status_against_lock(source, lock, progress)
 

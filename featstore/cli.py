@@ -17,6 +17,7 @@ from featstore.config import default_store
 from featstore.errors import FeatstoreError, brief
 
 SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed by name (--json: all)
+DTYPES = ["float32", "float16", "bfloat16"]
 STORE_HELP = ("Store: a directory or an fsspec URL (s3://bucket/prefix, memory://...). "
               "[env: FEATSTORE_STORE; default: $FEATSTORE_HOME/store, ~/.cache/featstore/store]")
 
@@ -88,7 +89,7 @@ def main(debug: bool) -> None:
                    "visible GPU, one worker each), cuda:N.")
 @click.option("--devices", default=None, metavar="LIST",
               help="Spread the layers over one worker per device, e.g. cuda:0,cuda:1 (a local Dask cluster).")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Stored dtype of features whose spec sets none (computation stays float32).")
 @_store_option
 @click.option("--rehash", is_flag=True,
@@ -214,6 +215,8 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
               help="Featurizer spec, repeatable. [default: those the store holds for the dataset]")
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
 @click.option("--lock", "lock_path", default=None, type=click.Path(dir_okay=False),
               help="Compare with this lockfile (see `featstore lock`) instead of a store: no store needed.")
 @_store_option
@@ -221,7 +224,7 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, progress):
+def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_json, progress):
     """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
     the store's features are fresh, stale (and why) or missing, and what a build would do.
 
@@ -235,11 +238,12 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
 
     errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
     if lock_path:
-        if featurizers:
-            raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer")
+        if featurizers or dtype:
+            raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer and --dtype")
         reports = [api.status_against_lock(lock_path, dataset, layers=layers, progress=progress)]
     elif dataset:
-        reports = [api.status(dataset, featurizers, layers=layers, store=store, progress=progress)]
+        reports = [api.status(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                              progress=progress)]
     else:
         from featstore.sources import OBJECT_PREFIX
 
@@ -250,7 +254,8 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
                            "there (featstore.status(ds))", err=True)
                 continue
             try:
-                reports.append(api.status(name, featurizers, layers=layers, store=store, progress=progress))
+                reports.append(api.status(name, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                                          progress=progress))
             except FeatstoreError as e:
                 errors[name] = str(e)
     if as_json:
@@ -277,19 +282,22 @@ def status(dataset, featurizers, layers, lock_path, store, show_all, as_json, pr
 @click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
               help="Featurizer spec, repeatable. [default: those the store holds for the dataset, else stats, svd]")
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
 @click.option("--output", "-o", default="featstore.lock", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the lockfile ('-' for stdout).")
 @_store_option
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def lock(dataset, featurizers, layers, output, store, progress):
+def lock(dataset, featurizers, dtype, layers, output, store, progress):
     """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
     entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
     or code change invalidates, on a machine without the store (a PR check)."""
     from featstore import api
     from featstore.freshness import lock_bytes
 
-    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, progress=progress))
+    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                               progress=progress))
     if output == "-":
         click.echo(data.decode(), nl=False)
         return

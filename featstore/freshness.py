@@ -32,7 +32,7 @@ from featstore.builder import (
 )
 from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
-from featstore.keys import KEY_VERSION, array_digest, entry_key
+from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
 from featstore.manifest import CatalogRow
 from featstore.sources import Source
 from featstore.store import Store
@@ -131,6 +131,9 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 cuts.setdefault((split, layer), set()).add(old.shape[0])
     digests, prefixes = _digests(source, store, cache, cuts, progress)
     report = StatusReport(source.name)
+    dtypes = {}  # (name, params) -> the specs the catalog holds it as: a `missing` one may differ only in dtype
+    for r in served.values():
+        dtypes.setdefault((r.identity.get("name"), canonical_json(r.identity.get("params"))), set()).add(r.featurizer)
     for layer in source.layers:
         for split in source.splits:
             digest, (rows, row_bytes) = digests[(split, layer)], sizes[(split, layer)]
@@ -141,6 +144,9 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 size = rows * row_bytes
                 if old is None:
                     state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
+                    built_as = sorted(dtypes.get((f.name, canonical_json(f.params)), set()) - {f.spec})
+                    if not stored and built_as:  # `build --dtype float16` then `status -f svd`
+                        reason += f" (the store holds {', '.join(built_as)}: the same featurizer, another stored dtype)"
                 elif (not stored and extends(old, f, rows) and store.has_entry(old.key)
                       and prefixes.get((split, layer), {}).get(old.shape[0]) == old.input_digest):
                     kept = old.shape[0]  # a build computes the new rows only, as it says
@@ -189,8 +195,9 @@ def labels_key(split, column: str) -> tuple[str, int]:
 def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store | None = None,
               progress: bool = False) -> dict:
     """The lockfile of `source` under `featurizers`: per split and layer the input digest, per
-    featurizer its identity, and the entry keys they give; the label column and the key of each
-    split's labels (null without one). JSON, sorted, one value per line."""
+    featurizer its identity, and the entry keys they give; the --layers globs the layers were
+    chosen by (null: every layer column); the label column and the key of each split's labels
+    (null without one). JSON, sorted, one value per line."""
     in_main = [f.spec for f in featurizers if f.module == "__main__"]
     if in_main:
         raise SpecError(f"featurizer {', '.join(in_main)} is defined in __main__ where no module name reaches it (a "
@@ -202,6 +209,7 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "featstore_lock": LOCK_FORMAT,
         "key_version": KEY_VERSION,
         "dataset": source.name,
+        "layers": list(source.patterns) or None,  # the --layers globs: `status --lock` checks those layers
         "featurizers": {f.spec: f.identity for f in featurizers},
         "modules": sorted({f.module for f in featurizers if f.module and not f.module.startswith("featstore.")}),
         "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},

@@ -297,3 +297,38 @@ def test_ls_says_when_its_filters_match_nothing_the_store_holds(run, sanity_dir,
     assert out.strip().endswith(f"no features of sanity in {store_dir} match --layer layer_9*; `featstore ls "
                                 "--summary` lists what it holds"), out
     assert run("ls", "--dataset", "nothere").output.strip().endswith(f"no features of nothere in {store_dir}")
+
+
+def test_status_and_lock_take_the_dtype_a_build_was_given(run, sanity_dir, store_dir, tmp_path):
+    """`build --dtype float16 -f svd:k=4` then `status -f svd:k=4` said 'missing, not built' for all
+    of it, and status had no --dtype to say what was built."""
+    layers = ("--layers", "layer_00[01]")
+    run("build", "-d", "sanity", "-f", "svd:k=4", "--dtype", "float16", *layers, "--no-progress")
+    asked = run("status", "-d", "sanity", "-f", "svd:k=4", *layers, ok=False)
+    assert asked.exit_code == 1
+    assert ("missing  train  layer_000  svd:k=4  not built (the store holds svd:k=4,dtype=float16: the same "
+            "featurizer, another stored dtype)") in asked.output
+    assert "sanity: 6 fresh, 0 stale, 0 missing" in run("status", "-d", "sanity", "-f", "svd:k=4", "--dtype", "float16",
+                                                        *layers).output  # 4 entries, 2 splits' labels
+    lockfile = str(tmp_path / "f.lock")
+    run("lock", "-d", "sanity", "-f", "svd:k=4", "--dtype", "float16", *layers, "-o", lockfile)
+    entries = json.loads((tmp_path / "f.lock").read_text())["entries"]  # split -> layer -> featurizer -> key
+    assert {f for layers_ in entries.values() for per_layer in layers_.values() for f in per_layer} == {
+        "svd:k=4,dtype=float16"}
+    assert run("status", "--lock", lockfile).exit_code == 0
+    refused = run("status", "--lock", lockfile, "--dtype", "float16", ok=False)
+    assert refused.exit_code == 2 and "drop --featurizer and --dtype" in refused.output
+
+
+def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sanity_dir, tmp_path):
+    """A lockfile of some layers: `status --lock` called each other layer 'not in the lockfile'
+    (exit 1) unless the job repeated the lock's --layers."""
+    lockfile = str(tmp_path / "f.lock")
+    run("lock", "-d", "sanity", "-f", "stats", "--layers", "layer_00[01]", "-o", lockfile)
+    assert json.loads((tmp_path / "f.lock").read_text())["layers"] == ["layer_00[01]"]
+    assert run("status", "--lock", lockfile).output == "sanity: 6 fresh, 0 stale, 0 missing\n"  # and 2 of labels
+    assert run("status", "--lock", lockfile, "--layers", "layer_000").output == "sanity: 4 fresh, 0 stale, 0 missing\n"
+    whole = str(tmp_path / "whole.lock")
+    run("lock", "-d", "sanity", "-f", "stats", "-o", whole)
+    assert json.loads((tmp_path / "whole.lock").read_text())["layers"] is None
+    assert run("status", "--lock", whole).output == "sanity: 18 fresh, 0 stale, 0 missing\n"

@@ -36,8 +36,9 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, which status keeps for stale
-            click.echo("\nInterrupted. A build keeps and catalogues the columns it finished; the next build "
-                       "computes the rest.", err=True)
+            built = (" A build keeps and catalogues the columns it finished; the next build computes the rest."
+                     if ctx.invoked_subcommand == "build" else "")
+            click.echo(f"\nInterrupted.{built}", err=True)
             sys.exit(130)  # 128 + SIGINT, as the shell reports it
         except BrokenPipeError:  # `featstore ls | head`: the reader has all it wants; end quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -332,3 +332,19 @@ def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sa
     run("lock", "-d", "sanity", "-f", "stats", "-o", whole)
     assert json.loads((tmp_path / "whole.lock").read_text())["layers"] is None
     assert run("status", "--lock", whole).output == "sanity: 18 fresh, 0 stale, 0 missing\n"
+
+
+def test_ctrl_c_exits_130_and_speaks_of_builds_only_for_a_build(run, sanity_dir, monkeypatch):
+    from featstore import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "status", interrupted)
+    status = run("status", "-d", "sanity", ok=False)
+    assert (status.exit_code, status.output) == (130, "\nInterrupted.\n")  # not 1, which a CI gate reads as stale
+    monkeypatch.setattr(api, "build", interrupted)
+    build = run("build", "-d", "sanity", ok=False)
+    assert build.exit_code == 130
+    assert build.output == ("\nInterrupted. A build keeps and catalogues the columns it finished; the next build "
+                            "computes the rest.\n")

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from featstore import config
 from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
 from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
@@ -413,24 +414,29 @@ def deferred_ctrl_c(doing: str):
     a Dask build: between tasks) and stops cleanly: a KeyboardInterrupt raised wherever the main
     thread happens to be can land inside a lock of concurrent.futures (a `wait` holding some
     futures' locks) and leave worker threads waiting on it forever, so that the build never ends.
-    The first Ctrl-C prints "Ctrl-C: `doing`"; a second ends the process at once, as a kill would:
-    what is published stays, uncatalogued, for the next build to reuse. Only where Python's own
-    handler is in place (the main thread, no handler of the caller's)."""
+    The first Ctrl-C prints "Ctrl-C: `doing`". A second, in the `featstore` command, ends the process
+    at once, as a kill would: what is published stays, uncatalogued, for the next build to reuse;
+    in a process of the user's (config.SECOND_CTRL_C_EXITS unset), it raises KeyboardInterrupt where the
+    build is, as Python would have the first time. Only where Python's own handler is in place (the
+    main thread, no handler of the caller's)."""
     interrupted: list[int] = []
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield interrupted
         return
-    first = f"\nCtrl-C: {doing} (Ctrl-C again to stop at once)\n".encode()
+    exits = config.SECOND_CTRL_C_EXITS
+    first = f"\nCtrl-C: {doing} ({'Ctrl-C again to stop at once' if exits else 'interrupt again to stop waiting'})\n"
 
     def handler(signum, frame):
         # os.write, not logging or print: the handler may run while the main thread holds their locks
+        if interrupted and not exits:
+            raise KeyboardInterrupt
         if interrupted:
             os.write(2, b"\nStopped. The features it finished are in the store, uncatalogued: the next build "
                         b"reuses them unless a gc runs first.\n")
             os._exit(130)
         interrupted.append(signum)
-        os.write(2, first)
+        os.write(2, first.encode())
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from featstore import config
 from featstore.config import default_store
 from featstore.errors import FeatstoreError, brief
 
@@ -26,6 +27,7 @@ class _Group(click.Group):
     """Turns FeatstoreError into one clear line and a non-zero exit, unless --debug."""
 
     def invoke(self, ctx):
+        config.SECOND_CTRL_C_EXITS = True  # the process is ours
         try:
             return super().invoke(ctx)
         except FeatstoreError as e:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Set by the `featstore` command: there a second Ctrl-C during a build ends the process at once. In
+# a process of the user's (a script, a notebook kernel, which a second interrupt must not kill) it
+# raises KeyboardInterrupt in the build instead.
+SECOND_CTRL_C_EXITS = False
+
 
 def home() -> Path:
     return Path(os.environ.get("FEATSTORE_HOME") or Path.home() / ".cache" / "featstore").expanduser()

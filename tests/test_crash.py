@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import datasets
@@ -82,9 +83,10 @@ def _interruptible_build(tmp_path, store_dir, seconds, *options):
 
 
 def _ended(proc, timeout=120):
-    """`proc`'s stderr once it ends; if it does not, its threads' stacks (faulthandler) in the failure."""
+    """`proc`'s (stdout, stderr) once it ends; if it does not, its threads' stacks (faulthandler) in
+    the failure."""
     try:
-        return proc.communicate(timeout=timeout)[1]
+        return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         pytest.fail(f"the build did not end after Ctrl-C; where its threads were:\n{proc.communicate()[1]}")
@@ -96,7 +98,7 @@ def test_ctrl_c_ends_a_build_with_130_and_catalogues_every_column_it_began(tmp_p
     while len(_entry_keys(store_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    stderr = _ended(proc)
+    stderr = _ended(proc)[1]
     assert proc.returncode == 130, stderr
     assert "Ctrl-C: finishing the columns in flight" in stderr, stderr
     assert "Interrupted. A build keeps and catalogues the columns it finished" in stderr and "Traceback" not in stderr
@@ -126,7 +128,7 @@ def test_a_second_ctrl_c_stops_a_build_at_once_leaving_nothing_partial(tmp_path,
     assert "finishing the columns in flight" in first, first
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    stderr = _ended(proc, timeout=30)
+    stderr = _ended(proc, timeout=30)[1]
     assert proc.returncode == 130, stderr
     assert time.monotonic() - began < 30  # not after the columns' 60 s
     assert "Stopped. The features it finished are in the store, uncatalogued" in stderr, stderr
@@ -139,7 +141,7 @@ def test_ctrl_c_ends_a_dask_build_quietly_and_the_next_build_reuses_what_it_publ
     while len(_entry_keys(store_dir)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    stderr = _ended(proc, timeout=60)
+    stderr = _ended(proc, timeout=60)[1]
     assert proc.returncode == 130, stderr
     assert "Ctrl-C: cancelling the tasks not finished, cataloguing those finished" in stderr, stderr
     # Dask's client, interrupted inside its event loop, printed a traceback per task
@@ -153,3 +155,44 @@ def test_ctrl_c_ends_a_dask_build_quietly_and_the_next_build_reuses_what_it_publ
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
     assert (report["reused"], report["computed"]) == (len(kept), 8 - len(kept))
+
+
+def test_in_a_script_a_second_ctrl_c_raises_keyboardinterrupt_instead_of_ending_the_process(tmp_path, store_dir):
+    """A notebook kernel or a training script calling featstore.build must survive a second
+    interrupt: only the featstore command ends the process on it."""
+    data = tmp_path / "data"
+    saved_layers_dataset(data, layers=8, rows=32, dim=4)
+    (tmp_path / "started").mkdir()
+    (tmp_path / "script.py").write_text(textwrap.dedent(f"""
+        import os, sys, time, uuid
+        import featstore
+
+        def slow(x):
+            if len(x) > 1:
+                open(os.path.join("started", uuid.uuid4().hex), "w").close()
+                time.sleep(2)
+            return x.sum(2)
+
+        if __name__ == "__main__":
+            try:
+                featstore.build({str(data)!r}, ["script:slow"], store={store_dir!r}, device="cpu")
+            except KeyboardInterrupt:
+                print("the script goes on", flush=True)
+    """))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "script.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2",
+                                                                        "PYTHONFAULTHANDLER": "1"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 120
+    while not os.listdir(tmp_path / "started") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline() + proc.stderr.readline()
+    assert "Ctrl-C: finishing the columns in flight, then stopping (interrupt again to stop waiting)" in first, first
+    proc.send_signal(signal.SIGINT)
+    out, stderr = _ended(proc)
+    assert proc.returncode == 0 and out == "the script goes on\n", stderr
+    assert "Stopped." not in stderr

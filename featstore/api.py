@@ -438,7 +438,8 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
         raise FeatstoreError(f"cannot read lockfile {lock_path}: {e.strerror or e}; write one with `featstore lock`") from e
     lock = freshness.read_lock(raw, lock_path)
     labels = lock.get("labels") or {}
-    source = load_source(lock["dataset"] if dataset is None else dataset, names(layers) or tuple(lock.get("layers") or ()),
+    layers = names(layers) or tuple(lock.get("layers") or ())
+    source = load_source(lock["dataset"] if dataset is None else dataset, layers,
                          default_label=labels.get("column") or DEFAULT_LABEL_COLUMN)
     return freshness.status_against_lock(source, lock, progress)
 

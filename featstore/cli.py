@@ -319,14 +319,19 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
                    "compare within tolerance.")
 @click.option("--repair", is_flag=True, help="Drop corrupt entries, so that the next build recomputes them.")
 @click.option("--seed", type=int, default=None, help="Seed of the random samples.")
+@click.option("--import", "modules", multiple=True, metavar="MODULE",
+              help="Import this module first, repeatable: one that registers featurizers of yours with "
+                   "@featstore.featurizer, for --recompute to know them by name (feats, mypkg.feats).")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
-def verify(sample, recompute, repair, seed, store, as_json, progress):
+def verify(sample, recompute, repair, seed, modules, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
     from featstore import api
+    from featstore.featurizers import import_modules
 
+    import_modules(modules, "install it, or run verify from the directory that holds it")
     report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))

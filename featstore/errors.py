@@ -30,6 +30,10 @@ class SpecError(FeatstoreError, ValueError):
     """A featurizer spec such as `svd:k=32` is malformed or names an unknown featurizer."""
 
 
+class UnknownFeaturizer(SpecError):
+    """No featurizer is registered under the name (one of the user's whose module is not imported)."""
+
+
 class NotFoundError(FeatstoreError, KeyError):
     """The store holds no such dataset / split / layer / featurizer; the message lists what exists."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, UnknownFeaturizer
 from featstore.store import Store
 
 TOLERANCE = 1e-4  # recomputed vs stored: max |difference| / max |stored|, plus the stored dtype's rounding
@@ -89,7 +89,9 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
         split = load_source(dataset, (row.layer,)).splits[row.split]
         f = parse_spec(row.featurizer)
     except (FeatstoreError, KeyError) as e:
-        report.skipped[row.key] = f"{what}: cannot load it: {e}"
+        yours = " (one of yours registered by name: `featstore verify --import` its module)" \
+            if isinstance(e, UnknownFeaturizer) else ""
+        report.skipped[row.key] = f"{what}: cannot load it: {e}{yours}"
         return
     why = builder.why_stale(row, builder.column_digest(split, row.layer).digest, f.identity)
     if why:

@@ -348,3 +348,26 @@ def test_ctrl_c_exits_130_and_speaks_of_builds_only_for_a_build(run, sanity_dir,
     assert build.exit_code == 130
     assert build.output == ("\nInterrupted. A build keeps and catalogues the columns it finished; the next build "
                             "computes the rest.\n")
+
+
+def test_verify_imports_the_module_of_a_featurizer_registered_by_name(sanity_dir, store_dir, tmp_path):
+    """A featurizer built as `-f labverify:colmax` is catalogued by its registered name, which
+    `verify --recompute` could not resolve: every such feature was skipped, with no way to check it."""
+    (tmp_path / "labverify.py").write_text(
+        "import featstore\n\n@featstore.featurizer('test_verify_colmax', version='1')\n"
+        "def colmax(x):\n    return x.amax(1)\n")
+
+    def featstore_(*args):
+        return subprocess.run([sys.executable, "-m", "featstore.cli", *args, "--store", store_dir], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    built = featstore_("build", "-d", "sanity", "-f", "labverify:colmax", "-l", "layer_00[01]", "--no-progress")
+    assert built.returncode == 0, built.stderr
+    blind = featstore_("verify", "--recompute", "1", "--no-progress")
+    assert blind.returncode == 0 and "recomputed 0: 0 corrupt, 0 mismatched, 4 skipped" in blind.stdout
+    assert "cannot load it: unknown featurizer 'test_verify_colmax'" in blind.stdout
+    assert "(one of yours registered by name: `featstore verify --import` its module)" in blind.stdout
+    checked = featstore_("verify", "--recompute", "1", "--import", "labverify", "--no-progress")
+    assert checked.returncode == 0 and "recomputed 4: 0 corrupt, 0 mismatched\n" in checked.stdout, checked.stdout
+    missing = featstore_("verify", "--import", "labverfy")
+    assert missing.returncode == 2 and "cannot import 'labverfy', which defines featurizers" in missing.stderr

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from featstore.errors import SpecError
+from featstore.errors import SpecError, UnknownFeaturizer
 from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
@@ -171,7 +171,7 @@ def get(name: str) -> Featurizer:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise SpecError(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
+        raise UnknownFeaturizer(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
                         "(or name your own as module.path:function)") from None
 
 

@@ -382,9 +382,9 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None,
         if not catalogued:
             raise
         # one of the user's own, defined in a module this process has not imported
-        raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(specs)}; pass each as "
-                        "--featurizer (your own as module.path:function, e.g. feats:mine; in Python, import "
-                        "its module first)") from e
+        raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(specs)}; import the module "
+                        "that registers yours (--import feats; in Python, import it first), or pass each as "
+                        "--featurizer (yours as module.path:function, e.g. feats:mine)") from e
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),

@@ -209,6 +209,13 @@ def _summarise(rows: list[dict]) -> list[dict]:
              "created": max(r["created"] for r in g)} for (d, f), g in sorted(groups.items())]
 
 
+def import_featurizers(modules: tuple[str, ...]) -> None:
+    """--import: the modules that register featurizers by name."""
+    from featstore.featurizers import import_modules
+
+    import_modules(modules, "install it, or run featstore from the directory that holds it")
+
+
 DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "
                 "files, or a Hugging Face Hub id.")
 
@@ -220,6 +227,9 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
+@click.option("--import", "modules", multiple=True, metavar="MODULE",
+              help="Import this module first, repeatable: one that registers featurizers of yours with "
+                   "@featstore.featurizer, so that the store's features of them are checked by name (feats).")
 @click.option("--lock", "lock_path", default=None, type=click.Path(dir_okay=False),
               help="Compare with this lockfile (see `featstore lock`) instead of a store: no store needed.")
 @_store_option
@@ -227,7 +237,7 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_json, progress):
+def status(dataset, featurizers, dtype, modules, layers, lock_path, store, show_all, as_json, progress):
     """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
     the store's features are fresh, stale (and why) or missing, and what a build would do.
 
@@ -239,6 +249,7 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
     from featstore import api
     from featstore.store import Store
 
+    import_featurizers(modules)
     errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
     if lock_path:
         if featurizers or dtype:
@@ -287,18 +298,22 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
+@click.option("--import", "modules", multiple=True, metavar="MODULE",
+              help="Import this module first, repeatable: one that registers featurizers of yours with "
+                   "@featstore.featurizer, so that the store's features of them are checked by name (feats).")
 @click.option("--output", "-o", default="featstore.lock", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the lockfile ('-' for stdout).")
 @_store_option
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def lock(dataset, featurizers, dtype, layers, output, store, progress):
+def lock(dataset, featurizers, dtype, modules, layers, output, store, progress):
     """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
     entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
     or code change invalidates, on a machine without the store (a PR check)."""
     from featstore import api
     from featstore.freshness import lock_bytes
 
+    import_featurizers(modules)
     data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
                                progress=progress))
     if output == "-":
@@ -321,7 +336,7 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 @click.option("--seed", type=int, default=None, help="Seed of the random samples.")
 @click.option("--import", "modules", multiple=True, metavar="MODULE",
               help="Import this module first, repeatable: one that registers featurizers of yours with "
-                   "@featstore.featurizer, for --recompute to know them by name (feats, mypkg.feats).")
+                   "@featstore.featurizer, for --recompute to know them by name (feats).")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
@@ -329,9 +344,8 @@ def verify(sample, recompute, repair, seed, modules, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
     from featstore import api
-    from featstore.featurizers import import_modules
 
-    import_modules(modules, "install it, or run verify from the directory that holds it")
+    import_featurizers(modules)
     report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))

@@ -161,9 +161,16 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     assert built.returncode == 0, built.stderr
     elsewhere = featstore_in(tmp_path, "status", "-d", "sanity")  # labmod is not importable here
     assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr
-    assert "holds features of 'sanity' from: test_labtrace; pass each as --featurizer" in elsewhere.stderr
+    assert ("holds features of 'sanity' from: test_labtrace; import the module that registers yours (--import "
+            "feats; in Python, import it first), or pass each as --featurizer") in elsewhere.stderr
     named = featstore_in(project, "status", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000")
     assert named.returncode == 0 and "4 fresh, 0 stale, 0 missing" in named.stdout, named.stderr
+    # or everything the store holds, its featurizers found by the names their module registers
+    imported = featstore_in(project, "status", "-d", "sanity", "--import", "labmod", "-l", "layer_000")
+    assert imported.returncode == 0 and "4 fresh, 0 stale, 0 missing" in imported.stdout, imported.stderr
+    lockfile = str(project / "f.lock")
+    locked = featstore_in(project, "lock", "-d", "sanity", "--import", "labmod", "-l", "layer_000", "-o", lockfile)
+    assert locked.returncode == 0 and json.loads((project / "f.lock").read_text())["modules"] == ["labmod"]
 
 
 def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeypatch):

@@ -56,6 +56,26 @@ def _store_option(f):
     return click.option("--store", envvar="FEATSTORE_STORE", default=None, help=STORE_HELP)(f)
 
 
+def _dtype_option(f):  # status and lock: what build's --dtype was
+    return click.option("--dtype", type=click.Choice(DTYPES), default=None,
+                        help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. "
+                             "[default: float32]")(f)
+
+
+def _import_featurizers(ctx, param, modules: tuple[str, ...]) -> None:
+    from featstore.featurizers import import_modules
+
+    import_modules(modules, "install it, or run featstore from the directory that holds it")
+
+
+def _import_option(f):
+    return click.option("--import", "modules", multiple=True, metavar="MODULE", expose_value=False,
+                        callback=_import_featurizers,
+                        help="Import this module first, repeatable: one that registers featurizers of yours with "
+                             "@featstore.featurizer, so that the store's features of them are found by their "
+                             "names (feats).")(f)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="featstore")
@@ -209,13 +229,6 @@ def _summarise(rows: list[dict]) -> list[dict]:
              "created": max(r["created"] for r in g)} for (d, f), g in sorted(groups.items())]
 
 
-def import_featurizers(modules: tuple[str, ...]) -> None:
-    """--import: the modules that register featurizers by name."""
-    from featstore.featurizers import import_modules
-
-    import_modules(modules, "install it, or run featstore from the directory that holds it")
-
-
 DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, directory or glob of parquet/arrow "
                 "files, or a Hugging Face Hub id.")
 
@@ -225,11 +238,8 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
               help="Featurizer spec, repeatable. [default: those the store holds for the dataset]")
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
-@click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
-@click.option("--import", "modules", multiple=True, metavar="MODULE",
-              help="Import this module first, repeatable: one that registers featurizers of yours with "
-                   "@featstore.featurizer, so that the store's features of them are checked by name (feats).")
+@_dtype_option
+@_import_option
 @click.option("--lock", "lock_path", default=None, type=click.Path(dir_okay=False),
               help="Compare with this lockfile (see `featstore lock`) instead of a store: no store needed.")
 @_store_option
@@ -237,7 +247,7 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def status(dataset, featurizers, dtype, modules, layers, lock_path, store, show_all, as_json, progress):
+def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_json, progress):
     """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
     the store's features are fresh, stale (and why) or missing, and what a build would do.
 
@@ -249,7 +259,6 @@ def status(dataset, featurizers, dtype, modules, layers, lock_path, store, show_
     from featstore import api
     from featstore.store import Store
 
-    import_featurizers(modules)
     errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
     if lock_path:
         if featurizers or dtype:
@@ -296,24 +305,20 @@ def status(dataset, featurizers, dtype, modules, layers, lock_path, store, show_
 @click.option("--featurizer", "-f", "featurizers", multiple=True, metavar="SPEC",
               help="Featurizer spec, repeatable. [default: those the store holds for the dataset, else stats, svd]")
 @click.option("--layers", "-l", multiple=True, metavar="GLOB", help="Layer columns, repeatable glob. [default: all]")
-@click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="Stored dtype of the --featurizer specs that set none, as given to `featstore build`. [default: float32]")
-@click.option("--import", "modules", multiple=True, metavar="MODULE",
-              help="Import this module first, repeatable: one that registers featurizers of yours with "
-                   "@featstore.featurizer, so that the store's features of them are checked by name (feats).")
+@_dtype_option
+@_import_option
 @click.option("--output", "-o", default="featstore.lock", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the lockfile ('-' for stdout).")
 @_store_option
 @click.option("--progress/--no-progress", default=True,
               help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
-def lock(dataset, featurizers, dtype, modules, layers, output, store, progress):
+def lock(dataset, featurizers, dtype, layers, output, store, progress):
     """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
     entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
     or code change invalidates, on a machine without the store (a PR check)."""
     from featstore import api
     from featstore.freshness import lock_bytes
 
-    import_featurizers(modules)
     data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
                                progress=progress))
     if output == "-":
@@ -334,18 +339,15 @@ def lock(dataset, featurizers, dtype, modules, layers, output, store, progress):
                    "compare within tolerance.")
 @click.option("--repair", is_flag=True, help="Drop corrupt entries, so that the next build recomputes them.")
 @click.option("--seed", type=int, default=None, help="Seed of the random samples.")
-@click.option("--import", "modules", multiple=True, metavar="MODULE",
-              help="Import this module first, repeatable: one that registers featurizers of yours with "
-                   "@featstore.featurizer, for --recompute to know them by name (feats).")
+@_import_option
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
-def verify(sample, recompute, repair, seed, modules, store, as_json, progress):
+def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
     from featstore import api
 
-    import_featurizers(modules)
     report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -50,6 +52,27 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {e!r} (unexpected: rerun with --debug for the traceback)", err=True)
             sys.exit(2)
+
+
+@contextmanager
+def _ctrl_c_ends_at_once():
+    """Ctrl-C ends what runs inside (reading only: nothing to finish or keep) at once, exit 130.
+    Python's KeyboardInterrupt would first wait for the threads hashing columns, for ever should a
+    read hang (a stalled network filesystem), and could leave them waiting on a lock it interrupted
+    (see builder.deferred_ctrl_c). Not where SIGINT is ignored (a background job) or handled."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def handler(signum, frame):
+        os.write(2, b"\nInterrupted.\n")  # not click.echo: the main thread may hold its stream's lock
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _store_option(f):
@@ -260,27 +283,28 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
     from featstore.store import Store
 
     errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
-    if lock_path:
-        if featurizers or dtype:
-            raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer and --dtype")
-        reports = [api.status_against_lock(lock_path, dataset, layers=layers, progress=progress)]
-    elif dataset:
-        reports = [api.status(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
-                              progress=progress)]
-    else:
-        from featstore.sources import OBJECT_PREFIX
+    with _ctrl_c_ends_at_once():
+        if lock_path:
+            if featurizers or dtype:
+                raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer and --dtype")
+            reports = [api.status_against_lock(lock_path, dataset, layers=layers, progress=progress)]
+        elif dataset:
+            reports = [api.status(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                                  progress=progress)]
+        else:
+            from featstore.sources import OBJECT_PREFIX
 
-        reports = []
-        for name in [c.dataset for c in Store.open(store or default_store()).catalogs()]:
-            if name.startswith(OBJECT_PREFIX):  # no name opens it: not an error of this status
-                click.echo(f"note: skipped {_short_dataset(name)}, a datasets.Dataset built from Python: check it "
-                           "there (featstore.status(ds))", err=True)
-                continue
-            try:
-                reports.append(api.status(name, featurizers, layers=layers, store=store, dtype=dtype or "float32",
-                                          progress=progress))
-            except FeatstoreError as e:
-                errors[name] = str(e)
+            reports = []
+            for name in [c.dataset for c in Store.open(store or default_store()).catalogs()]:
+                if name.startswith(OBJECT_PREFIX):  # no name opens it: not an error of this status
+                    click.echo(f"note: skipped {_short_dataset(name)}, a datasets.Dataset built from Python: check it "
+                               "there (featstore.status(ds))", err=True)
+                    continue
+                try:
+                    reports.append(api.status(name, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                                              progress=progress))
+                except FeatstoreError as e:
+                    errors[name] = str(e)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports] + [{"dataset": name, "fresh": False, "error": error}
                                                                 for name, error in errors.items()], indent=1))
@@ -319,8 +343,9 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
     from featstore import api
     from featstore.freshness import lock_bytes
 
-    data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
-                               progress=progress))
+    with _ctrl_c_ends_at_once():
+        data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
+                                   progress=progress))
     if output == "-":
         click.echo(data.decode(), nl=False)
         return

@@ -70,16 +70,21 @@ def _interruptible_build(tmp_path, store_dir, seconds, *options):
         f"        time.sleep({seconds})\n    return x.sum(2)\n")
     command = [sys.executable, "-m", "featstore.cli", "build", "--dataset", str(data), "-f", "slowfeat:slow",
                "--store", store_dir, "--no-progress", "--device", "cpu", *options]
-    # A child inherits an ignored SIGINT (this suite run in the background); a handled one it does not.
+    # Two compute lanes whatever the cores: on 16, all 8 columns ran at once and the build had
+    # finished when the signal came (seen on the GPU host).
+    return data, command, _interruptible(command, tmp_path, {"OMP_NUM_THREADS": "2"})
+
+
+def _interruptible(command, cwd, env=None):
+    """`command` started in `cwd` with Ctrl-C handled as in a terminal (a child inherits an ignored
+    SIGINT, as in this suite run in the background; a handled one it does not), and its thread
+    stacks printed on SIGABRT (see `_ended`)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        # Two compute lanes whatever the cores: on 16, all 8 columns ran at once and the build had
-        # finished when the signal came (seen on the GPU host).
-        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONFAULTHANDLER": "1"})
+        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {}), "PYTHONFAULTHANDLER": "1"})
     finally:
         signal.signal(signal.SIGINT, previous)
-    return data, command, proc
 
 
 def _ended(proc, timeout=120):
@@ -89,7 +94,40 @@ def _ended(proc, timeout=120):
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
-        pytest.fail(f"the build did not end after Ctrl-C; where its threads were:\n{proc.communicate()[1]}")
+        pytest.fail(f"the command did not end after Ctrl-C; where its threads were:\n{proc.communicate()[1]}")
+
+
+@pytest.mark.parametrize("command", ["status", "lock"])
+def test_ctrl_c_ends_status_and_lock_at_once_even_while_a_read_hangs(tmp_path, store_dir, command):
+    """status and lock only read: Ctrl-C ends them at once with 130, even while a thread hashing
+    a column is stuck in a read (a stalled network filesystem; here a hash that sleeps), which
+    Python's KeyboardInterrupt would wait for."""
+    data, other = tmp_path / "data", tmp_path / "other"
+    saved_layers_dataset(data, layers=2, rows=8, dim=4)
+    saved_layers_dataset(other, layers=1, rows=8, dim=4)
+    featstore.build(str(other), ["raw"], store=store_dir, device="cpu")  # a store, with no digests of `data`
+    (tmp_path / "stall.py").write_text(textwrap.dedent("""\
+        import time
+        from featstore import cli, freshness
+
+        def stalled(*args):
+            open("hashing", "w").close()
+            time.sleep(300)
+
+        freshness.column_digest = stalled
+        cli.main()
+        """))
+    proc = _interruptible([sys.executable, "stall.py", command, "-d", str(data), "-f", "raw", "--store", store_dir],
+                          tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "hashing").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    stderr = _ended(proc, timeout=30)[1]
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().endswith("Interrupted.") and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "featstore.lock").exists()
 
 
 def test_ctrl_c_ends_a_build_with_130_and_catalogues_every_column_it_began(tmp_path, store_dir):

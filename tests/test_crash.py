@@ -1,5 +1,6 @@
 """A real `featstore build` killed with SIGKILL (or interrupted with Ctrl-C) mid-way leaves no
-entry that looks valid but is not, and the next build completes from where the store is."""
+entry that looks valid but is not, and the next build completes from where the store is; Ctrl-C
+ends the commands that only read at once."""
 
 import json
 import os

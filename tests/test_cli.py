@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import datasets
 import numpy as np
@@ -325,6 +326,21 @@ def test_status_and_lock_take_the_dtype_a_build_was_given(run, sanity_dir, store
     assert run("status", "--lock", lockfile).exit_code == 0
     refused = run("status", "--lock", lockfile, "--dtype", "float16", ok=False)
     assert refused.exit_code == 2 and "drop --featurizer and --dtype" in refused.output
+
+
+def test_status_and_lock_run_outside_the_main_thread(run, sanity_dir, tmp_path):
+    """Their Ctrl-C handler is installed only in the main thread: from another (a tool running the
+    CLI in a thread), signal.signal raised ValueError and they exited 2."""
+    run("build", "-d", "sanity", "-f", "stats", "--layers", "layer_000", "--no-progress")
+    results = []
+    worker = threading.Thread(target=lambda: results.extend(
+        run(command, "-d", "sanity", "-f", "stats", "--layers", "layer_000", *options, ok=False)
+        for command, options in (("status", ()), ("lock", ("-o", str(tmp_path / "f.lock"))))))
+    worker.start()
+    worker.join()
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    assert "sanity: 4 fresh, 0 stale, 0 missing" in results[0].output  # 2 splits, their labels
+    assert "wrote" in results[1].output and (tmp_path / "f.lock").exists()
 
 
 def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sanity_dir, tmp_path):

@@ -408,6 +408,14 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         raise KeyboardInterrupt
 
 
+def pythons_ctrl_c() -> bool:
+    """Whether Python's own SIGINT handler is in place here, the only one featstore swaps: in the main
+    thread (elsewhere signal.signal raises), SIGINT neither ignored (a background job) nor handled by
+    the caller."""
+    return threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @contextmanager
 def deferred_ctrl_c(doing: str):
     """Defer Ctrl-C to a loop that checks the list this yields (the build loop: between columns;
@@ -420,8 +428,7 @@ def deferred_ctrl_c(doing: str):
     build is, as Python would have the first time. Only where Python's own handler is in place (the
     main thread, no handler of the caller's)."""
     interrupted: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if not pythons_ctrl_c():
         yield interrupted
         return
     exits = config.SECOND_CTRL_C_EXITS

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from contextlib import contextmanager
 
 import click
@@ -60,10 +59,10 @@ def _ctrl_c_ends_at_once():
     """Ctrl-C ends what runs inside (reading only: nothing to finish or keep) at once, exit 130.
     Python's KeyboardInterrupt would first wait for the threads hashing columns, for ever should a
     read hang (a stalled network filesystem), and could leave them waiting on a lock it interrupted
-    (see builder.deferred_ctrl_c). Only where Python's own handler is in place (the main thread; not
-    where SIGINT is ignored, as in a background job, or handled by the caller)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    (see builder.deferred_ctrl_c). Only where Python's own handler is in place (builder.pythons_ctrl_c)."""
+    from featstore.builder import pythons_ctrl_c
+
+    if not pythons_ctrl_c():
         yield
         return
 

@@ -56,10 +56,11 @@ class _Group(click.Group):
 
 @contextmanager
 def _ctrl_c_ends_at_once():
-    """Ctrl-C ends what runs inside (reading only: nothing to finish or keep) at once, exit 130.
-    Python's KeyboardInterrupt would first wait for the threads hashing columns, for ever should a
-    read hang (a stalled network filesystem), and could leave them waiting on a lock it interrupted
-    (see builder.deferred_ctrl_c). Only where Python's own handler is in place (builder.pythons_ctrl_c)."""
+    """Ctrl-C ends what runs inside (reading only, or removals that are crash-safe: nothing to
+    finish or keep) at once, exit 130. Python's KeyboardInterrupt would first wait for the threads
+    hashing columns or reading chunks, for ever should a read hang (a stalled network filesystem),
+    and could leave them waiting on a lock it interrupted (see builder.deferred_ctrl_c). Only where
+    Python's own handler is in place (builder.pythons_ctrl_c)."""
     from featstore.builder import pythons_ctrl_c
 
     if not pythons_ctrl_c():
@@ -212,7 +213,8 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
         if (split in (None, r.split) and (layer is None or fnmatch.fnmatch(r.layer, layer))
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]
-    with ThreadPoolExecutor(16) as pool:  # gc --max-size evicts catalogued entries: say which are gone
+    # gc --max-size evicts catalogued entries: say which are gone
+    with _ctrl_c_ends_at_once(), ThreadPoolExecutor(16) as pool:
         for row, stored in zip(rows, pool.map(st.has_entry, [r["key"] for r in rows])):
             row["stored"] = stored
     listed = _summarise(rows) if summary else rows
@@ -375,7 +377,8 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
     flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
     from featstore import api
 
-    report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
+    with _ctrl_c_ends_at_once():  # --repair's removals are crash-safe (one rename each)
+        report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

@@ -98,30 +98,45 @@ def _ended(proc, timeout=120):
         pytest.fail(f"the command did not end after Ctrl-C; where its threads were:\n{proc.communicate()[1]}")
 
 
-@pytest.mark.parametrize("command", ["status", "lock"])
-def test_ctrl_c_ends_status_and_lock_at_once_even_while_a_read_hangs(tmp_path, store_dir, command):
-    """status and lock only read: Ctrl-C ends them at once with 130, even while a thread hashing
-    a column is stuck in a read (a stalled network filesystem; here a hash that sleeps), which
-    Python's KeyboardInterrupt would wait for."""
+# What stalls in a thread (never the main one) while each read-only command runs: status and lock
+# hash the columns in threads; ls asks in threads which entries the store still holds; verify
+# --recompute reads an entry's chunks in threads (its check reads them in the main thread).
+STALLS = {
+    "status": ("freshness", "freshness.column_digest"),
+    "lock": ("freshness", "freshness.column_digest"),
+    "ls": ("store", "store.Store.has_entry"),
+    "verify": ("storage", "storage.LocalStorage.read_into"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(STALLS))
+def test_ctrl_c_ends_read_only_commands_at_once_even_while_a_read_hangs(tmp_path, store_dir, command,
+                                                                         monkeypatch):
+    """status, lock, ls and verify only read (verify --repair removes in one rename): Ctrl-C ends
+    them at once with 130, even while one of their threads is stuck in a read (a stalled network
+    filesystem; here a function that sleeps), which Python's KeyboardInterrupt would wait for."""
     data, other = tmp_path / "data", tmp_path / "other"
     saved_layers_dataset(data, layers=2, rows=8, dim=4)
     saved_layers_dataset(other, layers=1, rows=8, dim=4)
+    monkeypatch.setattr("featstore.store.CHUNK_BYTES", 64)  # entries of several chunks, read in threads
     featstore.build(str(other), ["raw"], store=store_dir, device="cpu")  # a store, with no digests of `data`
-    (tmp_path / "stall.py").write_text(textwrap.dedent("""\
+    held = _entry_keys(store_dir)
+    module, stalled = STALLS[command]
+    (tmp_path / "stall.py").write_text(textwrap.dedent(f"""\
         import time
-        from featstore import cli, freshness
+        from featstore import cli, {module}
 
         def stalled(*args):
-            open("hashing", "w").close()
+            open("stalled", "w").close()
             time.sleep(300)
 
-        freshness.column_digest = stalled
+        {stalled} = stalled
         cli.main()
         """))
-    proc = _interruptible([sys.executable, "stall.py", command, "-d", str(data), "-f", "raw", "--store", store_dir],
-                          tmp_path)
+    options = {"verify": ["--recompute", "1"], "ls": []}.get(command, ["-d", str(data), "-f", "raw"])
+    proc = _interruptible([sys.executable, "stall.py", command, *options, "--store", store_dir], tmp_path)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "hashing").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (tmp_path / "stalled").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
@@ -129,6 +144,7 @@ def test_ctrl_c_ends_status_and_lock_at_once_even_while_a_read_hangs(tmp_path, s
     assert proc.returncode == 130, stderr
     assert stderr.strip().endswith("Interrupted.") and "Traceback" not in stderr, stderr
     assert not (tmp_path / "featstore.lock").exists()
+    assert _entry_keys(store_dir) == held
 
 
 def test_ctrl_c_ends_a_build_with_130_and_catalogues_every_column_it_began(tmp_path, store_dir):

@@ -261,11 +261,15 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
         except ColumnError:  # the plan checks the whole column, and says what is wrong
             return False
 
-    with ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
+    with deferred_ctrl_c("finishing the comparison of the changed files, then stopping") as interrupted, \
+            ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
         compared = tqdm(pool.map(unchanged, todo), total=len(todo), unit="column", leave=False,
                         desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}",
                         disable=True if not progress else None)
-        return {layer for layer, same in zip(todo, compared) if same}
+        vouched = {layer for layer, same in zip(todo, compared) if same}
+    if interrupted:
+        raise KeyboardInterrupt
+    return vouched
 
 
 def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:

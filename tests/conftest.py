@@ -71,9 +71,10 @@ def list_column(values: np.ndarray, fixed: bool = False) -> pa.Array:
     return arr
 
 
-def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0, inf_at=None) -> None:
-    """A save_to_disk dataset of `layers` Array2D float32 columns, built straight from numpy;
-    `inf_at` = (layer, row) puts an inf there."""
+def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0, inf_at=None,
+                         num_shards: int | None = None) -> None:
+    """A save_to_disk dataset of `layers` Array2D float32 columns, built straight from numpy, in
+    `num_shards` files; `inf_at` = (layer, row) puts an inf there."""
     features = datasets.Features({f"layer_{i:03d}": datasets.Array2D((dim, dim), "float32") for i in range(layers)})
     schema = features.arrow_schema
     rng = np.random.default_rng(seed)
@@ -81,7 +82,7 @@ def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0, 
     if inf_at is not None:
         values[inf_at[0]][inf_at[1], 0, 0] = np.inf
     columns = [presets.matrices_to_arrow(v, schema.field(i).type) for i, v in enumerate(values)]
-    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path))
+    datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path), num_shards=num_shards)
 
 
 def entry_info(values: np.ndarray, key: str = "ab" * 16):

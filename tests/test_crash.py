@@ -147,6 +147,46 @@ def test_ctrl_c_ends_read_only_commands_at_once_even_while_a_read_hangs(tmp_path
     assert _entry_keys(store_dir) == held
 
 
+def test_ctrl_c_while_a_build_compares_changed_files_waits_then_stops_and_again_at_once(tmp_path, store_dir):
+    """A build's plan compares the rows of the dataset files changed since the last build in
+    threads (to reuse the columns they leave alone). Ctrl-C there waits for them, as it does for the
+    columns in flight, and a second ends the build at once, even while a read hangs; neither
+    changes the store."""
+    data = tmp_path / "data"
+    saved_layers_dataset(data, layers=2, rows=16, dim=4, num_shards=4)
+    featstore.build(str(data), ["raw"], store=store_dir, device="cpu")
+    held = _entry_keys(store_dir)
+    touched = sorted(data.glob("data-*.arrow"))[1]
+    os.utime(touched, (time.time() + 60, time.time() + 60))  # one file of four to compare again
+    (tmp_path / "stall.py").write_text(textwrap.dedent("""\
+        import time
+        from featstore import cli, sources
+
+        def stalled(*args):
+            open("stalled", "w").close()
+            time.sleep(300)
+
+        sources.Split.file_digest = stalled
+        cli.main()
+        """))
+    proc = _interruptible([sys.executable, "stall.py", "build", "-d", str(data), "-f", "raw", "--store", store_dir,
+                           "--device", "cpu", "--no-progress"], tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "stalled").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    assert proc.poll() is None  # waiting for the comparison
+    proc.send_signal(signal.SIGINT)
+    stderr = _ended(proc, timeout=30)[1]
+    assert proc.returncode == 130, stderr
+    assert "Ctrl-C: finishing the comparison of the changed files, then stopping" in stderr, stderr
+    assert "Stopped." in stderr and "Traceback" not in stderr, stderr
+    assert _entry_keys(store_dir) == held
+    assert featstore.build(str(data), ["raw"], store=store_dir, device="cpu").computed == 0
+
+
 def test_ctrl_c_ends_a_build_with_130_and_catalogues_every_column_it_began(tmp_path, store_dir):
     data, command, proc = _interruptible_build(tmp_path, store_dir, seconds=0.3)
     deadline = time.monotonic() + 120

@@ -108,4 +108,5 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
     report.recomputed += 1
     if error > TOLERANCE + 2 * _ROUNDING.get(row.dtype, 0.0):
         report.mismatched[row.key] = (f"{dataset} {row.split}/{row.layer} {row.featurizer}: recomputed differs "
-                                      f"by {error:.2e} of max |value|")
+                                      f"by {error:.2e} of max |value| (if its code changed under a pinned "
+                                      "version=, bump the version: the next build recomputes it)")

@@ -392,5 +392,17 @@ def test_verify_imports_the_module_of_a_featurizer_registered_by_name(sanity_dir
     assert "(one of yours registered by name: `featstore verify --import` its module)" in blind.stdout
     checked = featstore_("verify", "--recompute", "1", "--import", "labverify", "--no-progress")
     assert checked.returncode == 0 and "recomputed 4: 0 corrupt, 0 mismatched\n" in checked.stdout, checked.stdout
+
+    # Its code changed under the same pinned version: status trusts the pin, a recompute does not.
+    (tmp_path / "labverify.py").write_text((tmp_path / "labverify.py").read_text().replace("amax", "amin"))
+    assert featstore_("status", "-d", "sanity", "-l", "layer_00[01]", "--import", "labverify").returncode == 0
+    changed = featstore_("verify", "--recompute", "1", "--import", "labverify", "--no-progress")
+    assert changed.returncode == 1 and "recomputed 4: 0 corrupt, 4 mismatched\n" in changed.stdout, changed.stdout
+    mismatches = [line for line in changed.stdout.splitlines() if line.startswith("mismatch ")]
+    assert len(mismatches) == 4 and all("test_verify_colmax: recomputed differs by" in m and
+                                        "under a pinned version=, bump the version" in m for m in mismatches)
+    assert any(" train/layer_000 " in m for m in mismatches) and any(" test/layer_001 " in m for m in mismatches)
+    again = featstore_("verify", "--recompute", "1", "--import", "labverify", "--no-progress", "--repair")
+    assert again.returncode == 1 and "4 mismatched\n" in again.stdout and "dropped" not in again.stdout  # intact
     missing = featstore_("verify", "--import", "labverfy")
     assert missing.returncode == 2 and "cannot import 'labverfy', which defines featurizers" in missing.stderr

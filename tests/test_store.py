@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import entry_info
+from conftest import entry_info, saved_layers_dataset
 
+import featstore
 from featstore import StoreError
 from featstore.manifest import SCHEMA_VERSION, Catalog, CatalogRow, SplitInfo
 from featstore.store import Store, chunk_rows
@@ -103,6 +104,33 @@ def test_unknown_schema_version_is_refused(store_dir):
     Path(path).write_text(json.dumps({"schema_version": 99, "dataset": "d"}))
     with pytest.raises(StoreError, match=rf"schema_version 99; this featstore reads version {SCHEMA_VERSION}"):
         store.read_catalog("d")
+
+
+@pytest.mark.parametrize(("marker", "message"), [
+    ('{"format": "featstore", "schema_', r"featstore.json is damaged"),
+    ('{"format": "photos", "schema_version": 1}', r"featstore.json is not a featstore marker"),
+    (json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION + 1}),
+     rf"written by a newer featstore \(schema {SCHEMA_VERSION + 1}; this one reads {SCHEMA_VERSION}\); upgrade"),
+    (json.dumps({"format": "featstore", "schema_version": SCHEMA_VERSION - 1}),
+     rf"written by an older featstore \(schema {SCHEMA_VERSION - 1}.*build into a new store"),
+])
+def test_a_store_whose_marker_this_featstore_cannot_read_is_refused_untouched(tmp_path, store_dir, marker, message):
+    """A damaged or foreign marker, or a store of another schema: every command refuses it, naming
+    the file and what to do, and writes nothing into it (a build would mix layouts)."""
+    saved_layers_dataset(tmp_path / "data", layers=1, rows=4, dim=2)
+    featstore.build(str(tmp_path / "data"), ["raw"], store=store_dir, device="cpu")
+    Path(store_dir, "featstore.json").write_text(marker)
+    before = _files(store_dir)
+    for attempt in (lambda: Store.open(store_dir),
+                    lambda: featstore.build(str(tmp_path / "data"), ["stats"], store=store_dir, device="cpu"),
+                    lambda: featstore.open(str(tmp_path / "data"), store=store_dir)):
+        with pytest.raises(StoreError, match=message):
+            attempt()
+    assert _files(store_dir) == before
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 def test_open_refuses_missing_and_foreign_directories(tmp_path):

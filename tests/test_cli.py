@@ -357,6 +357,20 @@ def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sa
     assert run("status", "--lock", whole).output == "sanity: 18 fresh, 0 stale, 0 missing\n"
 
 
+def test_status_against_a_lockfile_it_cannot_use_is_an_error_that_says_so(run, sanity_dir, tmp_path):
+    """A lockfile missing, not JSON or of another format: exit 2 (an error, not 1: stale), with what
+    to do, never a traceback."""
+    (tmp_path / "torn.lock").write_text('{"featstore_lock": 1, "columns"')
+    (tmp_path / "other.lock").write_text('{"lockfileVersion": 3}')
+    for name, message in [("absent.lock", "cannot read lockfile {}: No such file or directory; write one with `featstore lock`"),
+                          ("torn.lock", "{} is not a featstore lockfile (Expecting"),
+                          ("other.lock", "{} is not a featstore lockfile of format")]:
+        path = str(tmp_path / name)
+        result = run("status", "--lock", path, ok=False)
+        assert result.exit_code == 2 and f"Error: {message.format(path)}" in result.output, result.output
+        assert "Traceback" not in result.output
+
+
 def test_ctrl_c_exits_130_and_speaks_of_builds_only_for_a_build(run, sanity_dir, monkeypatch):
     from featstore import api
 

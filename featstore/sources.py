@@ -262,7 +262,8 @@ def load_source(
         names = set(split.column_names)
         missing = [c for c in chosen if c not in names]
         if missing:
-            raise DatasetError(f"split {split_name!r} of {str(named)!r} lacks columns {', '.join(missing)}")
+            raise DatasetError(f"split {split_name!r} of {str(named)!r} lacks columns {', '.join(missing)} that "
+                               f"split {next(iter(splits))!r} has; choose the layers every split has with --layers")
     return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers), empty)
 
 

@@ -1,6 +1,7 @@
 import os
 
 import datasets
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -224,3 +225,42 @@ def test_a_split_without_the_label_column_has_features_and_no_labels(tmp_path, m
     assert set(lock["labels"]["entries"]) == {"train"}
     (tmp_path / "f.lock").write_bytes(lock_bytes(lock))
     assert featstore.status_against_lock(str(tmp_path / "f.lock")).fresh
+
+
+def _bad_datasets(tmp_path) -> dict:
+    """Datasets featstore cannot open, each made on disk (or in memory), with what its error says."""
+    ds = _two_layer_dataset()[0]
+    ds.save_to_disk(str(tmp_path / "torn"))
+    (tmp_path / "torn" / "state.json").write_text('{"_data_files": [')
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "train.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "mixed").mkdir()
+    ds.to_parquet(str(tmp_path / "mixed" / "train-0.parquet"))
+    ds.save_to_disk(str(tmp_path / "arrow"))
+    arrow = next((tmp_path / "arrow").glob("*.arrow"))
+    os.rename(arrow, tmp_path / "mixed" / "train-1.arrow")
+    (tmp_path / "notes.arrow").write_text("not arrow at all")
+    uneven = datasets.DatasetDict({"train": ds, "test": ds.remove_columns("layer_b")})
+    remote = f"featstore-test-{tmp_path.name}"
+    fsspec.filesystem("memory").pipe(f"/{remote}/torn/state.json", b'{"_data_files": [')
+    return {
+        str(tmp_path / "nothing-*.parquet"): r"--dataset '.*nothing-\*.parquet' matches no \.parquet or \.arrow file",
+        str(tmp_path / "torn"): r"torn is not a readable save_to_disk directory \(JSONDecodeError.*\); re-save it",
+        str(tmp_path / "csv"): r"no \.parquet or \.arrow files found in .*csv",
+        str(tmp_path / "mixed"): r"split 'train' mixes file kinds \['\.arrow', '\.parquet'\]; use one of",
+        str(tmp_path / "notes.arrow"): r"notes\.arrow is not an Arrow IPC stream or file",
+        f"memory://{remote}/absent": rf"--dataset 'memory://{remote}/absent': expected a save_to_disk directory or "
+                                     r"\.parquet files there",
+        f"memory://{remote}/torn": rf"cannot read --dataset 'memory://{remote}/torn': JSONDecodeError",
+        "list": r"cannot use a list as a dataset; pass a name, a path or a datasets\.Dataset / DatasetDict",
+        "uneven": r"split 'test' of '.*' lacks columns layer_b that split 'train' has; choose the layers every "
+                  r"split has with --layers",
+    }, uneven
+
+
+def test_datasets_it_cannot_open_are_errors_that_name_the_file_and_the_fix(tmp_path):
+    cases, uneven = _bad_datasets(tmp_path)
+    for dataset, message in cases.items():
+        given = {"list": [[1.0]], "uneven": uneven}.get(dataset, dataset)
+        with pytest.raises(DatasetError, match=message):
+            load_source(given)

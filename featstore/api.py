@@ -29,7 +29,7 @@ from featstore.errors import (
 )
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
-from featstore.sources import DEFAULT_LABEL_COLUMN, dataset_id, load_source
+from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
 from featstore.store import Store, stored_dtype
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ class FeatureSet:
             return self._rows[(split, layer, spec)]
         if layer not in self.layers:
             raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {brief(self.layers)}")
-        raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them first")
+        raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them: "
+                            f"{self._how_to_build(spec, layer)}")
 
     def load(self, layer: str, featurizer: str, split: str = "train", *, device=None, dtype=None,
              rows: slice | None = None):
@@ -307,6 +308,14 @@ class FeatureSet:
         if split not in self.catalog.splits:
             raise NotFoundError(f"no split {split!r} in {self.dataset!r}; splits: {', '.join(self.splits)}")
 
+    def _how_to_build(self, spec: str, layer: str | None = None) -> str:
+        """The command that builds `spec` (of `layer`) into this store; the call, for a Dataset object."""
+        if self.dataset.startswith(OBJECT_PREFIX):
+            layers = f", layers=[{layer!r}]" if layer else ""
+            return f"featstore.build(dataset, [{spec!r}]{layers}, store={self.store.location!r})"
+        layers = f" --layers {layer}" if layer else ""
+        return f"featstore build --dataset {self.dataset} --featurizer {spec}{layers} --store {self.store.location}"
+
     def _match_featurizer(self, spec: str) -> str:
         """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""
         available = self.featurizers
@@ -322,8 +331,7 @@ class FeatureSet:
         if len(same_name) == 1:
             return same_name[0]
         hint = "ambiguous, pass one of" if same_name else "available"
-        build = (f"; or build it: featstore build --dataset {self.dataset} --featurizer {canonical} "
-                 f"--store {self.store.location}") if canonical and not same_name else ""
+        build = f"; or build it: {self._how_to_build(canonical)}" if canonical and not same_name else ""
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}"
                             f"{build}")
 

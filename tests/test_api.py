@@ -136,6 +136,10 @@ def test_plain_dataset_object_is_split_train(store_dir):
     assert fs.splits == ["train"] and fs.load("w", "stats").shape == (8, 4)
     with pytest.raises(NotFoundError, match=r"built without a label column"):
         fs.labels()
+    # no file or name opens it: what to build is said as a call, not a command
+    with pytest.raises(NotFoundError, match=r"; or build it: featstore.build\(dataset, \['svd:k=4'\], "
+                                            rf"store={re.escape(repr(store_dir))}\)$"):
+        fs.load("w", "svd:k=4")
 
 
 def test_open_errors_list_what_exists(sanity_dir, store_dir):
@@ -152,6 +156,11 @@ def test_open_errors_list_what_exists(sanity_dir, store_dir):
         fs.load("layer_001", "stats", split="validation")
     with pytest.raises(NotFoundError, match=r"holds no features of '1k' \(it holds: sanity\); build them first: featstore build --dataset 1k"):
         featstore.open("1k", store=store_dir)
+    featstore.build("sanity", ["svd:k=4"], layers=["layer_001"], store=store_dir)  # of one layer of the two
+    with pytest.raises(NotFoundError, match=r"no svd:k=4 features of 'layer_002' \(split train\) in 'sanity'; build "
+                                            rf"them: featstore build --dataset sanity --featurizer svd:k=4 --layers "
+                                            rf"layer_002 --store {re.escape(store_dir)}$"):
+        featstore.open("sanity", store=store_dir).load("layer_002", "svd")
     assert isinstance(NotFoundError("x"), KeyError)
 
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -369,6 +370,39 @@ def test_status_against_a_lockfile_it_cannot_use_is_an_error_that_says_so(run, s
         result = run("status", "--lock", path, ok=False)
         assert result.exit_code == 2 and f"Error: {message.format(path)}" in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_verify_forget_gc_and_lock_speak_json_to_scripts(run, sanity_dir, store_dir):
+    """What a CI job or a cron script parses: each report as JSON, true to what happened on disk."""
+    run("build", "-d", "sanity", "-f", "stats", "-l", "layer_00[01]", "--no-progress")
+    entries = {p.name: p for p in Path(store_dir, "entries").glob("*/*")}
+    assert len(entries) == 6  # 2 splits x 2 layers, and each split's labels
+    victim = json.loads(run("ls", "--json", "--layer", "layer_001", "--split", "test").output)[0]["key"]
+    chunk = next(p for p in entries[victim].rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(bytes([chunk.read_bytes()[0] ^ 1]) + chunk.read_bytes()[1:])
+
+    checked = run("verify", "--json", ok=False)
+    report = json.loads(checked.output)
+    assert checked.exit_code == 1 and (report["ok"], report["checked"], report["repaired"]) == (False, 6, [])
+    assert list(report["corrupt"]) == [victim] and "does not match its digest" in report["corrupt"][victim]
+    repaired = json.loads(run("verify", "--json", "--repair", ok=False).output)
+    assert repaired["repaired"] == [victim] and not entries[victim].exists()
+    assert json.loads(run("verify", "--json").output)["ok"]  # what is left is sound
+
+    lockfile = Path(store_dir).parent / "sanity.lock"
+    run("lock", "-d", "sanity", "-f", "stats", "-l", "layer_00[01]", "-o", str(lockfile))
+    assert run("lock", "-d", "sanity", "-f", "stats", "-l", "layer_00[01]", "-o", "-").output == lockfile.read_text()
+
+    forgotten = json.loads(run("forget", "-d", "sanity", "--json").output)
+    assert forgotten["catalog_removed"] and forgotten["unreferenced"] == 5
+    assert {(r["split"], r["layer"], r["featurizer"]) for r in forgotten["forgotten"]} == {
+        (split, layer, "stats") for split in ("train", "test") for layer in ("layer_000", "layer_001")}
+    sizes = {key: sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) for key, path in entries.items()
+             if path.exists()}
+    collected = json.loads(run("gc", "--json").output)
+    assert {r["key"]: r["bytes"] for r in collected["removed"]} == sizes
+    assert collected["freed"] == sum(sizes.values()) == collected["size_before"] - collected["size_after"]
+    assert not list(Path(store_dir, "entries").glob("*/*"))
 
 
 def test_ctrl_c_exits_130_and_speaks_of_builds_only_for_a_build(run, sanity_dir, monkeypatch):

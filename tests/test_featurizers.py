@@ -1,3 +1,6 @@
+import os
+import re
+import subprocess
 import sys
 
 import datasets
@@ -205,19 +208,34 @@ def test_module_path_found_in_the_current_directory(tmp_path, monkeypatch):
         parse_spec("needsdep:fn")
 
 
-def test_entry_point_plugins_register(tmp_path, monkeypatch):
+def test_entry_point_plugins_register(tmp_path, monkeypatch, caplog):
+    """Installed plugins register by their entry points; one that fails to load (a missing
+    dependency) hides none of the others, and says why wherever it is asked for."""
     import featstore.featurizers as registry
+    from featstore.errors import UnknownFeaturizer
 
     site = tmp_path / "site"
     (site / "plugfeat-1.0.dist-info").mkdir(parents=True)
     (site / "plugfeat-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: plugfeat\nVersion: 1.0\n")
     (site / "plugfeat-1.0.dist-info" / "entry_points.txt").write_text(
-        "[featstore.featurizers]\ntrace = plugfeat:trace\n")
+        "[featstore.featurizers]\nbroken = brokenfeat:fn\ntrace = plugfeat:trace\n")
     (site / "plugfeat.py").write_text("def trace(x):\n    return x.diagonal(dim1=1, dim2=2).sum(1, keepdim=True)\n")
+    (site / "brokenfeat.py").write_text("raise ImportError('brokenfeat needs cupy')\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
-    assert "trace" in available()
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    why = r"featurizer plugin 'broken' \(brokenfeat:fn\) failed to load: ImportError\('brokenfeat needs cupy'\)"
+    assert "trace" in available() and "broken" not in available()
+    assert re.search(why, caplog.text)
     assert parse_spec("trace")(torch.eye(3).repeat(2, 1, 1)).tolist() == [[3.0], [3.0]]
+    with pytest.raises(SpecError, match=f"^{why}$"):
+        parse_spec("broken")
+    with pytest.raises(UnknownFeaturizer, match=rf"unknown featurizer 'trcae'; .*function\); {why}$"):
+        parse_spec("trcae")
+    listed = subprocess.run([sys.executable, "-m", "featstore.cli", "featurizers"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(site)}, timeout=120, check=False)
+    assert listed.returncode == 0 and re.search(r"^trace  \(no parameters", listed.stdout, re.MULTILINE)
+    assert re.search(why, listed.stderr), listed.stderr
 
 
 def test_params_need_simple_defaults():

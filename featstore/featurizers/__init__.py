@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -35,6 +36,8 @@ STORED_DTYPES = ("float32", "float16", "bfloat16")
 BUILTINS = ("raw", "stats", "svd", "spectral", "randproj", "norms")  # names no other code may register
 _PARAM_TYPES = (bool, int, float, str)
 _REGISTRY: dict[str, Featurizer] = {}
+_BROKEN: dict[str, str] = {}  # entry point name -> why its plugin failed to load
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,13 +169,16 @@ def get(name: str) -> Featurizer:
     _load_builtins()
     if name not in _REGISTRY:  # scanning installed packages for plugins costs 35 ms on a big venv
         _load_plugins()
+    if name in _BROKEN and name not in _REGISTRY:
+        raise SpecError(_BROKEN[name])
     if name not in _REGISTRY and ":" in name:
         _import_target(name)
     try:
         return _REGISTRY[name]
     except KeyError:
+        broken = "".join(f"; {why}" for why in _BROKEN.values())  # it may be what registers `name`
         raise UnknownFeaturizer(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
-                        "(or name your own as module.path:function)") from None
+                                f"(or name your own as module.path:function){broken}") from None
 
 
 def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
@@ -359,7 +365,8 @@ def _load_plugins() -> None:
     for ep in entry_points(group="featstore.featurizers"):
         try:
             loaded = ep.load()
-        except Exception as e:  # a broken plugin must say which one it is
-            raise SpecError(f"featurizer plugin {ep.name!r} ({ep.value}) failed to load: {e!r}") from e
-        if callable(loaded) and not any(f.fn is loaded for f in _REGISTRY.values()):
-            register(loaded, ep.name)
+            if callable(loaded) and not any(f.fn is loaded for f in _REGISTRY.values()):
+                register(loaded, ep.name)
+        except Exception as e:  # noqa: BLE001 (one broken plugin must not hide the others; asked for, it says why)
+            _BROKEN[ep.name] = f"featurizer plugin {ep.name!r} ({ep.value}) failed to load: {e!r}"
+            log.warning("%s", _BROKEN[ep.name])

@@ -116,6 +116,21 @@ def test_a_featurizer_that_does_not_return_a_row_per_row_is_refused_before_build
     assert _entries(store_dir) == []
 
 
+@featstore.featurizer("test_needs_a_big_batch", version="1")
+def _needs_a_big_batch(x):
+    if len(x) < 2:
+        raise ValueError("needs at least 2 rows to centre")
+    return x.flatten(1) - x.flatten(1).mean(0)
+
+
+def test_a_featurizer_that_fails_on_its_probe_is_refused_before_building(sanity_dir, store_dir):
+    with pytest.raises(SpecError, match=r"^featurizer test_needs_a_big_batch cannot use column 'layer_000' \(split "
+                                        r"train\): a probe batch of 1 row of shape \(16, 16\) failed: ValueError\('needs "
+                                        r"at least 2 rows to centre'\)"):
+        featstore.build("sanity", ["stats", "test_needs_a_big_batch"], store=store_dir, device="cpu")
+    assert _entries(store_dir) == []
+
+
 @featstore.featurizer("test_counts", version="1")
 def _counts(x):
     return (x > 0).sum(dim=(1, 2))[:, None]  # int64: a count, not cast

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from featstore import SpecError, read_column
-from featstore.featurizers import BUILTINS, available, parse_spec
+from featstore.featurizers import BUILTINS, available, parse_spec, register
 
 
 def test_builtins_are_registered_with_docs():
@@ -79,6 +79,7 @@ def test_spec_parsing_binds_every_parameter():
         ("svd:q=3", r"bad parameter 'q=3'.*svd accepts: k=16"),
         ("svd:k", r"bad parameter 'k'"),
         ("svd:k=big", r"'big' is not a valid int"),
+        ("svd:normalize=maybe", r"^in featurizer spec 'svd:normalize=maybe': 'maybe' is not a valid bool$"),
         ("raw:k=1", r"raw accepts: none"),
         ("svd:k=2,normalize=true,k=3", r"^parameter 'k' is given twice in featurizer spec 'svd:k=2,normalize=true,k=3'$"),
         ("svd:dtype=float16,dtype=float32", r"^parameter 'dtype' is given twice"),
@@ -245,3 +246,9 @@ def test_params_need_simple_defaults():
         featstore.featurizer("test_bad")(lambda x, k: x)
     with pytest.raises(SpecError, match=r"dtype 'int8'"):
         parse_spec("svd:dtype=int8")
+    with pytest.raises(SpecError, match=r"^featurizer 'test_kw': its function must take the batch tensor as first"):
+        featstore.featurizer("test_kw")(lambda *, k=1: None)
+    for name in ("", "a/b", "k=v", "x,y", "n" * 201):  # a name lives in paths, specs and lists
+        with pytest.raises(SpecError, match=r"use 1-200 characters other than / \\ , = and NUL$"):
+            register(lambda x: x, name)
+    assert parse_spec("svd:normalize=1").params["normalize"] is True

@@ -146,6 +146,18 @@ def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
     za.write_bytes(zb.read_bytes())
     zb.write_bytes(za_bytes)
     damaged[c], damaged[d] = f"holds the metadata of entry {d}", f"holds the metadata of entry {c}"
+    e, f, g = others[3:6]  # or their metadata is torn, or edited: another codec, or chunks not recorded
+    torn = _entry_dir(store_dir, e) / "zarr.json"
+    torn.write_bytes(torn.read_bytes()[:-20])
+    damaged[e] = "has damaged metadata (JSONDecodeError"
+    for key, edit, problem in [(f, lambda m: m["codecs"].append({"name": "gzip", "configuration": {"level": 1}}),
+                                "is not in the format featstore writes"),
+                               (g, lambda m: m["attributes"]["featstore"]["chunks"].clear(),
+                                "records chunks [], its shape implies ['c.0.0']")]:
+        meta = json.loads((_entry_dir(store_dir, key) / "zarr.json").read_text())
+        edit(meta)
+        (_entry_dir(store_dir, key) / "zarr.json").write_text(json.dumps(meta))
+        damaged[key] = problem
 
     report = featstore.verify(store_dir)
     assert set(report.corrupt) == set(damaged)  # 100% detected, nothing else flagged
@@ -153,7 +165,7 @@ def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
         assert problem in report.corrupt[key], (key, report.corrupt[key])
     fs = featstore.open(small, store=store_dir)
     for row in fs.catalog.rows:
-        if row.key in (c, d):  # intact chunks, checked against the digests the catalog row recorded
+        if row.key in (c, d, e, f, g):  # intact chunks, checked against the digests the catalog row recorded
             assert fs.load(row.layer, row.featurizer, row.split).numpy().tobytes() == expected[row.slot][1]
         elif row.key in damaged:
             with pytest.raises(StoreError):

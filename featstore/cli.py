@@ -374,7 +374,8 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
 def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
-    flips, truncation, missing or swapped files). Exit status 1 if anything is wrong."""
+    flips, truncation, missing or swapped files), and that every catalog reads. Exit status 1 if
+    anything is wrong."""
     from featstore import api
 
     with _ctrl_c_ends_at_once():  # --repair's removals are crash-safe (one rename each)
@@ -386,6 +387,8 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
             click.echo(f"corrupt  {key}  {problem}" + ("  (dropped)" if key in report.repaired else ""))
         for key, problem in sorted(report.mismatched.items()):
             click.echo(f"mismatch {key}  {problem}")
+        for path, problem in sorted(report.damaged_catalogs.items()):
+            click.echo(f"damaged  {path}  {problem}")
         skipped = sorted(report.skipped.items(), key=lambda item: item[1])
         for key, why in skipped[:SHOWN_SKIPPED]:
             click.echo(f"skipped  {key}  {why}")
@@ -395,7 +398,8 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
         click.echo(f"checked {_count(report.checked, 'entry')} ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
                    f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
                    f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
-                   + (f", {len(report.skipped)} skipped (stale or not loadable)" if report.skipped else ""))
+                   + (f", {len(report.skipped)} skipped (stale or not loadable)" if report.skipped else "")
+                   + (f", {_count(len(report.damaged_catalogs), 'damaged catalog')}" if report.damaged_catalogs else ""))
     sys.exit(0 if report.ok else 1)
 
 

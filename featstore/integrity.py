@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featstore.errors import FeatstoreError, UnknownFeaturizer
+from featstore.errors import FeatstoreError, StoreError, UnknownFeaturizer
 from featstore.store import Store
 
 TOLERANCE = 1e-4  # recomputed vs stored: max |difference| / max |stored|, plus the stored dtype's rounding
@@ -31,15 +31,17 @@ class VerifyReport:
     recomputed: int = 0
     mismatched: dict[str, str] = field(default_factory=dict)  # key -> how far off
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it could not be recomputed
+    damaged_catalogs: dict[str, str] = field(default_factory=dict)  # catalog file -> what is wrong
 
     @property
     def ok(self) -> bool:
-        return not self.corrupt and not self.mismatched
+        return not self.corrupt and not self.mismatched and not self.damaged_catalogs
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "checked": self.checked, "bytes_read": self.bytes_read,
                 "seconds": round(self.seconds, 4), "corrupt": self.corrupt, "repaired": self.repaired,
-                "recomputed": self.recomputed, "mismatched": self.mismatched, "skipped": self.skipped}
+                "recomputed": self.recomputed, "mismatched": self.mismatched, "skipped": self.skipped,
+                "damaged_catalogs": self.damaged_catalogs}
 
 
 def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
@@ -65,8 +67,15 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
         report.bytes_read += read
         if problem:
             report.corrupt[key] = problem
+    catalogs = []
+    for path in store.catalog_paths():  # never repaired: without it, gc would remove the entries it lists
+        try:
+            catalogs.append(store.catalog_at(path))
+        except StoreError as e:
+            report.damaged_catalogs[path] = str(e)
     if recompute:
-        rows = [(c.dataset, r) for c in store.catalogs() for r in c.rows if r.key not in report.corrupt]
+        rows = [(c.dataset, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows
+                if r.key not in report.corrupt]
         chosen = sorted(rng.sample(rows, round(len(rows) * recompute)), key=lambda x: x[1].slot)
         for dataset, row in counted(chosen, "recompute", "feature"):
             _recompute(store, dataset, row, report)

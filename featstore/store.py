@@ -291,7 +291,15 @@ class Store:
         path = self.catalog_path(dataset)
         if not self.storage.exists(path):
             return None
+        return self.catalog_at(path)
+
+    def catalog_at(self, path: str) -> Catalog:
+        """The catalog in file `path` (one of `catalog_paths`); StoreError, naming it, if damaged."""
         return Catalog.from_bytes(self.storage.read_bytes(path), f"{self.location}/{path}")
+
+    def catalog_paths(self) -> list[str]:
+        return [f"catalog/{name}" for name in self.storage.list("catalog")
+                if name.endswith(".json") and not name.startswith(".")]
 
     def write_catalog(self, catalog: Catalog) -> None:
         self.storage.write_bytes(self.catalog_path(catalog.dataset), catalog.to_bytes())
@@ -340,11 +348,7 @@ class Store:
         return out
 
     def catalogs(self) -> list[Catalog]:
-        out = []
-        for name in self.storage.list("catalog"):
-            if name.endswith(".json") and not name.startswith("."):
-                out.append(Catalog.from_bytes(self.storage.read_bytes(f"catalog/{name}"), f"{self.location}/{name}"))
-        return sorted(out, key=lambda c: c.dataset)
+        return sorted(map(self.catalog_at, self.catalog_paths()), key=lambda c: c.dataset)
 
 
 @functools.cache

@@ -181,6 +181,33 @@ def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
     assert featstore.verify(store_dir, recompute=1.0).recomputed == len(keys)
 
 
+def test_a_damaged_catalog_stops_every_command_that_needs_it_and_loses_nothing(tmp_path, small):
+    """A torn catalog file: the commands that read it stop with an error naming the file and the
+    fix (gc above all: it would take every entry the catalog lists for garbage); verify reports it
+    and --repair leaves it (it is no entry); deleting it and building again reuses every entry."""
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, FEATURIZERS, store=store_dir)
+    (catalog,) = Path(store_dir, "catalog").glob("*.json")
+    catalog.write_text(catalog.read_text()[:40])
+    files = {p: p.read_bytes() for p in Path(store_dir, "entries").rglob("*") if p.is_file()}
+    entries = len(list(Path(store_dir, "entries").glob("*/*")))
+    named = f"catalog {catalog} is not valid JSON"
+    for command in (["ls"], ["status", "-d", small], ["build", "-d", small, "--no-progress"], ["gc"],
+                    ["forget", "-d", small]):
+        result = _cli(*command, "--store", store_dir)
+        assert result.returncode == 2 and named in result.stderr and "restore it or delete it and rebuild" in \
+            result.stderr and "Traceback" not in result.stderr, (command, result.stderr)
+    for repair in ([], ["--repair"]):
+        checked = _cli("verify", *repair, "--store", store_dir)
+        assert checked.returncode == 1 and f"damaged  catalog/{catalog.name}  {named}" in checked.stdout
+        assert checked.stdout.rstrip().endswith("0 corrupt, 0 mismatched, 1 damaged catalog"), checked.stdout
+    assert {p: p.read_bytes() for p in Path(store_dir, "entries").rglob("*") if p.is_file()} == files
+    catalog.unlink()
+    rebuilt = featstore.build(small, FEATURIZERS, store=store_dir)
+    assert (rebuilt.computed, rebuilt.reused) == (0, entries)
+    assert featstore.verify(store_dir).ok
+
+
 def test_racing_builders_both_succeed_and_lose_nothing(tmp_path, small):
     store_dir = str(tmp_path / "store")
     procs = [subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", small, *args, "--store",

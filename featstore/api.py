@@ -10,6 +10,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, Self
 
@@ -22,6 +23,7 @@ from featstore.errors import (
     DatasetError,
     FeatstoreError,
     NotFoundError,
+    ReadOnlyStore,
     SpecError,
     StaleError,
     StoreError,
@@ -99,7 +101,12 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
     location = store or default_store()
     st = Store.open(location)
     name = catalogued_name(st, dataset)
-    with st.storage.lock("store", shared=True, timeout=builder.LOCK_TIMEOUT):  # not while gc runs
+    read_only, lease = False, None
+    with ExitStack() as reading:
+        try:
+            reading.enter_context(st.storage.lock("store", shared=True, timeout=builder.LOCK_TIMEOUT))  # no gc now
+        except ReadOnlyStore:  # a store shared read-only: no gc runs from here either
+            read_only = True
         catalog = st.read_catalog(name)
         if catalog is None:
             known = ", ".join(c.dataset for c in st.catalogs()) or "none"
@@ -109,10 +116,14 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
                                 f"build them first: {how}")
         keys = {r.key for r in catalog.rows} | {s.labels for s in catalog.splits.values() if s.labels}
         try:
-            lease = st.lease(keys)  # gc leaves these entries alone while this process lives
+            lease = None if read_only else st.lease(keys)  # gc leaves these entries alone while this process lives
+        except ReadOnlyStore:
+            read_only = True
         except OSError as e:
             log.warning("cannot lease entries in %s (%s): a concurrent gc could remove them", location, e)
-            lease = None
+    if read_only:
+        log.warning("the store %s cannot be written here: its entries are read without the lease that keeps a gc "
+                    "(run where the store can be written) from removing them meanwhile", location)
     fs = FeatureSet(st, catalog, lease)
     if require_fresh:
         _require_fresh(fs, dataset)

@@ -45,6 +45,11 @@ class StoreError(FeatstoreError, OSError):
     """The store on disk is unreadable, of an unknown format, or could not be written."""
 
 
+class ReadOnlyStore(StoreError):
+    """The store cannot be written here (a read-only mount, another user's files, read-only
+    credentials): building or collecting garbage needs a writable store; loading does not."""
+
+
 class FeaturizerError(FeatstoreError, RuntimeError):
     """A featurizer raised, returned the wrong shape or dtype, returned NaN/inf, or ran out of memory."""
 

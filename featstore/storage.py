@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from featstore.errors import StoreError
+from featstore.errors import ReadOnlyStore, StoreError
 
 
 class Storage(ABC):
@@ -228,9 +228,15 @@ class LocalStorage(Storage):
     @contextmanager
     def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
         path = self._path(f"locks/{name}")
-        with _io_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            with _io_errors(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except ReadOnlyStore as e:  # a read-only mount: flock needs only the file its builds left, opened to read
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                raise e from None
         try:
             mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -284,9 +290,15 @@ def _io_errors(path: Path):
     except StoreError:
         raise
     except OSError as e:
-        hint = {errno.ENOSPC: "; free some space and run it again: a build computes only what the store lacks",
-                errno.EACCES: "; use a store you can write to (--store, FEATSTORE_STORE)"}.get(e.errno, "")
+        if e.errno in _READ_ONLY:
+            raise ReadOnlyStore(f"cannot write {path}: {e.strerror or e}; use a store you can write to (--store, "
+                                "FEATSTORE_STORE)") from e
+        hint = "; free some space and run it again: a build computes only what the store lacks" \
+            if e.errno == errno.ENOSPC else ""
         raise StoreError(f"cannot write {path}: {e.strerror or e}{hint}") from e
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class FsspecStorage(Storage):

@@ -208,6 +208,51 @@ def test_a_damaged_catalog_stops_every_command_that_needs_it_and_loses_nothing(t
     assert featstore.verify(store_dir).ok
 
 
+def _read_only(source, target, *command, cwd=None):
+    """`command` run with `source` mounted read-only at `target`, in a mount namespace of its own."""
+    return subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$1" "$2" && shift 2 && exec "$@"', "sh",
+                           str(source), str(target), *command], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=cwd)
+
+
+LOAD_ALL = """\
+import sys
+import numpy as np
+import featstore
+fs = featstore.open(sys.argv[1], store=sys.argv[2])
+np.savez(sys.argv[3], **{"|".join(r.slot): fs.load(r.layer, r.featurizer, r.split).numpy() for r in fs.catalog.rows})
+"""
+
+
+def test_a_read_only_store_loads_and_says_why_it_cannot_build(tmp_path, small):
+    """A store mounted read-only (shared by a team, baked into a container image) loads, with a
+    warning that no lease protects it from a gc run where it can be written; commands that only
+    read work; a build that has something to write says it needs a writable store."""
+    store_dir, mount = tmp_path / "store", tmp_path / "mnt"
+    mount.mkdir()
+    if _read_only(tmp_path, mount, "true").returncode:
+        pytest.skip("needs `unshare -m` and `mount --bind` (root, or a user namespace)")
+    featstore.build(small, FEATURIZERS, store=str(store_dir))
+    expected = {"|".join(slot): value for slot, (_, value) in _contents(str(store_dir), small).items()}
+    (tmp_path / "load_all.py").write_text(LOAD_ALL)
+    for command in (["ls"], ["status", "-d", small], ["verify"], ["gc", "--dry-run"]):
+        done = _read_only(store_dir, mount, sys.executable, "-m", "featstore.cli", *command, "--store", str(mount))
+        assert done.returncode == 0, (command, done.stderr)
+    refused = _read_only(store_dir, mount, sys.executable, "-m", "featstore.cli", "build", "-d", small, "-f",
+                         "svd:k=3", "--no-progress", "--store", str(mount))
+    assert refused.returncode == 2 and "Read-only file system; use a store you can write to (--store, " \
+        "FEATSTORE_STORE)" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    for case in ("as built", "never locked"):  # a store copied without its locks/ folder, too
+        if case == "never locked":
+            shutil.rmtree(store_dir / "locks")
+        loaded = _read_only(store_dir, mount, sys.executable, "load_all.py", small, str(mount), f"{case[:5]}.npz",
+                            cwd=tmp_path)
+        assert loaded.returncode == 0, loaded.stderr
+        assert f"the store {mount} cannot be written here: its entries are read without the lease" in loaded.stderr
+        with np.load(tmp_path / f"{case[:5]}.npz") as values:
+            assert {slot: values[slot].tobytes() for slot in values.files} == expected
+
+
 def test_racing_builders_both_succeed_and_lose_nothing(tmp_path, small):
     store_dir = str(tmp_path / "store")
     procs = [subprocess.Popen([sys.executable, "-m", "featstore.cli", "build", "-d", small, *args, "--store",

@@ -2,6 +2,7 @@
 S3 server (moto's, started on 127.0.0.1 by a fixture). Object stores have no rename: entries are
 written in place and published by a create-only write of their metadata."""
 
+import errno
 import socket
 import uuid
 
@@ -11,6 +12,7 @@ from conftest import entry_info
 
 import featstore
 from featstore import StoreError, garbage
+from featstore.errors import ReadOnlyStore
 from featstore.store import Store
 
 
@@ -95,6 +97,27 @@ def test_build_open_status_verify_gc(store_url, sanity_dir):
     assert {k for k, _, _ in featstore.gc(store_url).removed} == svd
     assert featstore.forget("sanity", store_url).catalog_removed and store.catalogs() == []
     assert len(featstore.gc(store_url).removed) == 8 and store.entry_keys() == []  # 6 stats, 2 labels
+
+
+def test_a_store_with_read_only_credentials_loads_and_refuses_to_build(store_url, sanity_dir, monkeypatch, caplog):
+    """An object store this process may read, not write (an S3 policy without PutObject): how
+    fsspec reports it (PermissionError, EACCES) on every write, lock markers and leases included."""
+    if "://" not in store_url:
+        pytest.skip("a local store: test_safety mounts one read-only")
+    from featstore.storage import FsspecStorage, _io_errors
+
+    featstore.build("sanity", ["stats"], layers=["layer_000"], store=store_url)
+
+    def denied(self, path, data):
+        with _io_errors(f"{self.url}/{path}"):
+            raise PermissionError(errno.EACCES, "Access Denied")
+
+    monkeypatch.setattr(FsspecStorage, "write_bytes", denied)
+    with featstore.open("sanity", store=store_url) as fs:
+        assert fs.load("layer_000", "stats").shape == (256, 4)
+    assert f"the store {store_url} cannot be written here" in caplog.text
+    with pytest.raises(ReadOnlyStore, match=r"/locks/store/shared-\w+: Access Denied; use a store you can write to"):
+        featstore.build("sanity", ["svd:k=2"], layers=["layer_000"], store=store_url)
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])

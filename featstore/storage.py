@@ -298,7 +298,7 @@ def _io_errors(path: Path):
         raise StoreError(f"cannot write {path}: {e.strerror or e}{hint}") from e
 
 
-_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_READ_ONLY = (errno.EROFS, errno.EACCES)  # not EPERM: also a filesystem without hard links (write_new)
 
 
 class FsspecStorage(Storage):

@@ -32,6 +32,7 @@ import torch
 import featstore
 from featstore import builder
 from featstore.columns import join_parts
+from featstore.compute import compute
 from featstore.device import host_tensor, resolve
 from featstore.featurizers import parse_spec
 from featstore.keys import parts_digest
@@ -72,7 +73,7 @@ def stages(device: str) -> dict[str, float]:
                 split.release(parts)
                 torch.cuda.synchronize() if device.startswith("cuda") else None
                 middle = time.perf_counter()
-                out = builder.compute(svd, x, (layout.rows, 16), builder.Unit("s", layer, layout), device)
+                out = compute(svd, x, (layout.rows, 16), layer, "s", device)
                 end = time.perf_counter()
                 key = f"{hash((layer, id(split), digest)) & (1 << 64) - 1:032x}"
                 store.write_entry(builder._entry_info(key, digest, svd.identity, out, "", device), out)

@@ -19,6 +19,7 @@ import numpy as np
 from featstore import builder
 from featstore.config import default_store
 from featstore.device import check_device
+from featstore.digest_cache import cached_digests
 from featstore.errors import (
     DatasetError,
     FeatstoreError,
@@ -88,7 +89,7 @@ def build(
     source = load_source(dataset, names(layers), label_column, progress=progress, default_label=default_label)
     started = time.perf_counter()
     # the files' stats before any column is read
-    cache = builder.cached_digests(None if rehash else existing, source, rehash, progress)
+    cache = cached_digests(None if rehash else existing, source, rehash, progress)
     build_plan = builder.plan(source, bound, cache, started)  # every check first: a failed build creates no store
     return builder.execute(build_plan, Store.open(location, create=True), device, progress, rehash)
 

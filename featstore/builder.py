@@ -3,9 +3,10 @@
 `plan` checks every chosen column (shape, dtype, nulls, raggedness: offsets and validity bitmaps
 only) and every featurizer's output shape, so a bad column or featurizer fails before the store
 changes. `execute` streams the (split, layer) columns through threads that hash each column
-straight from its Arrow buffers and, only if the store lacks one of its entries, copy it out
-(pinned for a GPU); the missing entries are computed (on a GPU by the main thread; on the CPU by
-compute lanes, a column per core); writer threads publish them, each atomically; the dataset's
+straight from its Arrow buffers (unless the digest cache vouches for it: `digest_cache`) and,
+only if the store lacks one of its entries, copy it out (pinned for a GPU); the missing entries
+are computed (`compute`: on a GPU by the main thread; on the CPU by compute lanes, a column per
+core); writer threads publish them, each atomically; the dataset's
 catalog is written last, with the columns that finished even when a later one fails. A few
 columns are in flight at a time, so memory stays bounded by a few columns: memory-mapped pages
 are released every 64 MB of columns read (sources.RELEASE_BYTES).
@@ -16,26 +17,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from featstore import config
 from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
-from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
+from featstore.compute import compute
+from featstore.digest_cache import cached_digests, known_layouts, updated_digests
+from featstore.errors import ColumnError, DatasetError, FeatstoreError
 from featstore.featurizers import BoundFeaturizer
 from featstore.identity import changed_parts
+from featstore.interrupts import deferred_ctrl_c
 from featstore.keys import (
     KEY_VERSION,
-    ColumnDigests,
     array_digest,
     check_name,
     column_digests,
@@ -214,81 +214,6 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
     return report
 
 
-def cached_digests(store: Store | None, source: Source, rehash: bool = False,
-                   progress: bool = False) -> tuple[dict, dict, dict]:
-    """(the store's digest cache of `source`, each split's file stats now, {split: {layer: digest}}
-    that the cache vouches for). The cache vouches for every column of a split whose files all
-    kept path, inode, size, mtime_ns and ctime_ns; when files holding at most half its rows changed, for each
-    column whose rows in every changed file hash as they did (`Split.file_digest`), so that
-    rewriting one file of a split hashes that file, not the split. For such a split the cache
-    returned holds only those columns."""
-    cached = {} if rehash or store is None else store.read_digests(source.name)
-    stats = {name: split.file_stats() for name, split in source.splits.items()}
-    trusted = {}
-    for name, split in source.splits.items():
-        old = cached.get(name)
-        if stats[name] is None or old is None:
-            continue
-        if old.get("files") == stats[name]:
-            trusted[name] = old["layers"]
-            continue
-        vouched = _vouched(split, old, stats[name], source.layers, f"{source.name} {name}" if progress else "")
-        if vouched:
-            trusted[name] = {layer: old["layers"][layer] for layer in vouched}
-            cached[name] = {"files": old["files"], "layers": trusted[name],
-                            **{part: {layer: old[part][layer] for layer in vouched} for part in ("layouts", "segments")}}
-    return cached, stats, trusted
-
-
-def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: str = "") -> set[str]:
-    """The `layers` whose rows in each file that changed since `old` (a split's digest cache) was
-    written hash as they did then: unchanged columns, whose cached digest and layout still hold.
-    With `progress` (what to call the split), a progress bar counts the columns compared."""
-    from tqdm.auto import tqdm
-
-    segments = old.get("segments", {})
-    if split.file_rows is None or len(stats) != len(old.get("files", ())):
-        return set()
-    changed = [i for i, (now_, then) in enumerate(zip(stats, old["files"])) if now_ != then]
-    if 2 * sum(split.file_rows[i] for i in changed) > sum(split.file_rows):
-        return set()  # a column that differs is hashed twice: worth it only for the smaller part of the split
-    todo = [layer for layer in layers if layer in old.get("layers", {}) and layer in old.get("layouts", {})
-            and len(segments.get(layer) or ()) == len(stats)]
-
-    def unchanged(layer: str) -> bool:
-        try:
-            return all(split.file_digest(i, layer) == segments[layer][i] for i in changed)
-        except ColumnError:  # the plan checks the whole column, and says what is wrong
-            return False
-
-    with deferred_ctrl_c("finishing the comparison of the changed files, then stopping") as interrupted, \
-            ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
-        compared = tqdm(pool.map(unchanged, todo), total=len(todo), unit="column", leave=False,
-                        desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}",
-                        disable=True if not progress else None)
-        vouched = {layer for layer, same in zip(todo, compared) if same}
-    if interrupted:
-        raise KeyboardInterrupt
-    return vouched
-
-
-def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
-    """{(split, column): layout} that a build checked in files unchanged since (see `plan`)."""
-    cached, _, trusted = cache or ({}, {}, {})
-    return {(name, column): ColumnLayout(rows, tuple(shape), np.dtype(dtype))
-            for name in trusted for column, (rows, shape, dtype) in cached[name].get("layouts", {}).items()}
-
-
-def column_digest(split, layer: str, prefixes: Iterable[int] = ()) -> ColumnDigests:
-    """Hash one column straight from its Arrow buffers: its digest, and from the same pass those
-    of its first rows for each of `prefixes` (keys.column_digests)."""
-    layout, parts = split.parts(layer)
-    try:
-        return column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
-    finally:
-        split.release(parts)
-
-
 def extends(old: CatalogRow | None, f: BoundFeaturizer, rows: int) -> bool:
     """Whether a column of `rows` rows may extend the rows catalogued entry `old` was computed
     from: per-row featurizer, same identity, fewer rows. Whether those rows are a byte-identical
@@ -412,50 +337,6 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         raise KeyboardInterrupt
 
 
-def pythons_ctrl_c() -> bool:
-    """Whether Python's own SIGINT handler is in place here, the only one featstore swaps: in the main
-    thread (elsewhere signal.signal raises), SIGINT neither ignored (a background job) nor handled by
-    the caller."""
-    return threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-@contextmanager
-def deferred_ctrl_c(doing: str):
-    """Defer Ctrl-C to a loop that checks the list this yields (the build loop: between columns;
-    a Dask build: between tasks) and stops cleanly: a KeyboardInterrupt raised wherever the main
-    thread happens to be can land inside a lock of concurrent.futures (a `wait` holding some
-    futures' locks) and leave worker threads waiting on it forever, so that the build never ends.
-    The first Ctrl-C prints "Ctrl-C: `doing`". A second, in the `featstore` command, ends the process
-    at once, as a kill would: what is published stays, uncatalogued, for the next build to reuse;
-    in a process of the user's (config.SECOND_CTRL_C_EXITS unset), it raises KeyboardInterrupt where the
-    build is, as Python would have the first time. Only where Python's own handler is in place (the
-    main thread, no handler of the caller's)."""
-    interrupted: list[int] = []
-    if not pythons_ctrl_c():
-        yield interrupted
-        return
-    exits = config.SECOND_CTRL_C_EXITS
-    first = f"\nCtrl-C: {doing} ({'Ctrl-C again to stop at once' if exits else 'interrupt again to stop waiting'})\n"
-
-    def handler(signum, frame):
-        # os.write, not logging or print: the handler may run while the main thread holds their locks
-        if interrupted and not exits:
-            raise KeyboardInterrupt
-        if interrupted:
-            os.write(2, b"\nStopped. The features it finished are in the store, uncatalogued: the next build "
-                        b"reuses them unless a gc runs first.\n")
-            os._exit(130)
-        interrupted.append(signum)
-        os.write(2, first.encode())
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
     """Catalogue what `report` built (after its entries, as the last step of a build): the
     labels, the digest cache (with the file stats taken when the build began, so a file changed
@@ -463,10 +344,9 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
     whatever a concurrent build added meanwhile. Rows of columns the dataset no longer has (a layer
     or split removed from it) are dropped from the catalog, so that it serves only the dataset as it
     is; their entries stay until `featstore gc`."""
-    source, seen = build_plan.source, report.seen
+    source = build_plan.source
     rows = [r if r.chunks else replace(r, **dict(zip(("chunk_rows", "chunks"), store.entry_chunks(r.key))))
             for r in report.rows]  # what loads need to skip each entry's metadata
-    cached, stats, trusted = report.cache
     splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
     catalog = Catalog(
@@ -477,24 +357,10 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=now(),
     )
-    digests = {name: {"files": stats[name], "layers": dict(trusted.get(name, {})),
-                      **{part: dict(cached[name].get(part, {})) if name in trusted else {}
-                         for part in ("layouts", "segments")}}
-               for name in source.splits if stats[name] is not None}
-    for (split_name, layer), digest in seen.items():
-        if split_name in digests:
-            digests[split_name]["layers"][layer] = digest
-            if digest != trusted.get(split_name, {}).get(layer):  # the cached files' digests are of other rows
-                digests[split_name]["segments"].pop(layer, None)
-    for (split_name, layer), segments in report.segments.items():
-        if split_name in digests:
-            digests[split_name]["segments"][layer] = segments
     checked = [(u.split, u.layer, u.layout) for u in build_plan.units]
     checked += [(s, source.label_column, layout) for s, layout in build_plan.labels.items()]
-    for split_name, column, layout in checked:  # a later plan need not read them again
-        if split_name in digests:
-            digests[split_name]["layouts"][column] = [layout.rows, list(layout.value_shape), layout.dtype.str]
-    if digests and digests != cached:
+    digests = updated_digests(report.cache, report.seen, report.segments, checked)
+    if digests and digests != report.cache[0]:
         store.write_digests(source.name, digests)
     with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):
         latest = store.read_catalog(source.name)  # a concurrent build may have added rows since we began
@@ -616,7 +482,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             extended = ready.appends.get(f.spec)
             start = extended.shape[0] if extended else 0  # rows already computed
             with _timed(report, "compute"):
-                out = compute(f, tensor[start - ready.offset :], shape, unit, report.device, first=start)
+                out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device, first=start)
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
@@ -633,81 +499,6 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
         rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
                                ready.digest, f.identity, *layout))
     return entries, rows
-
-
-def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], unit: Unit, device: str, first: int = 0) -> np.ndarray:
-    """`f` over the rows of `x` (the column's rows from `first` on) in batches (one call unless the
-    featurizer is per-row and the rows do not fit), checked (a floating tensor of `shape`, finite
-    once stored), as the array the store keeps (`device.to_stored`). Out of memory halves the
-    batch. `f` must not change `x` in place (the column's other featurizers compute from it), and
-    a result that is `x` itself is copied (it is written while they run). Copying the result to
-    the host is the only wait for the GPU: the finiteness check runs
-    on the host copy, which also catches values beyond the range of a 16-bit stored dtype. A
-    failure names the input's first NaN or inf row, if any: then the data is the likely cause."""
-    import torch
-
-    rows = len(x)
-    batch = devices.batch_rows(x[:1].nbytes, rows, device) if f.featurizer.per_row else rows
-    column = f"featurizer {f.spec} on column {unit.layer!r} (split {unit.split}"
-    outs, start, wide = [], 0, False  # wide: it returned float64, whose range float32 may not hold
-    while start < rows or not outs:
-        stop = min(rows, start + batch)
-        where = f"{column}, rows {first + start}-{first + max(stop - 1, 0)})"
-        version = x._version  # torch counts in-place writes to a tensor and its views
-        try:
-            out = f(x[start:stop])
-        except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
-            if devices.is_out_of_memory(e) and f.featurizer.per_row and batch > 1:
-                batch = max(1, batch // 2)
-                log.warning("%s ran out of memory; retrying with batches of %d rows", where, batch)
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                continue
-            raise FeaturizerError(f"{where} failed: {e!r}{_nonfinite_input(x[start:stop], first + start)}") from e
-        if x._version != version:  # the column's next featurizer would compute from the changed values
-            raise FeaturizerError(f"{where} changed its input in place; nothing of it was stored. Compute out of "
-                                  "place (x = x - m, not x -= m; x.clamp(...), not x.clamp_(...))")
-        expected = (stop - start, *shape[1:])
-        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != expected:
-            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-            probed = "" if f.featurizer.output_shape or tuple(getattr(out, "shape", ())) == expected else (
-                f" (the row shape {list(shape[1:])} came from a one-row probe: a featurizer's output per row must not "
-                "depend on the batch; declare output_shape= if the probe cannot find it)")
-            raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape "
-                                  f"{list(expected)}{probed}")
-        wide |= out.dtype == torch.float64
-        outs.append(out.to(torch.float32))
-        start = stop
-    result = torch.cat(outs) if len(outs) > 1 else outs[0]
-    if result.device == x.device and result.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-        result = result.clone()  # the input itself (`raw`): the entry is written while the column is still in use
-    stored = devices.to_stored(result, f.dtype)
-    bad = devices.first_nonfinite_row(stored, f.dtype)
-    if bad is not None:
-        cause = _nonfinite_input(x[bad : bad + 1], first + bad)
-        beyond = "" if cause or f.dtype == "float32" and not wide else \
-            f" ({'returned float64, ' if wide else ''}stored as {f.dtype}: a value beyond its range?)"
-        raise FeaturizerError(f"{column}) returned NaN or inf at row {first + bad}{beyond}; nothing of it was "
-                              f"stored{cause}")
-    return stored
-
-
-def _nonfinite_input(x, first: int) -> str:
-    """'; its input holds NaN or inf at row N ...' for the first such row of `x` (the column's
-    rows from `first` on), else ''. Only looked at once a featurizer has failed, and never in the
-    way of that failure's own error (a GPU that failed may fail again)."""
-    import torch
-
-    if not x.is_floating_point() or not len(x):
-        return ""
-    try:
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
-        if bool(finite.all()):
-            return ""
-        row = first + int((~finite).nonzero()[0, 0])
-    except Exception:  # noqa: BLE001 (a hint only: the failure being reported must stay the error)
-        return ""
-    return f"; its input holds NaN or inf at row {row} (fix or drop such rows, or leave the column out with --layers)"
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:

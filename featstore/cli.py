@@ -9,15 +9,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import signal
 import sys
-from contextlib import contextmanager
 
 import click
 
 from featstore import config
 from featstore.config import default_store
 from featstore.errors import FeatstoreError, brief
+from featstore.interrupts import ends_at_once
 
 SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed by name (--json: all)
 DTYPES = ["float32", "float16", "bfloat16"]
@@ -52,30 +51,6 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {e!r} (unexpected: rerun with --debug for the traceback)", err=True)
             sys.exit(2)
-
-
-@contextmanager
-def _ctrl_c_ends_at_once():
-    """Ctrl-C ends what runs inside (reading only, or removals that are crash-safe: nothing to
-    finish or keep) at once, exit 130. Python's KeyboardInterrupt would first wait for the threads
-    hashing columns or reading chunks, for ever should a read hang (a stalled network filesystem),
-    and could leave them waiting on a lock it interrupted (see builder.deferred_ctrl_c). Only where
-    Python's own handler is in place (builder.pythons_ctrl_c)."""
-    from featstore.builder import pythons_ctrl_c
-
-    if not pythons_ctrl_c():
-        yield
-        return
-
-    def handler(signum, frame):
-        os.write(2, b"\nInterrupted.\n")  # not click.echo: the main thread may hold its stream's lock
-        os._exit(130)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _store_option(f):
@@ -214,7 +189,7 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]
     # gc --max-size evicts catalogued entries: say which are gone
-    with _ctrl_c_ends_at_once(), ThreadPoolExecutor(16) as pool:
+    with ends_at_once(), ThreadPoolExecutor(16) as pool:
         for row, stored in zip(rows, pool.map(st.has_entry, [r["key"] for r in rows])):
             row["stored"] = stored
     listed = _summarise(rows) if summary else rows
@@ -287,7 +262,7 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
     from featstore.store import Store
 
     errors = {}  # without --dataset, one dataset's error (its data deleted) must not hide the others
-    with _ctrl_c_ends_at_once():
+    with ends_at_once():
         if lock_path:
             if featurizers or dtype:
                 raise click.UsageError("--lock takes its featurizers from the lockfile; drop --featurizer and --dtype")
@@ -347,7 +322,7 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
     from featstore import api
     from featstore.freshness import lock_bytes
 
-    with _ctrl_c_ends_at_once():
+    with ends_at_once():
         data = lock_bytes(api.lock(dataset, featurizers, layers=layers, store=store, dtype=dtype or "float32",
                                    progress=progress))
     if output == "-":
@@ -378,7 +353,7 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
     anything is wrong."""
     from featstore import api
 
-    with _ctrl_c_ends_at_once():  # --repair's removals are crash-safe (one rename each)
+    with ends_at_once():  # --repair's removals are crash-safe (one rename each)
         report = api.verify(store, sample=sample, recompute=recompute, repair=repair, seed=seed, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))

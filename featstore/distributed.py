@@ -20,8 +20,10 @@ from typing import Any
 
 from featstore import builder
 from featstore import device as devs
+from featstore.digest_cache import cached_digests
 from featstore.errors import FeatstoreError
 from featstore.featurizers import import_modules, parse_spec
+from featstore.interrupts import deferred_ctrl_c
 from featstore.sources import DEFAULT_LABEL_COLUMN, load_source
 from featstore.store import Store
 
@@ -98,7 +100,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     build_plan = builder.plan(source, bound)  # every check first, on the client
     store = Store.open(location, create=True)
     report = builder.BuildReport(source.name, store.location, device)
-    report.cache = builder.cached_digests(store, source, rehash)
+    report.cache = cached_digests(store, source, rehash)
     specs = tuple(f.spec for f in bound)
     # One task at a time per worker; a device's worker gets its share of the cores for the build's
     # reader and writer threads (Dask would set OMP_NUM_THREADS, which cpu_count honours, to 1).
@@ -118,7 +120,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
                                  location, device, rehash, retries=RETRIES, pure=False, key=f"featstore-{group[0]}-{i}")
                    for i, group in enumerate(groups)]
         columns = [len(group) * len(source.splits) for group in groups]
-        with builder.deferred_ctrl_c("cancelling the tasks not finished, cataloguing those finished") as interrupted:
+        with deferred_ctrl_c("cancelling the tasks not finished, cataloguing those finished") as interrupted:
             try:
                 parts = _gather(client, futures, columns, interrupted, progress and source.name)
             except BaseException:  # a failed task, Ctrl-C: catalogue the tasks that finished, so that gc keeps them
@@ -136,7 +138,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
 
 def _gather(client, futures: list, columns: list[int], interrupted: list, progress: str | bool) -> list:
     """What the tasks return, as `client.gather`, but waited for in short steps, so that Ctrl-C
-    (`interrupted`: see builder.deferred_ctrl_c) cancels the tasks not finished and raises
+    (`interrupted`: see deferred_ctrl_c) cancels the tasks not finished and raises
     KeyboardInterrupt here, outside Dask's event loop. The first task to fail raises its error. With
     `progress` (the dataset's name), a bar counts the columns of the tasks finished."""
     from dask.distributed import wait

@@ -22,14 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import (
-    LABELS_IDENTITY,
-    cached_digests,
-    column_digest,
-    extends,
-    known_layouts,
-    why_stale,
-)
+from featstore.builder import LABELS_IDENTITY, extends, why_stale
+from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key

@@ -90,6 +90,8 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
 def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
     """Compute `row` again from its dataset on the CPU and compare with what the store holds."""
     from featstore import builder, device
+    from featstore.compute import compute
+    from featstore.digest_cache import column_digest
     from featstore.featurizers import parse_spec
     from featstore.sources import load_source
 
@@ -102,13 +104,11 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
             if isinstance(e, UnknownFeaturizer) else ""
         report.skipped[row.key] = f"{what}: cannot load it: {e}{yours}"
         return
-    why = builder.why_stale(row, builder.column_digest(split, row.layer).digest, f.identity)
+    why = builder.why_stale(row, column_digest(split, row.layer).digest, f.identity)
     if why:
         report.skipped[row.key] = f"{what}: stale ({why}), nothing to compare with"
         return
-    layout = split.layout(row.layer)
-    unit = builder.Unit(row.split, row.layer, layout)
-    fresh = builder.compute(f, device.host_tensor(split.read(row.layer)), row.shape, unit, "cpu")
+    fresh = compute(f, device.host_tensor(split.read(row.layer)), row.shape, row.layer, row.split, "cpu")
     stored = store.read_entry(row.key)
     a = device.from_stored(fresh, row.dtype).double().numpy()
     b = device.from_stored(stored, row.dtype).double().numpy()

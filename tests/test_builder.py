@@ -174,7 +174,7 @@ def test_a_featurizer_that_changes_its_input_in_place_is_refused(sanity_dir, sto
 
 def test_a_raising_featurizer_names_itself_the_column_and_rows(sanity_dir, store_dir):
     from featstore import read_column
-    from featstore.builder import column_digest
+    from featstore.digest_cache import column_digest
     from featstore.keys import entry_key
     from featstore.sources import load_source
     from featstore.store import Store

@@ -133,7 +133,7 @@ def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir
 
 
 def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir, monkeypatch):
-    from featstore import builder, sources
+    from featstore import builder, digest_cache, sources
 
     data = layers_of(3)
     path = save_layers(tmp_path / "d", data, num_shards=4)  # 10 rows per file
@@ -145,7 +145,8 @@ def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir
     real_file, real_whole = sources.Split.file_digest, builder.column_digests
     monkeypatch.setattr(sources.Split, "file_digest", lambda self, i, name: per_file.append((i, name))
                         or real_file(self, i, name))
-    monkeypatch.setattr(builder, "column_digests", lambda *a: whole.append(a[2]) or real_whole(*a))
+    for hashing in (builder, digest_cache):  # a build's, status's
+        monkeypatch.setattr(hashing, "column_digests", lambda *a: whole.append(a[2]) or real_whole(*a))
 
     stale = [(s.layer, s.reason) for s in featstore.status(path, ["raw"], store=store_dir).slots if s.state != "fresh"]
     assert stale == [("layer_1", "input bytes changed")]

@@ -18,7 +18,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.device import check_device
+from featstore.device import check_device, load_target
 from featstore.digest_cache import cached_digests
 from featstore.errors import (
     DatasetError,
@@ -228,11 +228,13 @@ class FeatureSet:
 
     def load(self, layer: str, featurizer: str, split: str = "train", *, device=None, dtype=None,
              rows: slice | None = None):
-        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape), in the stored
-        dtype unless `dtype` is given. `rows` (a slice) reads only the chunks it needs. For a GPU
-        `device`, chunks are read straight into pinned memory and copied without blocking."""
+        """Features of one layer as a torch.Tensor of shape (n_rows, *feature_shape), on `device`
+        (a string or torch.device; "auto": a GPU if torch sees one), in the stored dtype unless
+        `dtype` (a torch.dtype or its name, "float16") is given. `rows` (a slice) reads only the
+        chunks it needs. For a GPU `device`, chunks are read straight into pinned memory and copied
+        without blocking."""
         row = self.row(layer, featurizer, split)
-        return self._read(row, rows, device, dtype)
+        return self._read(row, rows, *load_target(device, dtype))
 
     def load_many(self, layers: str | Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
                   device=None, dtype=None, rows: slice | None = None):
@@ -242,6 +244,7 @@ class FeatureSet:
 
         layers = list(names(layers))
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
+        device, dtype = load_target(device, dtype)
         if stack and len({r.shape[1:] for r in found}) > 1:
             shapes = ", ".join(f"{layer} {tuple(r.shape)}" for layer, r in zip(layers, found))
             raise FeatstoreError(f"cannot stack {found[0].featurizer} features of layers of different shapes ({shapes}); "
@@ -266,7 +269,8 @@ class FeatureSet:
         if key is None:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
         n = self.catalog.splits[split].rows
-        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows, device, None)
+        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows,
+                          load_target(device, None)[0], None)
 
     def _read(self, row: CatalogRow, rows, device, dtype):
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""

@@ -40,8 +40,26 @@ def resolve(device: str = "auto") -> str:
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise FeatstoreError(f"device {device!r} is not usable here: {e}; use --device cpu or auto") from e
+        raise FeatstoreError(f"device {device!r} is not usable here: {e}; use cpu or auto") from e
     return device
+
+
+def load_target(device, dtype) -> tuple:
+    """(device, dtype) for tensors a load returns, checked before anything is read: `device` a
+    string or torch.device (auto: a GPU if torch sees one), `dtype` a torch.dtype or its name
+    ("float16", as a build's --dtype says it); None leaves either as stored."""
+    import torch
+
+    if device is not None:
+        device = resolve(str(device))
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, np.dtype)) else None
+        found = getattr(torch, name, None) if name else None
+        if not isinstance(found, torch.dtype):
+            raise FeatstoreError(f"dtype {dtype!r} is not a torch dtype: pass a torch.dtype or its name "
+                                 "(float32, float16, bfloat16, float64)")
+        dtype = found
+    return device, dtype
 
 
 def cpu_count() -> int:

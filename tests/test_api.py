@@ -43,6 +43,36 @@ def test_loaded_features_equal_a_direct_computation(sanity_dir, store_dir):
     assert fs.load("layer_000", "svd").shape == (256, 8)  # the only svd spec, by name
 
 
+def test_loads_take_dtype_and_device_by_name_and_check_them_before_reading(sanity_dir, store_dir):
+    from featstore.torch import load_split
+
+    featstore.build("sanity", ["stats"], layers=["layer_000", "layer_001"], store=store_dir, device="cpu")
+    fs = featstore.open("sanity", store=store_dir)
+    stored = fs.load("layer_000", "stats")
+    assert stored.dtype == torch.float32
+    for name, dtype in (("float64", torch.float64), ("torch.float16", torch.float16), ("bfloat16", torch.bfloat16),
+                        (np.dtype("float64"), torch.float64), (torch.float16, torch.float16)):
+        loaded = fs.load("layer_000", "stats", dtype=name, device="cpu")
+        assert loaded.dtype == dtype and loaded.device.type == "cpu"
+        torch.testing.assert_close(loaded, stored.to(dtype), rtol=0, atol=0)
+    stack = fs.load_many(["layer_000", "layer_001"], "stats", stack=True, dtype="float16")
+    assert stack.dtype == torch.float16 and torch.equal(stack[0], stored.half())
+    features, labels = load_split("sanity", layers="layer_001", featurizers="stats", store=store_dir, dtype="float64")
+    assert features[("layer_001", "stats")].dtype == torch.float64 and labels.dtype == torch.int64
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert fs.load("layer_000", "stats", device="auto").device.type == auto
+    assert fs.labels("train", device="auto").device.type == auto
+    for bad in ("floaty", 3, "cuda", "Tensor"):  # "cuda": a device passed as the dtype; torch.Tensor: not a dtype
+        with pytest.raises(featstore.FeatstoreError, match=rf"dtype {bad!r} is not a torch dtype: pass a torch.dtype "
+                                                           r"or its name \(float32, float16, bfloat16, float64\)"):
+            fs.load_many(["layer_000"], "stats", dtype=bad)
+    with pytest.raises(featstore.FeatstoreError, match=r"device 'gpu' is not usable here: .*; use cpu or auto"):
+        fs.load("layer_000", "stats", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(featstore.FeatstoreError, match=r"device 'cuda' is not usable here"):
+            fs.labels("train", device="cuda")
+
+
 def test_second_build_computes_nothing_and_a_new_param_only_itself(sanity_dir, store_dir):
     featstore.build("sanity", store=store_dir)
     before = _snapshot(store_dir)

@@ -19,14 +19,14 @@ log = logging.getLogger(__name__)
 
 def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], layer: str, split: str, device: str,
             first: int = 0) -> np.ndarray:
-    """`f` over the rows of `x` (column `layer` of `split`, its rows from `first` on) in batches (one call unless the
-    featurizer is per-row and the rows do not fit), checked (a floating tensor of `shape`, finite
-    once stored), as the array the store keeps (`device.to_stored`). Out of memory halves the
-    batch. `f` must not change `x` in place (the column's other featurizers compute from it), and
-    a result that is `x` itself is copied (it is written while they run). Copying the result to
-    the host is the only wait for the GPU: the finiteness check runs
-    on the host copy, which also catches values beyond the range of a 16-bit stored dtype. A
-    failure names the input's first NaN or inf row, if any: then the data is the likely cause."""
+    """`f` over the rows of `x` (column `layer` of `split`, its rows from `first` on) in batches
+    (one call unless the featurizer is per-row and the rows do not fit), checked (a floating
+    tensor of `shape`, finite once stored), as the array the store keeps (`device.to_stored`). Out
+    of memory halves the batch. `f` must not change `x` in place (the column's other featurizers
+    compute from it), and a result that is `x` itself is copied (it is written while they run).
+    Copying the result to the host is the only wait for the GPU: the finiteness check runs on the
+    host copy, which also catches values beyond the range of a 16-bit stored dtype. A failure names
+    the input's first NaN or inf row, if any: then the data is the likely cause."""
     import torch
 
     rows = len(x)

@@ -3,7 +3,14 @@ and `make_dataset` for hand-made datasets of any column layout."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -83,6 +90,22 @@ def saved_layers_dataset(path, layers: int, rows: int, dim: int, seed: int = 0, 
         values[inf_at[0]][inf_at[1], 0, 0] = np.inf
     columns = [presets.matrices_to_arrow(v, schema.field(i).type) for i, v in enumerate(values)]
     datasets.Dataset(pa.Table.from_arrays(columns, schema=schema)).save_to_disk(str(path), num_shards=num_shards)
+
+
+def crash_builds(args: list[str], points: Iterable[int], store: Callable[[int], str]) -> dict[int, int]:
+    """{point: exit status} of `featstore *args --store store(point)` SIGKILLed at its `point`-th
+    storage step (a killed one: -9), each a process of its own (tests/crash_builds.py), two at a time."""
+    points = list(points)
+
+    def run(part: list[int]) -> dict[int, int]:
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("crash_builds.py")), json.dumps(args),
+                               json.dumps([[p, store(p)] for p in part])], capture_output=True, text=True, check=False,
+                              env=os.environ.copy())
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {int(p): code for p, code in json.loads(done.stdout.splitlines()[-1]).items()}
+
+    with ThreadPoolExecutor(2) as pool:
+        return {p: code for part in pool.map(run, (points[0::2], points[1::2])) for p, code in part.items()}
 
 
 def entry_info(values: np.ndarray, key: str = "ab" * 16):

@@ -10,12 +10,11 @@ import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import saved_layers_dataset
+from conftest import crash_builds, saved_layers_dataset
 
 import featstore
 from featstore import StoreError
@@ -51,16 +50,13 @@ def test_sigkill_at_every_storage_step_leaves_a_clean_store_and_resumes_bit_iden
     featstore.build(small, FEATURIZERS, store=reference, device="cpu")
     expected = _contents(reference, small)
 
-    def crash(point: int):
-        store_dir = str(tmp_path / f"store-{point}")
-        run = _cli("build", "-d", small, *[a for f in FEATURIZERS for a in ("-f", f)], "--store", store_dir,
-                   "--no-progress", "--device", "cpu", env={"FEATSTORE_CRASH_AT": str(point)})
-        return point, store_dir, run.returncode
+    def store(point: int) -> str:
+        return str(tmp_path / f"store-{point}")
 
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(crash, range(1, 61)))
-    killed = [(point, store_dir) for point, store_dir, rc in runs if rc == -signal.SIGKILL]
-    assert all(rc in (0, -signal.SIGKILL) for _, _, rc in runs)
+    codes = crash_builds(["build", "-d", small, *[a for f in FEATURIZERS for a in ("-f", f)], "--no-progress",
+                          "--device", "cpu"], range(1, 61), store)
+    killed = [(point, store(point)) for point, rc in sorted(codes.items()) if rc == -signal.SIGKILL]
+    assert all(rc in (0, -signal.SIGKILL) for rc in codes.values())
     assert len(killed) >= 50, f"only {len(killed)} kill points fell inside the build"
     for point, store_dir in killed:
         if not os.path.exists(os.path.join(store_dir, "featstore.json")):

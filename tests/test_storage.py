@@ -212,13 +212,9 @@ def test_sigkill_at_every_storage_step_on_s3_leaves_a_clean_store_that_resumes(s
     """The crash test of tests/test_safety.py against the S3 server: a real `featstore build`
     process SIGKILLed at each storage step (FEATSTORE_CRASH_AT) leaves no visible partial entry,
     verifies clean, resumes to the same bytes, and gc takes its unpublished leftovers."""
-    import os
     import signal
-    import subprocess
-    import sys
-    from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import saved_layers_dataset
+    from conftest import crash_builds, saved_layers_dataset
 
     _s3_env(store_url)
     data = str(tmp_path / "data")
@@ -233,18 +229,14 @@ def test_sigkill_at_every_storage_step_on_s3_leaves_a_clean_store_that_resumes(s
     featstore.build(data, specs, store=reference, device="cpu")
     expected = contents(reference)
 
-    def crash(point: int):
-        location = f"{store_url}-{point}"
-        run = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", data, "-f", specs[0], "-f", specs[1],
-                              "--store", location, "--no-progress", "--device", "cpu"], capture_output=True, text=True,
-                             check=False, env={**os.environ, "FEATSTORE_CRASH_AT": str(point)})
-        return point, location, run.returncode
+    def store(point: int) -> str:
+        return f"{store_url}-{point}"
 
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(crash, range(1, 19)))  # 13 steps in all today
-    assert all(rc in (0, -signal.SIGKILL) for _, _, rc in runs)
-    killed = [(point, location) for point, location, rc in runs if rc == -signal.SIGKILL]
-    assert len(killed) >= 12 and runs[-1][2] == 0, [rc for _, _, rc in runs]  # every step, then past the end
+    codes = crash_builds(["build", "-d", data, "-f", specs[0], "-f", specs[1], "--no-progress", "--device", "cpu"],
+                         range(1, 19), store)  # 13 steps in all today
+    assert all(rc in (0, -signal.SIGKILL) for rc in codes.values())
+    killed = [(point, store(point)) for point, rc in sorted(codes.items()) if rc == -signal.SIGKILL]
+    assert len(killed) >= 12 and codes[18] == 0, codes  # every step, then past the end
     for point, location in killed:
         try:
             store = Store.open(location)

@@ -100,7 +100,7 @@ def crash_builds(args: list[str], points: Iterable[int], store: Callable[[int], 
     def run(part: list[int]) -> dict[int, int]:
         done = subprocess.run([sys.executable, str(Path(__file__).with_name("crash_builds.py")), json.dumps(args),
                                json.dumps([[p, store(p)] for p in part])], capture_output=True, text=True, check=False,
-                              env=os.environ.copy())
+                              env=os.environ.copy(), timeout=600)  # a hung build fails the test, never CI's clock
         assert done.returncode == 0, done.stderr[-3000:]
         return {int(p): code for p, code in json.loads(done.stdout.splitlines()[-1]).items()}
 

@@ -1,7 +1,8 @@
 """The one interface to the bytes of a store: small files, entry directories, atomic publish.
 
 Everything the store writes goes through `Storage`, so an object-store backend only has to provide
-these few primitives. Guarantees of `LocalStorage`:
+these few primitives (`fsspec_storage.FsspecStorage` does, for any fsspec URL). Guarantees of
+`LocalStorage`:
 - `write_bytes` replaces a file atomically (temporary name, fsync, rename): readers see the old or
   the new content, never a mix; a crash leaves the old one.
 - `publish` moves a fully written, fsynced staging directory to its final name in one rename, and
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -116,7 +116,7 @@ class LocalStorage(Storage):
         return f"{self.root}/{path}"
 
     def create(self) -> None:
-        with _io_errors(self.root):
+        with io_errors(self.root):
             make_root(self.root)
 
     def read_bytes(self, path: str) -> bytes:
@@ -135,7 +135,7 @@ class LocalStorage(Storage):
         target = self._path(path)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         crash_point()
-        with _io_errors(target):
+        with io_errors(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with open(tmp, "xb") as f:
@@ -155,7 +155,7 @@ class LocalStorage(Storage):
     def put(self, path: str, data: bytes | memoryview) -> None:
         target = self._path(path)
         crash_point()
-        with _io_errors(target):
+        with io_errors(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "xb") as f:
                 f.write(data)
@@ -178,7 +178,7 @@ class LocalStorage(Storage):
         self.put(f"{staging}/{metadata[0]}", metadata[1])
         src, dst = self._path(staging), self._path(final)
         crash_point()
-        with _io_errors(dst):  # the files are fsynced already (`put`)
+        with io_errors(dst):  # the files are fsynced already (`put`)
             dst.parent.mkdir(parents=True, exist_ok=True)
             crash_point()
             try:
@@ -194,7 +194,7 @@ class LocalStorage(Storage):
     def delete(self, path: str) -> None:
         target = self._path(path)
         crash_point()
-        with _io_errors(target):
+        with io_errors(target):
             if target.is_dir():
                 trash = self.root / "trash" / f"{target.name}.{uuid.uuid4().hex}"
                 trash.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ class LocalStorage(Storage):
     def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
         path = self._path(f"locks/{name}")
         try:
-            with _io_errors(path):
+            with io_errors(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except ReadOnlyStore as e:  # a read-only mount: flock needs only the file its builds left, opened to read
@@ -283,7 +283,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def _io_errors(path: Path):
+def io_errors(path: Path):
     """Turn OS errors (ENOSPC, EACCES, ...) into a StoreError that names the path."""
     try:
         yield
@@ -299,171 +299,6 @@ def _io_errors(path: Path):
 
 
 _READ_ONLY = (errno.EROFS, errno.EACCES)  # not EPERM: also a filesystem without hard links (write_new)
-
-
-class FsspecStorage(Storage):
-    """A store on any fsspec filesystem (`s3://`, `gs://`, `memory://`, ...), for object stores
-    where no rename exists. An entry's files are written straight under its final path (its key:
-    the same bytes whoever writes them) and made visible by one create-only write of its
-    metadata (`publish`: a conditional PUT, If-None-Match, on S3); readers and `has_entry` look for
-    that metadata only, so a crashed writer leaves only unreferenced chunk objects, which gc
-    removes. Credentials come from the backend's usual environment and config files.
-
-    Locks are marker objects (see `lock`). Limit: `touch` does nothing (least recently used =
-    least recently written)."""
-
-    def __init__(self, url: str, **options):
-        import fsspec
-
-        self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
-        self.root = self.root.rstrip("/")
-
-    def __repr__(self) -> str:
-        return f"FsspecStorage({self.url!r})"
-
-    def _path(self, path: str) -> str:
-        return f"{self.root}/{path}" if path else self.root
-
-    def create(self) -> None:
-        with _io_errors(self.url):
-            self.fs.makedirs(self.root, exist_ok=True)
-
-    def read_bytes(self, path: str) -> bytes:
-        try:
-            return self.fs.cat_file(self._path(path))
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise StoreError(f"cannot read {self.url}/{path}: {e}") from e
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        crash_point()
-        with _io_errors(f"{self.url}/{path}"):
-            self.fs.pipe_file(self._path(path), data)  # one PUT: readers see all of it or none
-
-    def write_new(self, path: str, data: bytes) -> bool:
-        with _io_errors(f"{self.url}/{path}"):
-            try:
-                self.fs.pipe_file(self._path(path), data, mode="create")
-            except FileExistsError:
-                return False
-            except TypeError:  # a filesystem without create-only writes: best effort
-                if self.fs.exists(self._path(path)):
-                    return False
-                self.fs.pipe_file(self._path(path), data)
-            return True
-
-    def put(self, path: str, data: bytes | memoryview) -> None:
-        crash_point()
-        with _io_errors(f"{self.url}/{path}"):
-            self.fs.pipe_file(self._path(path), bytes(data))
-
-    def exists(self, path: str) -> bool:
-        return self.fs.exists(self._path(path))
-
-    def list(self, prefix: str) -> list[str]:
-        path = self._path(prefix)
-        self.fs.invalidate_cache(path)  # other processes change the store: never answer from a cached listing
-        try:
-            found = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
-        finally:
-            self.fs.invalidate_cache(path)  # nor let `exists` answer from this one later (lock markers, gc)
-        base = self._path(prefix).rstrip("/") + "/"
-        return sorted({p.rstrip("/").removeprefix(base).split("/")[0] for p in found if p.rstrip("/") != base[:-1]})
-
-    def staging(self, name: str) -> str:
-        return f"entries/{name[:2]}/{name}"  # content-addressed: written in place, visible once published
-
-    def publish(self, staging: str, final: str, metadata: tuple[str, bytes]) -> bool:
-        if staging != final:
-            raise StoreError(f"{self.url}: entries are written in place; staging {staging} != {final}")
-        crash_point()
-        return self.write_new(f"{final}/{metadata[0]}", metadata[1])
-
-    def delete(self, path: str) -> None:
-        crash_point()
-        target = self._path(path)
-        with _io_errors(f"{self.url}/{path}"):
-            if self.fs.isdir(target):
-                if self.fs.exists(f"{target}/zarr.json"):
-                    self.fs.rm_file(f"{target}/zarr.json")  # the entry vanishes at once
-                self.fs.rm(target, recursive=True)
-            elif self.fs.exists(target):
-                self.fs.rm_file(target)
-
-    def size(self, path: str) -> int:
-        return int(self.fs.du(self._path(path)))
-
-    def mtime(self, path: str) -> float:
-        target = self._path(path)
-        if self.fs.isdir(target) and self.fs.exists(f"{target}/zarr.json"):
-            target = f"{target}/zarr.json"
-        info = self.fs.info(target)
-        stamp = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
-        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
-
-    def touch(self, path: str) -> None:
-        pass
-
-    @contextmanager
-    def lock(self, name: str, shared: bool, timeout: float | None = None) -> Iterator[None]:
-        """Marker objects under `locks/<name>/`. Shared holders (builds) each write their own
-        marker, then back off while the `exclusive` one (gc's) exists; the exclusive holder creates
-        its marker create-only, then waits until no live shared marker remains. Each side writes
-        before it looks, so on a consistent store (S3 is) they never both go ahead. A marker of a
-        dead process on this host is stale and removed; another host's counts until its holder
-        removes it (the error names it: delete it by hand if that holder crashed)."""
-        mine = f"locks/{name}/" + (f"shared-{uuid.uuid4().hex}" if shared else "exclusive")
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}).encode()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        held = False
-        try:
-            while True:
-                if shared:
-                    self.write_bytes(mine, record)
-                    held = True
-                    blockers = self._live_markers(name, "exclusive")
-                    if not blockers:
-                        break
-                    self.delete(mine)
-                    held = False
-                else:
-                    held = held or self.write_new(mine, record)
-                    blockers = self._live_markers(name, "shared-" if held else "exclusive")
-                    if held and not blockers:
-                        break
-                if deadline is not None and time.monotonic() > deadline:
-                    what = "a gc" if shared else "builds"
-                    raise StoreError(f"{self.url} is locked by {what} still running ({', '.join(blockers)}); "
-                                     "retry when it finishes")
-                time.sleep(0.1)
-            yield
-        finally:
-            if held:
-                self.delete(mine)
-
-    def _live_markers(self, name: str, prefix: str) -> list[str]:
-        """The lock markers of `name` starting with `prefix` whose holders may live; stale ones
-        (a dead process on this host) are removed."""
-        live = []
-        for marker in self.list(f"locks/{name}"):
-            if not marker.startswith(prefix):
-                continue
-            path = f"locks/{name}/{marker}"
-            try:
-                record = json.loads(self.read_bytes(path))
-            except FileNotFoundError:
-                continue  # released meanwhile
-            except ValueError:
-                record = {}
-            if holder_alive(record):
-                live.append(f"{self.url}/{path}")
-            else:
-                self.delete(path)
-        return live
 
 
 def holder_alive(record: dict) -> bool:
@@ -484,5 +319,7 @@ def open_storage(location: str | Path) -> Storage:
     """The storage for a store location: a local directory (or file:// URL), else any fsspec URL."""
     text = str(location)
     if "://" in text and not text.startswith("file://"):
+        from featstore.fsspec_storage import FsspecStorage  # fsspec and its backends, only when used
+
         return FsspecStorage(text)
     return LocalStorage(text.removeprefix("file://"))

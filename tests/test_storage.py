@@ -104,12 +104,13 @@ def test_a_store_with_read_only_credentials_loads_and_refuses_to_build(store_url
     fsspec reports it (PermissionError, EACCES) on every write, lock markers and leases included."""
     if "://" not in store_url:
         pytest.skip("a local store: test_safety mounts one read-only")
-    from featstore.storage import FsspecStorage, _io_errors
+    from featstore.fsspec_storage import FsspecStorage
+    from featstore.storage import io_errors
 
     featstore.build("sanity", ["stats"], layers=["layer_000"], store=store_url)
 
     def denied(self, path, data):
-        with _io_errors(f"{self.url}/{path}"):
+        with io_errors(f"{self.url}/{path}"):
             raise PermissionError(errno.EACCES, "Access Denied")
 
     monkeypatch.setattr(FsspecStorage, "write_bytes", denied)

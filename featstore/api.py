@@ -269,8 +269,8 @@ class FeatureSet:
         if key is None:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
         n = self.catalog.splits[split].rows
-        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows,
-                          load_target(device, None)[0], None)
+        device, _ = load_target(device, None)
+        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows, device, None)
 
     def _read(self, row: CatalogRow, rows, device, dtype):
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""

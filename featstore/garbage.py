@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
-from featstore.errors import NotFoundError
+from featstore.errors import NotFoundError, ReadOnlyStore
 from featstore.keys import dataset_slug
 from featstore.manifest import CatalogRow, now
 from featstore.storage import holder_alive
@@ -50,7 +51,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
     """Remove unreferenced entries, then least recently used ones until the entries fit in
     `max_size` bytes; keep anything used in the last `keep_days` days and anything leased."""
     report = GcReport(dry_run)
-    with store.storage.lock("store", shared=False, timeout=timeout):
+    with _alone(store, "store", dry_run, timeout):
         held: set[str] = set()
         for path, lease in store.leases().items():
             if holder_alive(lease):
@@ -91,6 +92,20 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
     return report
 
 
+@contextmanager
+def _alone(store: Store, lock: str, dry_run: bool, timeout: float | None) -> Iterator[None]:
+    """Hold the store's lock `lock` exclusively. A dry run on a store that cannot be written here,
+    not even its lock file (mounted read-only without a locks/ folder; read-only credentials), goes
+    without: it changes nothing, and nothing that changes the store runs from here."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(store.storage.lock(lock, shared=False, timeout=timeout))
+        except ReadOnlyStore:
+            if not dry_run:
+                raise
+        yield
+
+
 @dataclass
 class ForgetReport:
     dataset: str
@@ -114,7 +129,7 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
     build of the same data re-catalogues them without computing."""
     splits, layers, featurizers = tuple(splits), tuple(layers), tuple(featurizers)
     report = ForgetReport(dataset, dry_run)
-    with store.storage.lock(f"catalog-{dataset_slug(dataset)}", shared=False, timeout=timeout):  # as builds commit
+    with _alone(store, f"catalog-{dataset_slug(dataset)}", dry_run, timeout):  # as builds commit
         catalog = store.read_catalog(dataset)
         if catalog is None:
             held = ", ".join(c.dataset for c in store.catalogs()) or "none"

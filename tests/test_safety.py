@@ -241,6 +241,12 @@ def test_a_read_only_store_loads_and_says_why_it_cannot_build(tmp_path, small):
     for case in ("as built", "never locked"):  # a store copied without its locks/ folder, too
         if case == "never locked":
             shutil.rmtree(store_dir / "locks")
+            for command in (["gc", "--dry-run"], ["forget", "-d", small, "--dry-run"]):  # no lock file to lock
+                done = _read_only(store_dir, mount, sys.executable, "-m", "featstore.cli", *command, "--store", str(mount))
+                assert done.returncode == 0 and "would" in done.stdout, (command, done.stderr)
+            done = _read_only(store_dir, mount, sys.executable, "-m", "featstore.cli", "gc", "--store", str(mount))
+            assert done.returncode == 2 and "Read-only file system; use a store you can write to" in done.stderr, \
+                done.stderr
         loaded = _read_only(store_dir, mount, sys.executable, "load_all.py", small, str(mount), f"{case[:5]}.npz",
                             cwd=tmp_path)
         assert loaded.returncode == 0, loaded.stderr

@@ -109,16 +109,24 @@ def test_a_store_with_read_only_credentials_loads_and_refuses_to_build(store_url
 
     featstore.build("sanity", ["stats"], layers=["layer_000"], store=store_url)
 
-    def denied(self, path, data):
+    def denied(self, path, *data):
         with io_errors(f"{self.url}/{path}"):
             raise PermissionError(errno.EACCES, "Access Denied")
 
-    monkeypatch.setattr(FsspecStorage, "write_bytes", denied)
+    for write in ("write_bytes", "write_new", "put", "delete"):
+        monkeypatch.setattr(FsspecStorage, write, denied)
     with featstore.open("sanity", store=store_url) as fs:
         assert fs.load("layer_000", "stats").shape == (256, 4)
     assert f"the store {store_url} cannot be written here" in caplog.text
     with pytest.raises(ReadOnlyStore, match=r"/locks/store/shared-\w+: Access Denied; use a store you can write to"):
         featstore.build("sanity", ["svd:k=2"], layers=["layer_000"], store=store_url)
+    # dry runs need no lock (they change nothing); the real thing says why it cannot
+    assert featstore.gc(store_url, dry_run=True).removed == []
+    assert len(featstore.forget("sanity", store_url, dry_run=True).rows) == 2
+    with pytest.raises(ReadOnlyStore, match=r"/locks/store/exclusive: Access Denied; use a store you can write to"):
+        featstore.gc(store_url)
+    with pytest.raises(ReadOnlyStore, match=r"/locks/catalog-sanity-\w+/exclusive: Access Denied"):
+        featstore.forget("sanity", store_url)
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])

@@ -1,11 +1,14 @@
-"""Tuning of the Triton Jacobi kernel: warps per program and sweeps, per width, on a CUDA GPU.
+"""Tuning of the Triton Jacobi kernel: working dtype, warps per program and sweeps, per width, on
+a CUDA GPU.
 
-    python benchmarks/bench_jacobi_tuning.py [--out benchmarks/results]
+    python benchmarks/bench_jacobi_tuning.py [--dims 64 128] [--dtypes float32 float64]
+        [--warps 1 2 4 8 16] [--sweeps 5 6 8] [--out benchmarks/results]
 
 (1000, d, d) rank-4 + noise batches (the 1k preset's kind), the kernel's own QR included; error =
-max |s - s_ref| / s_max against float64 NumPy; off = the kernel's own convergence measure (the
-route accepts <= 1e-5). Medians over 3 batches after a warm-up. Then the routes
-`singular_values` and the gesvda-failed fallback `_jacobi_then_gram`, for the same batches.
+max |s - s_ref| / s_max against float64 NumPy; off = the kernel's own convergence measure; then
+the worst error and off on Gaussian (full-rank) batches, which converge slowest. Medians over 3
+batches after a warm-up. Then the routes `singular_values` and the gesvda-failed fallback
+`_jacobi_then_gram`, for the same batches.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ def timed(fn, x):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--sweeps", type=int, nargs="+", default=[5, 6, 8])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     lines = [f"bench_jacobi_tuning on {torch.cuda.get_device_name()}, torch {torch.__version__}"]
@@ -42,22 +49,31 @@ def main() -> None:
         lines.append(line)
         print(line, flush=True)
 
-    for d in (64, 128):
+    def error(norms, ref) -> float:
+        values = norms.sort(1, descending=True).values.double().cpu().numpy()
+        return float((np.abs(values - ref).max(1) / ref[:, 0]).max())
+
+    for d in args.dims:
         xs = [torch.from_numpy(lora_batch(1000, d, 32 + i)).cuda() for i in range(3)]
         refs = [np.linalg.svd(x.double().cpu().numpy(), compute_uv=False) for x in xs]
-        for warps in (1, 2, 4, 8, 16):
-            for sweeps in (5, 6, 8):
-                def kernel(x, sweeps=sweeps, warps=warps):
-                    return jacobi_row_norms(x.mT.contiguous(), sweeps, warps, qr=True)
-                times, errors, offs = [], [], []
-                for x, ref in [(xs[0], refs[0]), *zip(xs, refs)]:
-                    seconds, (norms, off) = timed(kernel, x)
-                    values = norms.sort(1, descending=True).values.double().cpu().numpy()
-                    times.append(seconds)
-                    errors.append(float((np.abs(values - ref).max(1) / ref[:, 0]).max()))
-                    offs.append(float(off.max()))
-                emit(f"d={d} warps={warps} sweeps={sweeps}: {statistics.median(times[1:]) * 1e3:8.2f} ms  "
-                     f"err {max(errors[1:]):.1e}  off {max(offs):.1e}")
+        gauss = torch.randn(1000, d, d, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        gauss_ref = np.linalg.svd(gauss.double().cpu().numpy(), compute_uv=False)
+        for dtype in args.dtypes:
+            for warps in args.warps:
+                for sweeps in args.sweeps:
+                    def kernel(x, sweeps=sweeps, warps=warps, dtype=dtype):
+                        return jacobi_row_norms(x.mT.contiguous(), sweeps, warps, qr=True, dtype=dtype)
+                    try:
+                        runs = [timed(kernel, x) for x in [xs[0], *xs]][1:]
+                        g_norms, g_off = kernel(gauss)
+                    except Exception as e:  # registers exhausted: Triton refuses the launch
+                        emit(f"d={d} {dtype} warps={warps} sweeps={sweeps}: {type(e).__name__}: {str(e)[:80]}")
+                        continue
+                    emit(f"d={d} {dtype} warps={warps} sweeps={sweeps}: "
+                         f"{statistics.median(t for t, _ in runs) * 1e3:8.2f} ms  "
+                         f"err {max(error(n, r) for (_, (n, _)), r in zip(runs, refs)):.1e}  "
+                         f"off {max(float(o.max()) for _, (_, o) in runs):.1e}  "
+                         f"gaussian err {error(g_norms, gauss_ref):.1e} off {float(g_off.max()):.1e}")
         for name in ("singular_values", "_jacobi_then_gram"):
             fn = getattr(sv, name)
             fn(xs[0])

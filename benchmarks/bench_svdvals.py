@@ -36,7 +36,8 @@ def torch_qr_then_kernel(x):
     """The route before the kernel did its own QR (square blocks): torch's batched QR first."""
     from featstore.jacobi_triton import jacobi_row_norms
 
-    return jacobi_row_norms(torch.linalg.qr(x, mode="r").R.contiguous(), 8)[0].sort(1, descending=True).values
+    r = torch.linalg.qr(x.double(), mode="r").R.contiguous()
+    return jacobi_row_norms(r, 8, dtype="float64")[0].sort(1, descending=True).values
 
 
 def routes(device: str) -> dict:
@@ -50,17 +51,17 @@ def routes(device: str) -> dict:
     out = {
         "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
         "gram float64 + eigvalsh": gram_svdvals,
-        "jacobi triton, no QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8, precondition=False)[0],
-        "jacobi triton, no QR, 12 sweeps": lambda x: jacobi_svdvals(x, 12, precondition=False)[0],
-        "jacobi triton + QR, 6 sweeps": lambda x: jacobi_svdvals(x, 6)[0],
-        "jacobi triton + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8)[0],
+        "jacobi triton f64, no QR, 12 sweeps": lambda x: jacobi_svdvals(x, 12, precondition=False)[0],
+        "jacobi triton f64 + QR, 6 sweeps": lambda x: jacobi_svdvals(x, 6)[0],
+        "jacobi triton f64 + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8)[0],
+        "jacobi triton f32 + QR, 8 sweeps": lambda x: jacobi_svdvals(x, 8, dtype=torch.float32)[0],
         "torch's QR alone": lambda x: torch.linalg.qr(x, mode="r").R,
         "featstore singular_values": singular_values,
         "featstore fallback (no gesvda)": _jacobi_then_gram,
     }
     if device.startswith("cuda"):
         out["svdvals driver=gesvda"] = lambda x: torch.linalg.svdvals(x, driver="gesvda")
-        out["jacobi triton + torch's QR, 8 sweeps"] = torch_qr_then_kernel
+        out["jacobi triton f64 + torch's QR, 8 sw."] = torch_qr_then_kernel
     return out
 
 

@@ -36,8 +36,8 @@ python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_fea
     tests/test_api.py tests/test_torch.py tests/test_examples.py tests/test_incremental.py tests/test_stateful.py \
     tests/test_sources.py tests/test_presets.py tests/test_crash.py tests/test_columns.py tests/test_keys.py \
     tests/test_identity.py tests/test_safety.py -k "not test_safety or forget or outlive" 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
-python3 benchmarks/bench_svdvals.py --dims 8 16 32 64 128 --out "$OUT"
-(cd benchmarks && python3 bench_jacobi_tuning.py --out "$OUT")
+python3 benchmarks/bench_svdvals.py --dims 4 8 16 32 64 128 --out "$OUT"
+(cd benchmarks && python3 bench_jacobi_tuning.py --dims 64 128 --warps 2 4 8 16 --sweeps 6 8 10 --out "$OUT")
 python3 -m featstore.cli datasets make 1k > /dev/null
 python3 benchmarks/bench_featurizers.py --device cuda --layers 128 --out "$OUT"
 python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"

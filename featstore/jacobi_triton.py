@@ -11,8 +11,9 @@ inner products), not three times. With QR (square blocks), the program first red
 to R by Householder reflections and sweeps the rows of R instead (Jacobi on R^T, preconditioned:
 where A is rank-deficient they are nearly orthogonal already), in the same registers: torch's
 batched QR as a separate launch cost as much as the sweeps. N and M must be powers of two:
-callers zero-pad, which adds only zero singular values. Imported only where triton is (CUDA
-machines); needs triton >= 3.2.
+callers zero-pad, which adds only zero singular values. It works in float32 or float64 (a
+constexpr); featstore uses float64, whose rounding over the sweeps stays below float32's.
+Imported only where triton is (CUDA machines); needs triton >= 3.2.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS = tl.constexpr(1.2e-7)  # float32's unit roundoff (2**-23)
+MACHINE_EPS = {"float32": 1.2e-7, "float64": 2.2e-16}  # of the working dtype: rotations below it are skipped
 
 
 @triton.jit
 def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SWEEPS: tl.constexpr,
-                   QR: tl.constexpr):
+                   QR: tl.constexpr, DTYPE: tl.constexpr, EPS: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     vec = tl.arange(0, N)
-    v = tl.load(v_ptr + pid * N * M + vec[:, None] * M + tl.arange(0, M)[None, :])
+    v = tl.load(v_ptr + pid * N * M + vec[:, None] * M + tl.arange(0, M)[None, :]).to(DTYPE)
     # At unit scale: float32 squares underflow below ~1e-19 (1e-25 entries gave all-zero values
     # that looked converged) and overflow above ~1e19.
     unit = tl.max(tl.max(tl.abs(v), 1), 0)
@@ -36,11 +37,11 @@ def _jacobi_kernel(v_ptr, out_ptr, off_ptr, N: tl.constexpr, M: tl.constexpr, SW
     v = v / unit
     if QR:  # the rows of v are the columns of A (N == M): rotate them into R, then take its rows
         v = tl.trans(_householder_r(v, N))
-    off = tl.zeros([N], dtype=tl.float32)
+    off = tl.zeros([N], dtype=DTYPE)
     for sweep in range(SWEEPS):
         norm2 = tl.sum(v * v, 1)
         scale = tl.sqrt(tl.max(norm2, 0))
-        off = tl.zeros([N], dtype=tl.float32)  # what the last sweep could still change
+        off = tl.zeros([N], dtype=DTYPE)  # what the last sweep could still change
         for r in range(N - 1):
             partner = tl.where(vec == N - 1, r, tl.where(vec == r, N - 1, (2 * r - vec + 2 * (N - 1)) % (N - 1)))
             p = tl.gather(v, tl.broadcast_to(partner[:, None], (N, M)), 0)
@@ -83,10 +84,11 @@ def _householder_r(v, N: tl.constexpr):
     return v
 
 
-def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False):
+def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False, dtype: str = "float32"):
     """(final row norms (B, N), off (B,)) of the Jacobi sweeps that orthogonalise the rows of
-    `v` (B, N, M) float32, contiguous, N and M powers of two. With `qr` (N == M), the sweeps run
-    on the rows of R from the QR of each v^T instead: the same singular values, fewer sweeps."""
+    `v` (B, N, M) float32 or float64, contiguous, N and M powers of two, working in `dtype`
+    (float32 or float64; both results are float32). With `qr` (N == M), the sweeps run on the rows of R from
+    the QR of each v^T instead: the same singular values, fewer sweeps."""
     import torch
 
     b, n, m = v.shape
@@ -94,6 +96,9 @@ def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False)
         raise ValueError(f"the kernel's QR needs square blocks, got {n}x{m}")
     out = torch.empty((b, n), device=v.device, dtype=torch.float32)
     off = torch.empty((b,), device=v.device, dtype=torch.float32)
-    warps = warps or (2 if n * m <= 4096 else 4)  # the fastest on an H100 (benchmarks/bench_jacobi_tuning.py)
-    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, QR=qr, num_warps=warps)
+    if not warps:  # the fastest on an H200 (results/jacobi-tuning-cuda-h200.txt): 2 up to 64x64 in either
+        # dtype, then 4 for float32 128x128 and 8 for float64 (800 ms with 4: registers spill, 75 with 8)
+        warps = 2 if n * m <= 4096 else min(16, n * m * (8 if dtype == "float64" else 4) // 16384)
+    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, QR=qr, DTYPE=getattr(tl, dtype), EPS=MACHINE_EPS[dtype],
+                         num_warps=warps)
     return out, off

@@ -1,7 +1,7 @@
 """Batched singular values of many small matrices, robust and fast on every device.
 
 `singular_values(x)` returns (n, min(rows, cols)) float32, descending. Routes, chosen by
-measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H100):
+measurement (benchmarks/bench_svdvals.py, bench_jacobi_tuning.py):
 - CPU: float64 Gram + `eigvalsh` (LAPACK syevd), in blocks of 8 MB, the batch split over the
   cores, shared out among the calls running at once (LAPACK's batched routines use one thread
   each). On 2 cores, 1000 x dxd: 1.4-1.75x faster than `torch.linalg.svdvals` (gesdd) split the
@@ -9,17 +9,19 @@ measurement (benchmarks/bench_svdvals.py; results/svdvals-cuda-h100.txt, on an H
   5e-7 - 1.2e-6 of s_max): results/svdvals-cpu.txt. On 16 cores (an H200 host) 1.5x faster at
   64 and 128 wide, even at 32, slower at 16 (6.2 vs 2.7 ms per 1000, 3 batches: a few ms either
   way). Squaring costs at most ~sqrt(float64 eps) = 1.5e-8 of s_max, below float32's rounding.
-- CUDA, up to 4 wide: `torch.linalg.svdvals` (cuSOLVER's batched Jacobi).
-- CUDA, 5 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
-  matrix in registers, QR first): 1.5 ms per 1000 64x64, error 5e-6 of s_max, on any input;
-  from 8 to 32 wide 1.3-2.8x faster than torch's default, convergence check included, and more
-  accurate (0.43 vs 0.58 ms per 1000 8x8, 0.59 vs 0.91 at 16, 0.47 vs 1.33 at 32). It reports
-  its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh` (341 ms per
-  1000 64x64, 6e-8), robust but slow on the GPU.
+- CUDA, 2 to 64 wide: `jacobi_svdvals`, our one-sided Jacobi (a Triton kernel that keeps each
+  matrix in registers, QR first), working in float64. On an H200, 1000 x 64x64 in 4.1 ms with an
+  error of 6e-8 of s_max, the rounding of the float32 result, as float64 Gram (320 ms) and
+  gesvda reach; float32 work took 1.4 ms but erred by 4.5e-6, 8 sweeps of float32 rounding
+  (results/svdvals-cuda-h200.txt, jacobi-tuning-cuda-h200.txt). From 4 to 32 wide 0.16-0.54 ms
+  per 1000, faster than torch's default (0.33-1.27 ms, 1.8e-6 - 9.4e-6). It reports its own
+  convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh`, robust but slow on
+  the GPU. It goes before a checked gesvda (3.0 ms at 64 when that converges), which fails on
+  rank-deficient batches (the featurizers issue saw 14 of 20 fail). 1 wide: the Gram route.
 - CUDA, wider: cuSOLVER's `gesvda` (11 ms per 1000 128x128, 6e-8) is faster than the Jacobi
-  there (20 ms), but it fails to converge on some rank-deficient batches (raising) and each result
+  there (77 ms), but it fails to converge on some rank-deficient batches (raising) and each result
   must match its matrix's Frobenius norm: *checked*, and what fails goes to the Jacobi (up to 128
-  wide), then to the Gram route. The default `torch.linalg.svdvals` takes 1.1 s per 1000 64x64.
+  wide), then to the Gram route. The default `torch.linalg.svdvals` takes 1.0 s per 1000 64x64.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
-LIBRARY_MAX_WIDTH = 4  # up to this width, torch's default CUDA route (batched gesvdj): tiny blocks
-JACOBI_FIRST_MAX_WIDTH = 64  # up to this width, our Jacobi beats a checked gesvda (1.5 vs 3.0 ms)
+JACOBI_FIRST_MAX_WIDTH = 64  # up to this width our Jacobi goes first: it never fails, gesvda does
 TRITON_MAX_WIDTH = 128  # the Triton kernel keeps a matrix in registers; wider ones spill
-JACOBI_SWEEPS = 8
+JACOBI_SWEEPS = 8  # in float64, 6 left Gaussian 64x64 matrices at 7e-7 of s_max, 8 at 6e-8
+JACOBI_DTYPE = "float64"  # the kernel's working dtype: float32 rounding over the sweeps erred by 4.5e-6
 JACOBI_TOLERANCE = 1e-5  # largest change a further rotation could make, relative to s_max
 CPU_BLOCK_BYTES = 8 << 20  # float64 matrices per Gram block on the CPU
 FROBENIUS_TOLERANCE = 1e-4  # | sum s^2 / ||A||_F^2 - 1 | accepted from gesvda
@@ -48,8 +50,8 @@ def singular_values(x):
     x = x.to(torch.float32)
     if x.device.type != "cuda":
         return _cpu_svdvals(x)
-    if min(x.shape[1:]) <= LIBRARY_MAX_WIDTH or len(x) == 0:
-        return torch.linalg.svdvals(x)
+    if min(x.shape[1:]) <= 1 or len(x) == 0:  # a vector's norm
+        return gram_svdvals(x)
     if min(x.shape[1:]) <= JACOBI_FIRST_MAX_WIDTH:
         return _jacobi_then_gram(x)
     values = _checked_gesvda(x)
@@ -176,8 +178,9 @@ def gram_svdvals(x):
 
 
 def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dtype=None):
-    """One-sided Jacobi: (values (n, min(r, c)) descending, off (n,) the largest change a further
-    rotation could still make, relative to s_max: a convergence measure).
+    """One-sided Jacobi, working in `dtype` (torch.float64 or float32; default JACOBI_DTYPE):
+    (values (n, min(r, c)) float32, descending; off (n,) the largest change a further rotation
+    could still make, relative to s_max: a convergence measure).
 
     With `precondition`, the Jacobi runs on R^T from A = QR: the same singular values, but the
     columns of R^T are already nearly orthogonal where A is rank-deficient, so it converges in
@@ -185,25 +188,26 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
     """
     import torch
 
-    work_dtype = dtype or torch.float32
+    work_dtype = dtype or getattr(torch, JACOBI_DTYPE)
     a = x if x.shape[1] >= x.shape[2] else x.mT  # rotate the fewer, longer vectors
     width = a.shape[2]
-    a = a.to(work_dtype)
-    if a.device.type == "cuda":  # the Triton kernel (float32); the loop below is its reference
+    if a.device.type == "cuda":  # the Triton kernel; the loop below is its reference
         from featstore.jacobi_triton import jacobi_row_norms
 
         n, m = _pow2(width), _pow2(a.shape[1])
-        # The kernel's own QR (float32, square blocks): 1000 x 64x64 in 1.4 instead of 2.5 ms, 200
-        # in 0.6 instead of 1.6 ms (torch's batched QR alone takes 1.2-1.3 ms for either).
-        fused = precondition and n == m and work_dtype == torch.float32
+        # The kernel's own QR (square blocks), in registers: in float32, 1000 x 64x64 in 1.4
+        # instead of 2.5 ms, 200 in 0.6 instead of 1.6 ms (torch's batched QR alone takes
+        # 1.2-1.3 ms for either). The kernel converts its input as it loads it.
+        fused = precondition and n == m
         if precondition and not fused:
-            a, m = torch.linalg.qr(a, mode="r").R.mT, n
-        v = a.mT.to(torch.float32)  # the vectors to orthogonalise, as rows
+            a, m = torch.linalg.qr(a.to(work_dtype), mode="r").R.mT, n
+        v = a.mT  # the vectors to orthogonalise, as rows
         v = torch.nn.functional.pad(v, (0, m - v.shape[2], 0, n - v.shape[1])).contiguous()
-        norms, off = jacobi_row_norms(v, sweeps, qr=fused)
+        norms, off = jacobi_row_norms(v, sweeps, qr=fused, dtype=str(work_dtype).removeprefix("torch."))
     else:
         # At unit scale, as the kernel works: float32 squares underflow below ~1e-19 (1e-25
         # entries gave all-zero values that looked converged) and overflow above ~1e19.
+        a = a.to(work_dtype)
         scale = a.abs().amax((1, 2))
         scale = torch.where(scale > 0, scale, 1.0)[:, None]
         a = a / scale[:, :, None]

@@ -27,22 +27,25 @@ def test_jacobi_matches_float64_on_random_matrices(shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     values, off = jacobi_svdvals(x)
     assert values.shape == (shape[0], min(shape[1:]))
-    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-5), (torch.float64, 1e-7)])
 @pytest.mark.parametrize("scale", [1e-25, 1e25])
-def test_jacobi_at_extreme_scales(scale):
+def test_jacobi_at_extreme_scales(scale, dtype, tolerance):
     """float32 squares of 1e-25 underflow to zero: unscaled, every value came out 0, 'converged'."""
     x = lora(20, 64) * scale
-    values, off = jacobi_svdvals(x)
-    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    values, off = jacobi_svdvals(x, dtype=dtype)
+    assert max_error(values, x) < tolerance and off.max() < 1e-5
 
 
 def test_jacobi_on_rank_deficient_lora_deltas():
+    """Working in float64 (the default), only the float32 result's rounding is left (6e-8 of
+    s_max); float32's own rounding over 8 sweeps is ~100x that."""
     x = lora(64, 64)
-    values, off = jacobi_svdvals(x, dtype=torch.float64)
-    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
     values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
+    values, off = jacobi_svdvals(x, dtype=torch.float32)
     assert max_error(values, x) < 2e-5
 
 
@@ -114,10 +117,15 @@ def test_cpu_calls_running_at_once_share_the_cores(running, chunks, monkeypatch)
 
 
 @cuda
-@pytest.mark.parametrize("dim", [3, 5, 8, 16, 32, 64, 128])
+@pytest.mark.parametrize("dim", [1, 2, 3, 5, 8, 16, 32, 64, 128])
 def test_gpu_singular_values_match_float64(dim):
+    """Exact to float32 precision, as the CPU route is: within 1e-7 of s_max (the featurizers
+    issue asks this of the GPU kernel on rank-deficient inputs)."""
+    import featstore.svdvals as sv
+
     x = lora(1000, max(dim, 8))[:, :dim, :dim].cuda()  # the presets need 4+ wide (rank 4)
-    assert max_error(singular_values(x), x) < 2e-5
+    assert max_error(singular_values(x), x) < 1e-7
+    assert sv._triton_failed == []  # the kernel compiled for this width
 
 
 @cuda
@@ -125,9 +133,18 @@ def test_gpu_singular_values_match_float64(dim):
 def test_gpu_jacobi_kernel_on_rank_deficient_and_random_inputs(dim):
     x = lora(300, dim).cuda()
     values, off = jacobi_svdvals(x)
-    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
     x = torch.randn(300, dim, dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    assert max_error(singular_values(x), x) < 2e-5  # what the kernel leaves unconverged goes to Gram
+    assert max_error(singular_values(x), x) < 1e-7  # what the kernel leaves unconverged goes to Gram
+
+
+@cuda
+@pytest.mark.parametrize("dim", [16, 64, 128])
+def test_gpu_kernel_in_float32_still_converges(dim):
+    """The kernel's float32 mode (faster, 4.5e-6 of s_max at 64 wide): kept for measurement."""
+    x = lora(300, dim).cuda()
+    values, off = jacobi_svdvals(x, dtype=torch.float32)
+    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
 
 
 @cuda
@@ -135,17 +152,18 @@ def test_gpu_jacobi_kernel_on_rank_deficient_and_random_inputs(dim):
                                               ((300, 33, 70), False), ((300, 100, 100), True),
                                               ((300, 5, 5), True), ((300, 8, 8), True), ((300, 12, 9), True)])
 def test_gpu_kernel_qr_matches_the_torch_qr_route(shape, fused, monkeypatch):
-    """Square blocks (after padding to powers of two) take the kernel's own QR; others torch's."""
+    """Square blocks (after padding to powers of two) take the kernel's own QR; others torch's.
+    Either way the kernel agrees with its reference, the same sweeps in torch on the CPU."""
     import featstore.jacobi_triton as jt
 
     calls, real = [], jt.jacobi_row_norms
     monkeypatch.setattr(jt, "jacobi_row_norms", lambda *a, **k: calls.append(k["qr"]) or real(*a, **k))
     x = lora(shape[0], max(shape[1:]))[:, : shape[1], : shape[2]].cuda()
     values, off = jacobi_svdvals(x)
-    unfused, _ = jacobi_svdvals(x, dtype=torch.float64)  # float64: torch's QR, then the kernel
-    assert calls == [fused, False]
-    assert max_error(values, x) < 2e-5 and off.max() < 1e-5
-    torch.testing.assert_close(values, unfused, rtol=0, atol=2e-5 * float(unfused[:, 0].max()))
+    reference, _ = jacobi_svdvals(x.cpu())  # torch's QR, then the loop the kernel follows
+    assert calls == [fused]
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
+    torch.testing.assert_close(values.cpu(), reference, rtol=0, atol=1e-7 * float(reference[:, 0].max()))
 
 
 @cuda
@@ -153,8 +171,10 @@ def test_gpu_kernel_qr_matches_the_torch_qr_route(shape, fused, monkeypatch):
 def test_gpu_singular_values_at_extreme_scales(scale):
     x = lora(300, 64).cuda() * scale
     values, off = jacobi_svdvals(x)
+    assert max_error(values, x) < 1e-7 and off.max() < 1e-5
+    values, off = jacobi_svdvals(x, dtype=torch.float32)  # float32 squares of 1e-25 underflow unscaled
     assert max_error(values, x) < 2e-5 and off.max() < 1e-5
-    assert max_error(singular_values(x), x) < 2e-5
+    assert max_error(singular_values(x), x) < 1e-7
 
 
 @cuda
@@ -163,7 +183,7 @@ def test_gpu_gesvda_failure_goes_to_jacobi(monkeypatch):
 
     monkeypatch.setattr(sv, "_checked_gesvda", lambda x: None)  # as if the batch failed to converge
     x = lora(300, 128).cuda()
-    assert max_error(sv.singular_values(x), x) < 2e-5
+    assert max_error(sv.singular_values(x), x) < 1e-7
 
 
 @cuda

@@ -115,6 +115,7 @@ def main(debug: bool) -> None:
               help="Spread the layers over one worker per device, e.g. cuda:0,cuda:1 (a local Dask cluster).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Stored dtype of features whose spec sets none (computation stays float32).")
+@_import_option
 @_store_option
 @click.option("--rehash", is_flag=True,
               help="Hash every column, even where the digest cache vouches for it (the files' inode, size, "

@@ -170,6 +170,12 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     # or everything the store holds, its featurizers found by the names their module registers
     imported = featstore_in(project, "status", "-d", "sanity", "--import", "labmod", "-l", "layer_000")
     assert imported.returncode == 0 and "4 fresh, 0 stale, 0 missing" in imported.stdout, imported.stderr
+    # a build finds it by that name too, once told the module
+    unknown = featstore_in(project, "build", "-d", "sanity", "-f", "test_labtrace", "-l", "layer_001", "--no-progress")
+    assert unknown.returncode == 2 and "import the module that registers it: --import MODULE" in unknown.stderr
+    by_name = featstore_in(project, "build", "-d", "sanity", "--import", "labmod", "-f", "test_labtrace",
+                           "-l", "layer_001", "--no-progress")
+    assert by_name.returncode == 0 and "entries  2 computed (2 new), 0 reused" in by_name.stdout, by_name.stderr
     lockfile = str(project / "f.lock")
     locked = featstore_in(project, "lock", "-d", "sanity", "--import", "labmod", "-l", "layer_000", "-o", lockfile)
     assert locked.returncode == 0 and json.loads((project / "f.lock").read_text())["modules"] == ["labmod"]

@@ -7,9 +7,9 @@ Speed: median time per layer (train split, 800 x 64 x 64) of each built-in vs th
 written the obvious way in torch. Accuracy: the largest error of a row's features relative to that
 row's largest reference value, max |f - ref| / max |ref| per row, over the rows of 8 of the layers,
 reference in float64 NumPy, for each stored dtype (a layer-wide max |ref| would hide the errors of
-small-scale rows: it showed the float32 GPU kernel at 4e-8 while it erred by 4.5e-6 per matrix). Build: a cold `featstore.build` of all
-128 layers with `svd` vs read + batched singular values + write, each timed alone in this run.
-Prints the tables and writes them to --out/featurizers-<device>.txt.
+small-scale rows: it showed the float32 GPU kernel at 4e-8 while it erred by 4.5e-6 per matrix).
+Build: a cold `featstore.build` of all 128 layers with `svd` vs read + batched singular values +
+write, each timed alone in this run. Prints the tables and writes them to --out/featurizers-<device>.txt.
 """
 
 from __future__ import annotations

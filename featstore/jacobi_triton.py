@@ -87,8 +87,8 @@ def _householder_r(v, N: tl.constexpr):
 def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False, dtype: str = "float32"):
     """(final row norms (B, N), off (B,)) of the Jacobi sweeps that orthogonalise the rows of
     `v` (B, N, M) float32 or float64, contiguous, N and M powers of two, working in `dtype`
-    (float32 or float64; both results are float32). With `qr` (N == M), the sweeps run on the rows of R from
-    the QR of each v^T instead: the same singular values, fewer sweeps."""
+    (float32 or float64; both results are float32). With `qr` (N == M), the sweeps run on the
+    rows of R from the QR of each v^T instead: the same singular values, fewer sweeps."""
     import torch
 
     b, n, m = v.shape
@@ -99,6 +99,6 @@ def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False,
     if not warps:  # the fastest on an H200 (results/jacobi-tuning-cuda-h200.txt): 2 up to 64x64 in either
         # dtype, then 4 for float32 128x128 and 8 for float64 (800 ms with 4: registers spill, 75 with 8)
         warps = 2 if n * m <= 4096 else min(16, n * m * (8 if dtype == "float64" else 4) // 16384)
-    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, QR=qr, DTYPE=getattr(tl, dtype), EPS=MACHINE_EPS[dtype],
-                         num_warps=warps)
+    _jacobi_kernel[(b,)](v, out, off, N=n, M=m, SWEEPS=sweeps, QR=qr, DTYPE=getattr(tl, dtype),
+                         EPS=MACHINE_EPS[dtype], num_warps=warps)
     return out, off

@@ -13,10 +13,10 @@ measurement (benchmarks/bench_svdvals.py, bench_jacobi_tuning.py):
   matrix in registers, QR first), working in float64. On an H200, 1000 x 64x64 in 4.1 ms with an
   error of 6e-8 of s_max, the rounding of the float32 result, as float64 Gram (320 ms) and
   gesvda reach; float32 work took 1.4 ms but erred by 4.5e-6, 8 sweeps of float32 rounding
-  (results/svdvals-cuda-h200.txt, jacobi-tuning-cuda-h200.txt). From 4 to 32 wide 0.16-0.54 ms
-  per 1000, faster than torch's default (0.33-1.27 ms, 1.8e-6 - 9.4e-6). It reports its own
-  convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh`, robust but slow on
-  the GPU. It goes before a checked gesvda (3.0 ms at 64 when that converges), which fails on
+  (results/svdvals-cuda-h200.txt, jacobi-tuning-cuda-h200.txt). From 4 to 32 wide 0.31-0.63 ms
+  per 1000 with the checks, against torch's default 0.33-1.27 ms at 1.8e-6 - 9.4e-6. It reports
+  its own convergence; what it leaves unconverged goes to float64 Gram + `eigvalsh`, robust but
+  slow on the GPU. It goes before a checked gesvda (3.0 ms at 64 when that converges), which fails on
   rank-deficient batches (the featurizers issue saw 14 of 20 fail). 1 wide: the Gram route.
 - CUDA, wider: cuSOLVER's `gesvda` (11 ms per 1000 128x128, 6e-8) is faster than the Jacobi
   there (77 ms), but it fails to converge on some rank-deficient batches (raising) and each result

@@ -4,7 +4,9 @@
 # `gpu_session.sh multigpu` runs the 10k multi-GPU table instead (generates 10k: 21 GB; carry .dwhl too);
 # `gpu_session.sh startup` the start-up tables of fresh `featstore build` processes, GPU and host CPU;
 # `gpu_session.sh cpu-build` the CPU build table (bench_cpu_build.py) on the host's cores;
-# `gpu_session.sh incremental` the incremental-build table (bench_incremental.py) on the host's cores.
+# `gpu_session.sh incremental` the incremental-build table (bench_incremental.py) on the host's cores;
+# `gpu_session.sh first-build` what the first GPU build in a process pays (probe_first_build.py), with
+# bytecode cached as on a user's machine (the lent machine sets PYTHONDONTWRITEBYTECODE=1).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
@@ -24,6 +26,15 @@ fi
 if [ "${1:-}" = incremental ]; then
     python3 -m featstore.cli datasets make 1k > /dev/null
     python3 benchmarks/bench_incremental.py --out "$OUT" && mv "$OUT/incremental.txt" "$OUT/incremental-16cores-h200-host.txt"
+    exit
+fi
+if [ "${1:-}" = first-build ]; then
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/pyc
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/probe_first_build.py --repeat 1 --out /tmp/unrecorded > /dev/null  # bytecode, Triton's cache
+    python3 benchmarks/probe_first_build.py --repeat 3 --out "$OUT"
+    python3 benchmarks/probe_first_build.py --profile | head -45 > "$OUT/first-call-profile.txt"
     exit
 fi
 if [ "${1:-}" = startup ]; then

@@ -2,7 +2,7 @@
 change is measured side by side on a noisy machine (the builds' own seconds, medians).
 
     git worktree add /tmp/old <commit>
-    python benchmarks/ab_build.py --old /tmp/old [--featurizers svd] [--rounds 3]
+    python benchmarks/ab_build.py --old /tmp/old [--featurizers svd] [--rounds 3] [--device cuda]
 
 Each round runs one cold build per checkout (a new store each time) after a warm-up build of the
 sanity preset in the same process (imports, threads). Prints one line per build and the medians.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 CHILD = """
 import sys, tempfile, time, featstore
-featurizers = sys.argv[1].split(",")
-featstore.build("sanity", featurizers, store=tempfile.mkdtemp())
+featurizers, device = sys.argv[1].split(","), sys.argv[2]
+featstore.build("sanity", featurizers, store=tempfile.mkdtemp(), device=device)
 with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
-    featstore.build("1k", featurizers, store=tmp, device="cpu")
+    featstore.build("1k", featurizers, store=tmp, device=device)
     print(f"{time.perf_counter() - start:.2f}")
 """
 
@@ -33,13 +33,15 @@ def main() -> None:
     parser.add_argument("--old", required=True, help="a checkout of the version to compare with")
     parser.add_argument("--featurizers", default="svd")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     trees = {"old": str(Path(args.old).resolve()), "new": str(Path(__file__).resolve().parents[1])}
     times: dict[str, list[float]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            out = subprocess.run([sys.executable, "-c", CHILD, args.featurizers], capture_output=True, text=True,
-                                 check=True, env={**os.environ, "PYTHONPATH": tree}, cwd="/")
+            path = os.pathsep.join([tree, *filter(None, [os.environ.get("PYTHONPATH")])])  # the tree first
+            out = subprocess.run([sys.executable, "-c", CHILD, args.featurizers, args.device], capture_output=True,
+                                 text=True, check=True, env={**os.environ, "PYTHONPATH": path}, cwd="/")
             times[name].append(float(out.stdout.split()[-1]))
             print(f"{name} ({tree}): {times[name][-1]:.2f} s", flush=True)
     old, new = (statistics.median(times[n]) for n in ("old", "new"))

@@ -30,7 +30,7 @@ from featstore import device as devices
 from featstore.columns import ColumnLayout, join_parts
 from featstore.compute import compute
 from featstore.digest_cache import cached_digests, known_layouts, updated_digests
-from featstore.errors import ColumnError, DatasetError, FeatstoreError
+from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.identity import changed_parts
 from featstore.interrupts import deferred_ctrl_c
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
 PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 COMPUTE_BYTES = 1 << 30  # columns (as float32) being computed at once on the CPU, at most
+# A GPU computes the splits of one layer in one call per featurizer while they fit in this: a
+# small column leaves most of it idle. 1k svd on an H200, all 128 layers: the Jacobi kernel took
+# 0.695 s as 800- and 200-row calls, 0.496 s as one 1000-row call per layer, and cold builds 0.95
+# against 1.29 s (benchmarks/probe_gpu_compute.py, ab_build.py --device cuda, medians).
+JOIN_BYTES = 256 << 20
 # Writer threads; 0: as many as reader threads. Several writers made a cold 1k `stats` build 1.35x
 # faster on 2 cores (small entries are bound by fsync and rename); on an H100 host 1 and 4 writers
 # tie within noise (benchmarks/bench_gpu_build.py).
@@ -247,7 +252,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             ThreadPoolExecutor(workers, "featstore-read") as readers, \
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
-        prepared: deque = deque()
+        prepared: deque = deque()  # (unit, the future of its _Prepared), in build order
         upcoming = iter(build_plan.units)
 
         def read_ahead() -> None:
@@ -259,9 +264,10 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                 if keys and not extends and all(map(store.has_entry, keys.values())):  # nothing to read
                     done: Future = Future()
                     done.set_result(_Prepared(unit, known, keys, set()))
-                    prepared.append(done)
+                    prepared.append((unit, done))
                 else:
-                    prepared.append(readers.submit(_prepare, build_plan, unit, store, report, device, known, extends))
+                    prepared.append((unit, readers.submit(_prepare, build_plan, unit, store, report, device, known,
+                                                          extends)))
 
         writes: deque = deque()
         writing = threading.Lock()  # compute lanes write too
@@ -302,32 +308,41 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     return
                 wait(running, return_when=FIRST_COMPLETED)
 
-        for _ in range(workers + 1):
-            read_ahead()
-        lanes, computing = 0, deque()  # columns computed at once; those in flight, in build order
-        while prepared and not interrupted:
-            ready = prepared.popleft().result()
+        def take() -> _Prepared:
+            ready = prepared.popleft()[1].result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             if ready.segments:
                 report.segments[(ready.unit.split, ready.unit.layer)] = ready.segments
             read_ahead()
+            return ready
+
+        for _ in range(workers + 1):
+            read_ahead()
+        lanes, computing = 0, deque()  # columns computed at once; those in flight, in build order
+        while prepared and not interrupted:
+            ready = take()
             if ready.missing and not lanes:  # the first column to compute: now the device matters
                 report.device = devices.resolve(device)
                 lanes = 1
                 if report.device == "cpu":  # columns side by side, one core each; or one column, every core
                     lanes = _cpu_lanes(build_plan)
                     devices.intra_op_threads(1 if lanes > 1 else devices.cpu_count())
+            group = [ready]
+            while lanes == 1 and _joins(report.device) and prepared and _joinable(build_plan, group, *prepared[0]):
+                group.append(take())
             settle(max(lanes, 1))
-            args = (build_plan, ready, store, report, created, before, write)
-            if lanes > 1 and ready.missing:
-                built = computers.submit(_build_unit, *args)
-            else:  # on a GPU, the main thread computes (and queues kernels) while readers read: two or three
-                # compute threads, each on its own CUDA stream, were slower (GIL-bound; cold 1k svd on the H200
-                # host, medians of 4 alternating: 1.045 and 1.040 s against 0.910 s; a probe, not kept)
-                built = Future()
-                built.set_result(_build_unit(*args))
-            computing.append(built)
-        for read in prepared:  # left by Ctrl-C
+            joined = _compute_joined(build_plan, group, report) if len(group) > 1 else [{}]
+            for ready, outs in zip(group, joined):
+                args = (build_plan, ready, store, report, created, before, write, outs)
+                if lanes > 1 and ready.missing:
+                    built = computers.submit(_build_unit, *args)
+                else:  # on a GPU, the main thread computes (and queues kernels) while readers read: two or three
+                    # compute threads, each on its own CUDA stream, were slower (GIL-bound; cold 1k svd on the H200
+                    # host, medians of 4 alternating: 1.045 and 1.040 s against 0.910 s; a probe, not kept)
+                    built = Future()
+                    built.set_result(_build_unit(*args))
+                computing.append(built)
+        for _, read in prepared:  # left by Ctrl-C
             read.cancel()
         settle(1)
         while writes:
@@ -448,6 +463,58 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     return ready
 
 
+def _joins(device: str) -> bool:
+    """Whether a build on `device` computes the splits of a layer together (`_joinable`): on a GPU,
+    where a small column leaves most of it idle. On the CPU, columns are computed side by side."""
+    return device.startswith("cuda")
+
+
+def _joinable(build_plan: BuildPlan, group: list[_Prepared], unit: Unit, read: Future) -> bool:
+    """Whether the next column (`unit`, being read by `read`) joins `group` (columns of one layer)
+    to be computed in one call per featurizer on a GPU: another split of the same layer, values of
+    the same shape and dtype, the same featurizers missing, all per-row, nothing appended, and the
+    columns together within JOIN_BYTES. Waits for `read` only when the rest holds."""
+    first = group[0]
+    layout = first.unit.layout
+    if not (first.missing and unit.layer == first.unit.layer and unit.layout.value_shape == layout.value_shape
+            and unit.layout.dtype == layout.dtype
+            and sum(g.unit.layout.nbytes for g in group) + unit.layout.nbytes <= JOIN_BYTES
+            and not any(g.appends or g.offset for g in group)
+            and all(f.featurizer.per_row for f in build_plan.featurizers if f.spec in first.missing)):
+        return False
+    if read.exception() is not None:  # raised when its turn comes, after the group is done
+        return False
+    ready = read.result()
+    return ready.missing == first.missing and not ready.appends and not ready.offset
+
+
+def _compute_joined(build_plan: BuildPlan, group: list[_Prepared], report: BuildReport) -> list[dict[str, np.ndarray]]:
+    """The missing features of the columns of `group` (see `_joinable`), one call per featurizer
+    over their rows joined, split back per column. A call that fails leaves that featurizer to each
+    column's own call (`_build_unit`), whose error names its split and rows."""
+    import torch
+
+    first = group[0]
+    rows = [g.unit.layout.rows for g in group]
+    x = torch.empty((sum(rows), *first.unit.layout.value_shape), dtype=first.host.dtype, device=report.device)
+    for g, start in zip(group, np.cumsum([0, *rows[:-1]])):
+        x[start : start + g.unit.layout.rows].copy_(g.host, non_blocking=True)
+    outs: list[dict[str, np.ndarray]] = [{} for _ in group]
+    splits = "+".join(g.unit.split for g in group)
+    for f in build_plan.featurizers:
+        if f.spec not in first.missing:
+            continue
+        shape = (len(x), *f.output_shape(first.unit.layout.value_shape))
+        try:
+            with _timed(report, "compute"):
+                out = compute(f, x, shape, first.unit.layer, splits, report.device)
+        except FeaturizerError:
+            continue
+        for i, part in enumerate(np.split(out, np.cumsum(rows[:-1]))):
+            outs[i][f.spec] = part
+    return outs
+
+
 def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildReport) -> int:
     with _timed(report, "write"):
         return out.nbytes if store.write_entry(info, out) else 0
@@ -467,22 +534,26 @@ def _cpu_lanes(build_plan: BuildPlan) -> int:
 
 
 def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: BuildReport, created: dict,
-                before: dict, write) -> tuple[list[EntryResult], list[CatalogRow]]:
-    """Compute and write what `ready` lacks (in a compute lane on the CPU); its entries and catalog rows."""
+                before: dict, write, joined: dict[str, np.ndarray]) -> tuple[list[EntryResult], list[CatalogRow]]:
+    """Compute and write what `ready` lacks (in a compute lane on the CPU), or take it from `joined`
+    (`_compute_joined`); its entries and catalog rows."""
     unit, tensor, entries, rows = ready.unit, None, [], []
     for f in build_plan.featurizers:
         key = ready.keys[f.spec]
         shape = (unit.layout.rows, *f.output_shape(unit.layout.value_shape))
         status, reason = "reused", ""
         if f.spec in ready.missing and not store.has_entry(key):  # another build may have made it since
-            if tensor is None:
-                tensor = ready.host.to(report.device, non_blocking=True)
             old = before.get((unit.split, unit.layer, f.spec))
             reason = "new" if old is None else why_stale(old, ready.digest, f.identity) or "removed from the store"
             extended = ready.appends.get(f.spec)
             start = extended.shape[0] if extended else 0  # rows already computed
-            with _timed(report, "compute"):
-                out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device, first=start)
+            out = joined.get(f.spec)
+            if out is None:
+                if tensor is None:
+                    tensor = ready.host.to(report.device, non_blocking=True)
+                with _timed(report, "compute"):
+                    out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device,
+                                  first=start)
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended ({start} reused)"

@@ -474,3 +474,78 @@ def test_columns_before_a_failure_still_computing_when_it_came_are_catalogued(sa
         featstore.build("sanity", ["test_slow_on_train_fails_on_test"], store=store_dir, device="cpu")
     with featstore.open("sanity", store=store_dir) as fs:
         assert [(r.split, r.layer) for r in fs.catalog.rows] == [("train", "layer_000")]
+
+
+_batches_seen: list[int] = []
+
+
+@featstore.featurizer("test_records_its_batches", version="1", output_shape=lambda shape: (2,))
+def _records_its_batches(x):
+    _batches_seen.append(len(x))
+    return torch.stack([x.mean((1, 2)), x.amax((1, 2))], 1).float()
+
+
+@featstore.featurizer("test_fails_on_joined_batches", version="1", output_shape=lambda shape: (1,))
+def _fails_on_joined_batches(x):
+    _batches_seen.append(len(x))
+    if len(x) == 320:  # the sanity preset's two splits of a layer joined (256 + 64 rows)
+        raise ValueError("not joined, please")
+    return x.mean((1, 2))[:, None].float()
+
+
+@pytest.fixture
+def joins_on_the_cpu(monkeypatch):
+    """The GPU's join of a layer's splits into one call per featurizer, in a one-lane CPU build
+    (CI has no GPU; test_gpu_build_joins_a_layers_splits runs it on one)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("featstore.builder._joins", lambda device: True)
+    _batches_seen.clear()
+
+
+def test_a_layers_splits_joined_in_one_call_give_the_entries_of_separate_calls(sanity_dir, tmp_path,
+                                                                               joins_on_the_cpu):
+    specs = ["test_records_its_batches", "svd:k=4", "stats"]
+    featstore.build("sanity", specs, store=str(tmp_path / "joined"), device="cpu")
+    assert _batches_seen == [320] * 8  # one call per layer: train's 256 rows and test's 64
+    joined = featstore.open("sanity", store=str(tmp_path / "joined"))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("featstore.builder._joins", lambda device: False)
+        featstore.build("sanity", specs, store=str(tmp_path / "apart"), device="cpu")
+    apart = featstore.open("sanity", store=str(tmp_path / "apart"))
+    assert {(r.split, r.layer, r.featurizer, r.key, r.shape) for r in joined.catalog.rows} == \
+           {(r.split, r.layer, r.featurizer, r.key, r.shape) for r in apart.catalog.rows}
+    assert {r.shape[0] for r in joined.catalog.rows if r.split == "test"} == {64}
+    for spec in specs:
+        for split in ("train", "test"):
+            for layer in joined.layers:
+                torch.testing.assert_close(joined.load(layer, spec, split=split), apart.load(layer, spec, split=split),
+                                           rtol=0, atol=0)
+    assert featstore.verify(str(tmp_path / "joined")).ok
+
+
+def test_a_joined_call_that_fails_is_made_again_per_column(sanity_dir, store_dir, joins_on_the_cpu):
+    report = featstore.build("sanity", ["test_fails_on_joined_batches"], store=store_dir, device="cpu")
+    assert report.computed == 16
+    assert _batches_seen == [320, 256, 64] * 8
+    fs = featstore.open("sanity", store=store_dir)
+    source = featstore.sources.load_source("sanity")
+    for split in ("train", "test"):
+        values = featstore.read_column(source.splits[split]._data, "layer_005")
+        torch.testing.assert_close(fs.load("layer_005", "test_fails_on_joined_batches", split=split),
+                                   torch.from_numpy(values.copy()).mean((1, 2))[:, None])
+
+
+def test_a_failure_in_a_joined_build_names_the_column_split_and_rows(sanity_dir, store_dir, joins_on_the_cpu):
+    with pytest.raises(FeaturizerError, match=r"featurizer test_fails_slowly_on_train on column 'layer_000' \(split "
+                                              r"train, rows 0-255\) failed: ValueError\('boom on 256 rows'\)"):
+        featstore.build("sanity", ["test_fails_slowly_on_train"], store=store_dir, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_build_joins_a_layers_splits(sanity_dir, store_dir):
+    _batches_seen.clear()
+    featstore.build("sanity", ["test_records_its_batches", "svd"], store=store_dir, device="cuda")
+    assert _batches_seen == [320] * 8
+    fs = featstore.open("sanity", store=store_dir)
+    assert {r.split: r.shape for r in fs.catalog.rows if r.layer == "layer_001" and r.featurizer == "svd"} == \
+           {"train": (256, 16), "test": (64, 16)}

@@ -496,10 +496,15 @@ def _compute_joined(build_plan: BuildPlan, group: list[_Prepared], report: Build
 
     first = group[0]
     rows = [g.unit.layout.rows for g in group]
-    x = torch.empty((sum(rows), *first.unit.layout.value_shape), dtype=first.host.dtype, device=report.device)
+    outs: list[dict[str, np.ndarray]] = [{} for _ in group]
+    try:
+        x = torch.empty((sum(rows), *first.unit.layout.value_shape), dtype=first.host.dtype, device=report.device)
+    except Exception as e:
+        if devices.is_out_of_memory(e):  # the columns one by one need half the room
+            return outs
+        raise
     for g, start in zip(group, np.cumsum([0, *rows[:-1]])):
         x[start : start + g.unit.layout.rows].copy_(g.host, non_blocking=True)
-    outs: list[dict[str, np.ndarray]] = [{} for _ in group]
     splits = "+".join(g.unit.split for g in group)
     for f in build_plan.featurizers:
         if f.spec not in first.missing:

@@ -549,3 +549,18 @@ def test_gpu_build_joins_a_layers_splits(sanity_dir, store_dir):
     fs = featstore.open("sanity", store=store_dir)
     assert {r.split: r.shape for r in fs.catalog.rows if r.layer == "layer_001" and r.featurizer == "svd"} == \
            {"train": (256, 16), "test": (64, 16)}
+
+
+def test_no_room_for_a_layers_splits_joined_computes_them_one_by_one(sanity_dir, store_dir, joins_on_the_cpu,
+                                                                    monkeypatch):
+    real_empty = torch.empty
+
+    def empty(*shape, **kwargs):
+        if shape and shape[0] == (320, 16, 16):  # the joined column: the sanity preset's 256 + 64 rows
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 320 KB")
+        return real_empty(*shape, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    report = featstore.build("sanity", ["test_records_its_batches"], store=store_dir, device="cpu")
+    assert report.computed == 16
+    assert _batches_seen == [256, 64] * 8

@@ -83,10 +83,12 @@ def build_main_thread(device: str) -> dict[str, float]:
 
     real_deque = builder.deque
 
-    class TimedDeque(real_deque):
+    class TimedDeque(real_deque):  # the builder's queue of (unit, the future of its read)
         def popleft(self):
             item = super().popleft()
-            return Waited(item) if hasattr(item, "set_result") else item
+            if isinstance(item, tuple) and len(item) == 2 and hasattr(item[1], "set_result"):
+                return item[0], Waited(item[1])
+            return item
 
     builder.compute, builder.deque = compute_timed, TimedDeque
     try:

@@ -7,7 +7,8 @@
 # `gpu_session.sh incremental` the incremental-build table (bench_incremental.py) on the host's cores;
 # `gpu_session.sh first-build` what the first GPU build in a process pays (probe_first_build.py), with
 # bytecode cached as on a user's machine (the lent machine sets PYTHONDONTWRITEBYTECODE=1);
-# `gpu_session.sh gpu-compute` where a build's GPU compute goes (probe_gpu_compute.py).
+# `gpu_session.sh gpu-compute` where a build's GPU compute goes (probe_gpu_compute.py);
+# `gpu_session.sh first-ab` fresh processes' first builds, this tree against .old (carried), bytecode cached.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FEATSTORE_HOME=/tmp/fshome OUT=${OUT:-/tmp/out}
@@ -36,6 +37,16 @@ if [ "${1:-}" = first-build ]; then
     python3 benchmarks/probe_first_build.py --repeat 1 --out /tmp/unrecorded > /dev/null  # bytecode, Triton's cache
     python3 benchmarks/probe_first_build.py --repeat 3 --out "$OUT"
     python3 benchmarks/probe_first_build.py --profile | head -45 > "$OUT/first-call-profile.txt"
+    exit
+fi
+if [ "${1:-}" = first-ab ]; then
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/pyc
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/ab_build.py --old .old --device cuda --first --rounds 1 > /dev/null  # bytecode, Triton's cache
+    for device in cuda auto; do
+        python3 benchmarks/ab_build.py --old .old --device $device --first --rounds 7 | tee "$OUT/ab-first-build-$device.txt"
+    done
     exit
 fi
 if [ "${1:-}" = gpu-compute ]; then

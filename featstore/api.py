@@ -34,6 +34,7 @@ from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
 from featstore.store import Store, stored_dtype
+from featstore.svdvals import prefetch_triton
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str
     if devices and (workers or scheduler):
         raise FeatstoreError("give --devices, or --workers / --scheduler, not both")
     if not devices and device == "cuda" and not (workers or scheduler):
+        prefetch_triton()  # while torch is imported: the build launches the Triton kernel here
         import torch
 
         count = torch.cuda.device_count()

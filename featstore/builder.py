@@ -46,6 +46,7 @@ from featstore.keys import (
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
 from featstore.sources import Source
 from featstore.store import Store
+from featstore.svdvals import prefetch_triton
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +455,8 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     if ready.missing:
         if set(ready.appends) == ready.missing:
             ready.offset = min(old.shape[0] for old in ready.appends.values())
+        if device != "cpu":  # overlaps the Triton kernel's first-launch costs with importing torch
+            prefetch_triton()
         target = devices.resolve(device)  # the first call imports torch: not part of reading
         with _timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)

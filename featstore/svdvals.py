@@ -27,6 +27,7 @@ measurement (benchmarks/bench_svdvals.py, bench_jacobi_tuning.py):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ JACOBI_TOLERANCE = 1e-5  # largest change a further rotation could make, relativ
 CPU_BLOCK_BYTES = 8 << 20  # float64 matrices per Gram block on the CPU
 FROBENIUS_TOLERANCE = 1e-4  # | sum s^2 / ||A||_F^2 - 1 | accepted from gesvda
 _triton_failed: list[str] = []  # why the Triton kernel failed in this process, if it did
+_prefetching: list[threading.Thread] = []  # prefetch_triton's thread, once started
 
 
 def singular_values(x):
@@ -104,6 +106,32 @@ _calls_lock = threading.Lock()
 def _pool(threads: int) -> ThreadPoolExecutor:
     """One pool per thread count, kept: starting threads per call cost ~1 s of a 10%-append rebuild."""
     return ThreadPoolExecutor(threads, "featstore-svdvals")
+
+
+def prefetch_triton() -> None:
+    """Start, in a thread, the part of the Triton kernel's first launch in a process that needs
+    neither torch nor the GPU: importing triton and computing its cache key, for which Triton
+    hashes its own library files (0.36 s of the first launch's 0.53 s on an H200 host:
+    results/first-call-profile-cuda-h200.txt), mostly outside the GIL. A GPU build calls this
+    just before it imports torch (1.2 s), which the hashing overlaps; the kernel's first launch
+    waits for the thread rather than hash the same files again. Once per process; nothing where
+    triton is not installed."""
+    with _calls_lock:
+        if _prefetching or importlib.util.find_spec("triton") is None:
+            return
+        _prefetching.append(threading.Thread(target=_triton_key, name="featstore-triton", daemon=True))
+        _prefetching[0].start()  # under the lock: a thread that finds it listed may join it
+
+
+def _triton_key() -> None:
+    try:
+        try:
+            from triton.runtime.cache import triton_key  # triton >= 3.5; cached for the process
+        except ImportError:
+            from triton.compiler.compiler import triton_key  # triton 3.2 - 3.4
+        triton_key()
+    except Exception as e:  # noqa: BLE001 (a Triton internal: if it moved, the first launch pays as before)
+        log.debug("could not prefetch Triton's cache key: %r", e)
 
 
 def _checked_gesvda(x):
@@ -192,6 +220,8 @@ def jacobi_svdvals(x, sweeps: int = JACOBI_SWEEPS, precondition: bool = True, dt
     a = x if x.shape[1] >= x.shape[2] else x.mT  # rotate the fewer, longer vectors
     width = a.shape[2]
     if a.device.type == "cuda":  # the Triton kernel; the loop below is its reference
+        if _prefetching:
+            _prefetching[0].join()
         from featstore.jacobi_triton import jacobi_row_norms
 
         n, m = _pow2(width), _pow2(a.shape[1])

@@ -1,6 +1,9 @@
 """Featurizer failures during a build: clear errors, nothing partial published; stored dtypes."""
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -338,6 +341,40 @@ def test_gpu_build_matches_cpu_build(sanity_dir, tmp_path):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
             if spec == "svd":  # both exact to float32 rounding: within 6e-8 of s_max each
                 assert float(((b - a).abs().amax(1) / a[:, 0]).max()) < 2e-7
+
+
+def test_builds_that_may_use_a_gpu_prefetch_tritons_cache_key_once(sanity_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    import featstore.svdvals as sv
+
+    found, calls = importlib.util.find_spec, []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "triton" else found(name, *a))
+    monkeypatch.setattr(sv, "_triton_key", lambda: calls.append(threading.current_thread().name))
+    monkeypatch.setattr(sv, "_prefetching", [])
+    featstore.build("sanity", ["svd"], store=str(tmp_path / "cpu"), device="cpu")
+    assert calls == [] and sv._prefetching == []
+    for store in ("auto", "again"):  # auto may find a GPU: the key is started before torch is imported
+        featstore.build("sanity", ["svd"], store=str(tmp_path / store), device="auto")
+    sv._prefetching[0].join()
+    assert calls == ["featstore-triton"] and len(sv._prefetching) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_build_computes_tritons_cache_key_once_in_its_prefetch_thread(sanity_dir, store_dir):
+    """In a fresh process (Triton caches the key per process): the kernel's first launch waits for
+    the prefetch thread rather than hash Triton's files again."""
+    code = """if True:
+        import json, sys, featstore, featstore.svdvals as sv
+        featstore.build("sanity", ["svd"], store=sys.argv[1], device="cuda")
+        try:
+            from triton.runtime.cache import triton_key
+        except ImportError:
+            from triton.compiler.compiler import triton_key
+        print(json.dumps({"threads": [t.name for t in sv._prefetching], "alive": any(t.is_alive() for t in sv._prefetching),
+                          "computed": triton_key.cache_info().misses}))"""
+    out = subprocess.run([sys.executable, "-c", code, store_dir], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"threads": ["featstore-triton"], "alive": False, "computed": 1}
 
 
 def _count_hashing(monkeypatch, per_file=None):

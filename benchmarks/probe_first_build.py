@@ -6,10 +6,12 @@
 Alternating fresh processes: (a) import, start the device, build twice; (b) the same, but first
 warm up by hand the pieces a build needs on the device the first time (the Triton kernel on one
 64x64 matrix, then a full 800 x 64x64 batch, a pinned host buffer), each timed. If (b)'s first
-build is as fast as its second, those pieces are the first build's extra cost. Medians per line;
-prints the table and writes it to --out/first-build-<device>.txt. With --profile, instead, a fresh
-process prints the cProfile of its first `singular_values` call (after torch, the device and
-`import triton`), the functions that took the most time first.
+build is as fast as its second, those pieces are the first build's extra cost. (c) starts
+`prefetch_triton` (Triton's cache key, in a thread) before importing torch, as a GPU build does,
+then times the first call on one 64x64 matrix: what the prefetch leaves of (b)'s first call.
+Medians per line; prints the table and writes it to --out/first-build-<device>.txt. With
+--profile, instead, a fresh process prints the cProfile of its first `singular_values` call
+(after torch, the device and `import triton`), the functions that took the most time first.
 """
 
 from __future__ import annotations
@@ -24,15 +26,23 @@ from pathlib import Path
 CHILD = """
 import json, sys, tempfile, time
 t = {}
+device, warm, prefetch = sys.argv[1], sys.argv[2] == "warm", sys.argv[2] == "prefetch"
+if prefetch:  # what a GPU build does before it imports torch
+    from featstore.svdvals import prefetch_triton
+    prefetch_triton()
 start = time.perf_counter()
 import torch
 t["import torch"] = time.perf_counter() - start
-device, warm = sys.argv[1], sys.argv[2] == "warm"
 start = time.perf_counter()
 torch.zeros(1, device=device).cpu()
 t["start the device"] = time.perf_counter() - start
 import featstore
 from featstore.svdvals import singular_values
+if prefetch:
+    x = torch.zeros(1, 64, 64, device=device)
+    start = time.perf_counter()
+    singular_values(x).cpu()
+    t["singular values of 1 x 64x64, first"] = time.perf_counter() - start
 if warm:
     for name, make in (("singular values of 1 x 64x64, first", lambda: torch.zeros(1, 64, 64, device=device)),
                        ("singular values of 800 x 64x64, first", lambda: torch.randn(800, 64, 64, device=device)),
@@ -78,7 +88,7 @@ def main() -> None:
     if args.profile:
         subprocess.run([sys.executable, "-c", PROFILE, args.device], check=True)
         return
-    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+    runs: dict[str, list[dict]] = {"cold": [], "warm": [], "prefetch": []}
     for _ in range(args.repeat):
         for mode, found in runs.items():
             out = subprocess.run([sys.executable, "-c", CHILD, args.device, mode], capture_output=True, text=True,
@@ -86,7 +96,8 @@ def main() -> None:
             found.append(json.loads(out.splitlines()[-1]))
             print(mode, found[-1], flush=True)
     lines = [f"probe_first_build: fresh processes, cold 1k svd builds on {args.device}, median of {args.repeat}"]
-    for mode, label in (("cold", "(a) build straight away"), ("warm", "(b) warm-up by hand first")):
+    for mode, label in (("cold", "(a) build straight away"), ("warm", "(b) warm-up by hand first"),
+                        ("prefetch", "(c) prefetch_triton() before import torch, then one call by hand")):
         lines.append(label)
         for key in runs[mode][0]:
             values = [r[key] for r in runs[mode]]

@@ -126,9 +126,9 @@ def prefetch_triton() -> None:
 def _triton_key() -> None:
     try:
         try:
-            from triton.runtime.cache import triton_key  # triton >= 3.5; cached for the process
+            from triton.runtime.cache import triton_key  # where triton 3.6 keeps it; cached for the process
         except ImportError:
-            from triton.compiler.compiler import triton_key  # triton 3.2 - 3.4
+            from triton.compiler.compiler import triton_key  # older ones; torch's inductor tries both
         triton_key()
     except Exception as e:  # noqa: BLE001 (a Triton internal: if it moved, the first launch pays as before)
         log.debug("could not prefetch Triton's cache key: %r", e)

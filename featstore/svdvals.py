@@ -115,7 +115,8 @@ def prefetch_triton() -> None:
     results/first-call-profile-cuda-h200.txt), mostly outside the GIL. A GPU build calls this
     just before it imports torch (1.2 s), which the hashing overlaps; the kernel's first launch
     waits for the thread rather than hash the same files again. Once per process; nothing where
-    triton is not installed."""
+    triton is not installed. Where `auto` then finds no GPU, the thread's work is wasted: one
+    core for ~0.4 s, beside the 1.2 s import."""
     with _calls_lock:
         if _prefetching or importlib.util.find_spec("triton") is None:
             return

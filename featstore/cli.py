@@ -370,8 +370,8 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
             click.echo(f"skipped  {key}  {why}")
         if len(skipped) > SHOWN_SKIPPED:
             click.echo(f"skipped  ... and {len(skipped) - SHOWN_SKIPPED} more (--json lists every one)")
-        rate = report.bytes_read / report.seconds / 1e9 if report.seconds else 0.0
-        click.echo(f"checked {_count(report.checked, 'entry')} ({_size(report.bytes_read)}, {rate:.2f} GB/s), "
+        rate = _size(report.bytes_read / report.seconds) + "/s" if report.seconds else "at once"
+        click.echo(f"checked {_count(report.checked, 'entry')} ({_size(report.bytes_read)}, {rate}), "
                    f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
                    f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
                    + (f", {len(report.skipped)} skipped (stale or not loadable)" if report.skipped else "")

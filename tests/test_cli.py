@@ -245,6 +245,8 @@ def test_long_work_shows_progress_on_a_terminal(tmp_path, store_dir):
     assert status == 1 and "hash" not in shown and "changed file" not in shown
     status, out, shown = _on_a_terminal("verify", "--store", store_dir, "--recompute", "1")
     assert status == 0 and "checked 3 entries" in out, out  # layer_0 raw, layer_1 raw before and after the change
+    rate = re.search(r"checked 3 entries \([\d.]+ [KM]?B, ([\d.]+) [KMG]?B/s\)", out)
+    assert rate and float(rate.group(1)) > 0, out  # in a unit that shows it (not "0.00 GB/s")
     assert "verify: " in shown and "recompute: " in shown
 
 

@@ -181,10 +181,7 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
                 layout = split.layout(layer)
                 split.release()  # what the check paged in (list offsets, and read-ahead around them)
             for f in featurizers:
-                try:
-                    f.output_shape(layout.value_shape)
-                except FeatstoreError as e:
-                    raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split_name}): {e}") from e
+                check_output(f, layer, split_name, layout.value_shape)
             units.append(Unit(split_name, layer, layout))
     labels = {}
     for split_name, split in source.splits.items():
@@ -197,6 +194,15 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
                     raise DatasetError(f"split {split_name}: {e}") from None
                 labels[split_name] = split.layout(source.label_column)
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
+
+
+def check_output(f: BoundFeaturizer, layer: str, split: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`f`'s output shape for rows of `value_shape`, or the error a build stops with, naming the
+    column (`svd` of a vector column, `svd:k=0`)."""
+    try:
+        return f.output_shape(value_shape)
+    except FeatstoreError as e:
+        raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split}): {e}") from e
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import LABELS_IDENTITY, extends, why_stale
+from featstore.builder import LABELS_IDENTITY, check_output, extends, why_stale
 from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
@@ -99,12 +99,14 @@ def _digests(source: Source, store: Store | None, cache: tuple | None = None, cu
     return out, prefixes
 
 
-def _rows_and_row_bytes(source: Source, split: str, layer: str, known: dict) -> tuple[int, int]:
-    """The column's rows and bytes per row, from the layout a build cached (unchanged files), else
-    by checking it (which reads its list offsets: 2.5 s for the 1k preset's 256 columns from a
-    cold page cache)."""
-    layout = known.get((split, layer)) or source.splits[split].layout(layer)
-    return layout.rows, int(np.prod(layout.value_shape, dtype=np.int64)) * layout.dtype.itemsize
+def _layout(source: Source, split: str, layer: str, known: dict):
+    """The column's layout, from the one a build cached (unchanged files), else by checking it
+    (which reads its list offsets: 2.5 s for the 1k preset's 256 columns from a cold page cache)."""
+    return known.get((split, layer)) or source.splits[split].layout(layer)
+
+
+def _row_bytes(layout) -> int:
+    return int(np.prod(layout.value_shape, dtype=np.int64)) * layout.dtype.itemsize
 
 
 def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Store,
@@ -116,12 +118,12 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     catalog = store.read_catalog(source.name)
     served = {r.slot: r for r in catalog.rows} if catalog else {}
     known = known_layouts(cache)
-    sizes = {(s, layer): _rows_and_row_bytes(source, s, layer, known) for layer in source.layers for s in source.splits}
+    layouts = {(s, layer): _layout(source, s, layer, known) for layer in source.layers for s in source.splits}
     cuts = {}  # (split, layer) -> row counts of catalogued entries that the column may extend
-    for (split, layer), (rows, _) in sizes.items():
+    for (split, layer), layout in layouts.items():
         for f in featurizers:
             old = served.get((split, layer, f.spec))
-            if extends(old, f, rows):
+            if extends(old, f, layout.rows):
                 cuts.setdefault((split, layer), set()).add(old.shape[0])
     digests, prefixes = _digests(source, store, cache, cuts, progress)
     report = StatusReport(source.name)
@@ -130,11 +132,14 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
         dtypes.setdefault((r.identity.get("name"), canonical_json(r.identity.get("params"))), set()).add(r.featurizer)
     for layer in source.layers:
         for split in source.splits:
-            digest, (rows, row_bytes) = digests[(split, layer)], sizes[(split, layer)]
+            digest, layout = digests[(split, layer)], layouts[(split, layer)]
+            rows, row_bytes = layout.rows, _row_bytes(layout)
             for f in featurizers:
                 key = entry_key(digest, f.identity)
                 old = served.get((split, layer, f.spec))
                 stored = store.has_entry(key)
+                if not stored:  # a build would compute it, or stop with this error: so does status
+                    check_output(f, layer, split, layout.value_shape)
                 size = rows * row_bytes
                 if old is None:
                     state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
@@ -254,7 +259,8 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
             if not here and not gone:  # in the data, but not a column this status looks at
                 continue
             digest = digests[(split, layer)] if here else ""
-            size = int(np.prod(_rows_and_row_bytes(source, split, layer, {}))) if here else 0
+            layout = _layout(source, split, layer, {}) if here else None
+            size = layout.rows * _row_bytes(layout) if layout else 0
             for f in featurizers:
                 key = entry_key(digest, f.identity) if here else ""
                 then = locked_entries.get(split, {}).get(layer, {}).get(f.spec)

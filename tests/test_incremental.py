@@ -112,6 +112,29 @@ def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, 
     assert featstore.status(path, store=store_dir).fresh
 
 
+def test_status_stops_with_the_builds_error_where_a_featurizer_cannot_take_a_column(tmp_path, store_dir):
+    """Status says what a build would do: for a column a build would compute a featurizer of and
+    cannot (`svd` of a vector column), that is stop with the build's error, not count it as work."""
+    from click.testing import CliRunner
+
+    from featstore.cli import main
+
+    rng = np.random.default_rng(0)
+    data = {"m": rng.standard_normal((ROWS, DIM, DIM), dtype=np.float32), "v": rng.standard_normal((ROWS, DIM))}
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict(data).save_to_disk(path)
+    with pytest.raises(featstore.FeatstoreError) as built:
+        featstore.build(path, ["svd"], store=store_dir)
+    featstore.build(path, ["svd"], layers="m", store=store_dir)
+    with pytest.raises(type(built.value)) as checked:
+        featstore.status(path, store=store_dir)
+    assert str(checked.value) == str(built.value)
+    assert "featurizer svd cannot use column 'v' (split train)" in str(checked.value), checked.value
+    shown = CliRunner().invoke(main, ["status", "-d", path, "--store", store_dir])
+    assert shown.exit_code == 2 and "cannot use column 'v'" in shown.output
+    assert featstore.status(path, layers="m", store=store_dir).fresh
+
+
 def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir, monkeypatch):
     from featstore import sources
 

@@ -167,13 +167,8 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
     checked = known_layouts(cache)
     if not featurizers:
         raise FeatstoreError("no featurizers requested")
+    check_names(source)
     units = []
-    for kind, names in (("split", source.splits), ("layer", source.layers)):
-        for name in names:
-            try:
-                check_name(kind, name)
-            except ValueError as e:
-                raise ColumnError(str(e)) from None
     for layer in source.layers:
         for split_name, split in source.splits.items():
             layout = checked.get((split_name, layer))
@@ -194,6 +189,17 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
                     raise DatasetError(f"split {split_name}: {e}") from None
                 labels[split_name] = split.layout(source.label_column)
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
+
+
+def check_names(source: Source) -> None:
+    """The error a build stops with where a split or chosen layer has a name the store cannot
+    record (`keys.check_name`): `status` and `lock` stop with it too."""
+    for kind, names in (("split", source.splits), ("layer", source.layers)):
+        for name in names:
+            try:
+                check_name(kind, name)
+            except ValueError as e:
+                raise ColumnError(str(e)) from None
 
 
 def check_output(f: BoundFeaturizer, layer: str, split: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -256,7 +256,8 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
 
     \b
     Exit status: 0 all fresh, 1 something stale or missing, 2 error (and where a
-    build would stop, e.g. svd of a vector column: pick --layers). In CI:
+    build would stop, e.g. svd of a vector column or a '/' in a column's name:
+    pick --layers). In CI:
       featstore status --dataset 1k || exit 1           # with the store at hand
       featstore status --lock featstore.lock             # without one: compare with the lockfile
     """

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import LABELS_IDENTITY, check_output, extends, why_stale
+from featstore.builder import LABELS_IDENTITY, check_names, check_output, extends, why_stale
 from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
@@ -114,6 +114,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     """The state of every (split, layer, featurizer) of `source` in `store`; reads, never writes.
     With `progress`, columns it hashes are counted on a progress bar (on a terminal)."""
     started = time.perf_counter()
+    check_names(source)  # a build stops there: so does status
     cache = cached_digests(store, source, progress=progress)
     catalog = store.read_catalog(source.name)
     served = {r.slot: r for r in catalog.rows} if catalog else {}
@@ -203,6 +204,7 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
                         "notebook, an interactive session, a script outside the current directory): a lockfile names "
                         "the module that defines each featurizer, for `featstore status --lock` to import; move it "
                         "into a module, or run the script from its project's directory")
+    check_names(source)
     digests = _digests(source, store, progress=progress)[0]
     return {
         "featstore_lock": LOCK_FORMAT,

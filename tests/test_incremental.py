@@ -135,6 +135,31 @@ def test_status_stops_with_the_builds_error_where_a_featurizer_cannot_take_a_col
     assert featstore.status(path, layers="m", store=store_dir).fresh
 
 
+def test_status_and_lock_stop_with_the_builds_error_at_a_column_name_the_store_cannot_record(tmp_path, store_dir):
+    """A build refuses a column named with a '/' (adapters' module paths may have one); status
+    must not count it as work a build would do, nor lock record it."""
+    from click.testing import CliRunner
+
+    from featstore.cli import main
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict({"m": rng.standard_normal((ROWS, DIM, DIM), dtype=np.float32),
+                                "q_proj/lora_A": rng.standard_normal((ROWS, DIM, DIM), dtype=np.float32)}
+                               ).save_to_disk(path)
+    with pytest.raises(featstore.ColumnError) as built:
+        featstore.build(path, ["stats"], store=store_dir)
+    assert "layer name 'q_proj/lora_A' is not allowed" in str(built.value)
+    featstore.build(path, ["stats"], layers="m", store=store_dir)
+    for command in (featstore.status, featstore.lock):
+        with pytest.raises(featstore.ColumnError) as checked:
+            command(path, ["stats"], store=store_dir)
+        assert str(checked.value) == str(built.value)
+    shown = CliRunner().invoke(main, ["status", "-d", path, "-f", "stats", "--store", store_dir])
+    assert shown.exit_code == 2 and "'q_proj/lora_A' is not allowed" in shown.output, shown.output
+    assert featstore.status(path, ["stats"], layers="m", store=store_dir).fresh
+
+
 def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir, monkeypatch):
     from featstore import sources
 

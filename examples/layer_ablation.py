@@ -1,12 +1,15 @@
 """Which layers carry the category? A linear probe per layer, repeated, for each feature config.
 
     python examples/layer_ablation.py --dataset 1k --num-runs 8 --configs svd stats --output-dir out/1k
+    python examples/layer_ablation.py --dataset ./adapters --layers '*lora_A*' --test-fraction 0.2
 
 The experiment this project was made for: per-layer probes over `--num-runs` repetitions x
 `--configs` (each config is a featurizer spec). Features come from the store: the first run builds
 what is missing, every later run computes nothing (the log says so) and only trains. For each
 config, the probes of all layers train at once (one batched linear model, full-batch Adam) on a
-random 90% of the train split per repetition, and are scored on the test split.
+random 90% of the train split per repetition, and are scored on the test split. A dataset of
+one split (no `test`) is split here instead: `--test-fraction` of its rows, the same ones in every
+run, are held out for scoring. `--layers` (globs) picks the layer columns, as for `featstore build`.
 
 Writes to --output-dir: results.json (accuracies per config, layer and run; mean and std; the
 run's timeline), results.md (a table of mean +- std per layer) and accuracy.png (accuracy by
@@ -17,6 +20,7 @@ the log says whether the probes found them.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gc
 import json
 import logging
@@ -65,6 +69,15 @@ def accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor)
     return (torch.baddbmm(b, x, w).argmax(2) == y).float().mean(1).tolist()
 
 
+def split_names(splits: list[str]) -> tuple[str, str | None]:
+    """(the split to train on, the one to score on, or None to hold rows of the first out)."""
+    if "test" in splits:
+        return ("train" if "train" in splits else next(s for s in splits if s != "test")), "test"
+    if len(splits) != 1:
+        raise SystemExit(f"the dataset has splits {', '.join(splits)} and none named test: which one scores the probes?")
+    return splits[0], None
+
+
 def write_outputs(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -101,6 +114,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="1k", help="anything `featstore build --dataset` takes")
     parser.add_argument("--num-runs", type=int, default=8, help="repetitions per layer and config")
     parser.add_argument("--configs", nargs="+", default=["svd", "stats"], help="featurizer specs, one per config")
+    parser.add_argument("--layers", nargs="+", default=[], help="layer column globs (default: every layer column)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="rows held out for scoring when the dataset has no test split")
     parser.add_argument("--output-dir", type=Path, default=Path("layer_ablation_out"))
     parser.add_argument("--store", default=None, help="store location (default: FEATSTORE_STORE or ~/.cache)")
     parser.add_argument("--device", default="auto", help="for features and probes: auto, cpu, cuda")
@@ -114,7 +130,7 @@ def main() -> None:
     gc.freeze()
     started = time.perf_counter()
 
-    report = featstore.build(args.dataset, args.configs, store=args.store, device=device)
+    report = featstore.build(args.dataset, args.configs, layers=args.layers, store=args.store, device=device)
     built = time.perf_counter() - started
     reasons = ", ".join(f"{n} {r}" for r, n in report.reasons.items())
     log.info("features: %d computed%s, %d reused in %.2f s", report.computed, f" ({reasons})" if reasons else "",
@@ -122,12 +138,19 @@ def main() -> None:
 
     start = time.perf_counter()
     fs = featstore.open(args.dataset, store=args.store)
-    layers = fs.layers
+    layers = [layer for layer in fs.layers if not args.layers or any(fnmatch.fnmatch(layer, g) for g in args.layers)]
     specs = {c: fs.row(layers[0], c).featurizer for c in args.configs}
-    y_train, y_test = fs.labels("train", device=device), fs.labels("test", device=device)
-    features = {c: (fs.load_many(layers, c, "train", stack=True, device=device),
-                    fs.load_many(layers, c, "test", stack=True, device=device)) for c in args.configs}
+    train, test = split_names(fs.splits)
+    y_train, y_test = fs.labels(train, device=device), fs.labels(test, device=device) if test else None
+    features = {c: (fs.load_many(layers, c, train, stack=True, device=device),
+                    fs.load_many(layers, c, test, stack=True, device=device) if test else None) for c in args.configs}
     fs.close()
+    if test is None:  # hold out the same rows in every run and config
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(0))
+        n_test = max(1, int(args.test_fraction * len(y_train)))
+        held_out, kept = order[:n_test], order[n_test:]
+        y_train, y_test = y_train[kept.to(y_train.device)], y_train[held_out.to(y_train.device)]
+        features = {c: (x[:, kept.to(x.device)], x[:, held_out.to(x.device)]) for c, (x, _) in features.items()}
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     loaded = time.perf_counter() - start
@@ -151,6 +174,7 @@ def main() -> None:
     results = {
         "dataset": args.dataset, "configs": [specs[c] for c in args.configs], "num_runs": args.num_runs,
         "layers": layers, "device": device, "classes": classes,
+        "rows": {"train": len(y_train), "test": len(y_test), "test_split": test or f"{args.test_fraction:g} of {train}"},
         "features": {"computed": report.computed, "reused": report.reused, "reasons": dict(report.reasons)},
         "accuracy": {specs[c]: v for c, v in accuracy_by.items()},
         "summary": {specs[c]: v for c, v in summary.items()},

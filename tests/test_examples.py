@@ -39,6 +39,29 @@ def test_layer_ablation_finds_the_signal_layers_and_computes_nothing_the_second_
     assert timeline["total"] >= timeline["training"] > 0 and timeline["build_compute"] == 0
 
 
+def test_layer_ablation_holds_rows_out_of_a_single_split_and_takes_only_the_layers_asked_for(sanity_dir, tmp_path):
+    """A researcher's dataset: one split, and a column besides the layers that no featurizer takes."""
+    import datasets
+    import numpy as np
+
+    saved = datasets.load_from_disk(str(sanity_dir))
+    one = datasets.concatenate_datasets([saved["train"], saved["test"]])
+    one = one.add_column("notes", np.zeros((len(one), 3), np.float32).tolist())
+    datasets.DatasetDict({"train": one}).save_to_disk(str(tmp_path / "one"))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "layer_ablation.py"), "--dataset", str(tmp_path / "one"),
+                           "--layers", "layer_*", "--num-runs", "2", "--configs", "svd", "--test-fraction", "0.25",
+                           "--output-dir", str(out), "--store", str(tmp_path / "store"), "--device", "cpu"],
+                          capture_output=True, text=True, check=False, env=os.environ | {"MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["layers"] == [presets.layer_name(i) for i in range(8)]
+    assert results["rows"] == {"train": len(one) - len(one) // 4, "test": len(one) // 4, "test_split": "0.25 of train"}
+    means = results["summary"]["svd"]
+    signal = {presets.layer_name(i) for i in presets.signal_layers(8)}
+    assert set(sorted(means, key=lambda layer: -means[layer]["mean"])[: len(signal)]) == signal, means
+
+
 def test_custom_featurizer_builds_loads_and_is_reused_from_the_cli_until_its_helper_changes(sanity_dir, tmp_path):
     """The example defines its featurizer in the script (run as __main__); the CLI imports the same
     file as a module and must find the same entries; an edited helper makes new ones."""

@@ -31,8 +31,9 @@ def _choose(fs: FeatureSet, layers: str | Iterable[str] | None, featurizers: str
 class FeatureDataset(Dataset):
     """Rows of one split: item `i` is `(features, label)`, where `features` is a dict
     {(layer, featurizer spec): tensor of that row} or, with `flatten`, one float32 1-D tensor of
-    them all concatenated in (layer, featurizer) order; `label` is an int64 scalar tensor (None
-    when the dataset has no label column).
+    them all concatenated in (layer, featurizer) order; `label` is an int64 scalar tensor. For a
+    dataset without a label column item `i` is `features` alone (a None label would stop
+    DataLoader's default collate).
 
         ds = FeatureDataset("1k", layers=["layer_032", "layer_033"], featurizers=["svd"], flatten=True)
         loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
@@ -81,7 +82,7 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int):
         tensors, labels = self._load()
         features = tensors[0][i] if self.flatten else {c: t[i] for c, t in zip(self.columns, tensors)}
-        return features, labels[i] if labels is not None else None
+        return (features, labels[i]) if labels is not None else features
 
 
 def load_split(dataset: Any, layers: str | Iterable[str] | None = None, featurizers: str | Iterable[str] | None = None,

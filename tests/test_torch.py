@@ -84,6 +84,18 @@ def test_feature_dataset_with_dataloader_workers(built):
     assert set(features) == {(f"layer_{i:03d}", "raw") for i in range(8)} and label.dtype == torch.int64
 
 
+def test_feature_dataset_without_labels_batches_its_features_alone(tmp_path, store_dir):
+    values = np.random.default_rng(0).standard_normal((20, 4, 4), dtype=np.float32)
+    datasets.Dataset.from_dict({"m": values}).save_to_disk(str(tmp_path / "d"))
+    featstore.build(str(tmp_path / "d"), ["stats", "raw"], store=store_dir)
+    ds = FeatureDataset(str(tmp_path / "d"), featurizers=["raw"], store=store_dir)
+    batches = list(DataLoader(ds, batch_size=8))
+    assert [tuple(b[("m", "raw")].shape) for b in batches] == [(8, 4, 4), (8, 4, 4), (4, 4, 4)]
+    torch.testing.assert_close(torch.cat([b[("m", "raw")] for b in batches]), torch.from_numpy(values), rtol=0, atol=0)
+    flat = FeatureDataset(str(tmp_path / "d"), featurizers=["stats"], store=store_dir, flatten=True)
+    assert next(iter(DataLoader(flat, batch_size=5))).shape == (5, 4)
+
+
 def test_feature_dataset_names_a_missing_feature(built):
     """A DataLoader worker reading a removed entry says which feature it is, as `load` does."""
     ds = FeatureDataset("sanity", layers=["layer_002"], featurizers=["svd:k=4"], store=built)

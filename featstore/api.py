@@ -235,7 +235,7 @@ class FeatureSet:
         chunks it needs. For a GPU `device`, chunks are read straight into pinned memory and copied
         without blocking."""
         row = self.row(layer, featurizer, split)
-        return self._read(row, rows, *load_target(device, dtype))
+        return self._read(row, checked_rows(rows), *load_target(device, dtype))
 
     def load_many(self, layers: str | Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
                   device=None, dtype=None, rows: slice | None = None):
@@ -243,7 +243,7 @@ class FeatureSet:
         tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`."""
         import torch
 
-        layers = list(names(layers))
+        layers, rows = list(names(layers)), checked_rows(rows)
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
         device, dtype = load_target(device, dtype)
         if stack and len({r.shape[1:] for r in found}) > 1:
@@ -271,7 +271,7 @@ class FeatureSet:
             raise NotFoundError(f"{self.dataset!r} was built without a label column (see --label-column)")
         n = self.catalog.splits[split].rows
         device, _ = load_target(device, None)
-        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), rows, device, None)
+        return self._read(CatalogRow(split, "", "labels", key, (n,), "int64", n * 8, ""), checked_rows(rows), device, None)
 
     def _read(self, row: CatalogRow, rows, device, dtype):
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""
@@ -387,6 +387,15 @@ def _map(fn, items, rows: list[CatalogRow]) -> list:
 def _release(store: Store, lease: str, owner: int) -> None:
     if os.getpid() == owner:  # a forked child (a DataLoader worker) must not drop its parent's lease
         store.release(lease)
+
+
+def checked_rows(rows: slice | None) -> slice | None:
+    """`rows` if it is a slice or None (every row); an error saying what to pass instead. (A step
+    other than 1 is the store's ValueError: reads are of contiguous chunks.)"""
+    if rows is not None and not isinstance(rows, slice):
+        raise TypeError(f"rows must be a slice such as slice(0, 100) (or None for every row), not {rows!r:.60}; "
+                        "for other selections load them all, or their span, and index the tensor")
+    return rows
 
 
 def names(value: str | Iterable[str]) -> tuple[str, ...]:

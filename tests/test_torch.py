@@ -36,6 +36,12 @@ def test_load_rows_dtype_and_many(built):
     assert torch.equal(fs.labels("train", rows=slice(0, 4)), fs.labels("train")[:4])
     with pytest.raises(featstore.NotFoundError, match=r"no layer 'nope'"):
         fs.load_many(["layer_000", "nope"], "raw")
+    for load in (lambda rows: fs.load("layer_001", "raw", rows=rows), lambda rows: fs.labels("train", rows=rows),
+                 lambda rows: fs.load_many(["layer_001"], "raw", rows=rows, stack=True)):
+        with pytest.raises(TypeError, match=r"rows must be a slice such as slice\(0, 100\).*not \[1, 2\]"):
+            load([1, 2])
+        with pytest.raises(ValueError, match=r"contiguous slice"):
+            load(slice(0, 10, 2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

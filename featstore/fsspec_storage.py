@@ -5,6 +5,7 @@ a store location is such a URL (`storage.open_storage`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -60,14 +61,17 @@ class FsspecStorage(Storage):
 
     def write_new(self, path: str, data: bytes) -> bool:
         with io_errors(f"{self.url}/{path}"):
+            if "mode" not in inspect.signature(self.fs.pipe_file).parameters:
+                # a filesystem without create-only writes (fsspec before 2024.12 took mode= and
+                # overwrote): best effort
+                if self.fs.exists(self._path(path)):
+                    return False
+                self.fs.pipe_file(self._path(path), data)
+                return True
             try:
                 self.fs.pipe_file(self._path(path), data, mode="create")
             except FileExistsError:
                 return False
-            except TypeError:  # a filesystem without create-only writes: best effort
-                if self.fs.exists(self._path(path)):
-                    return False
-                self.fs.pipe_file(self._path(path), data)
             return True
 
     def put(self, path: str, data: bytes | memoryview) -> None:

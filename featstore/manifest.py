@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from featstore.errors import StoreError
@@ -18,7 +18,7 @@ SCHEMA_VERSION = 2  # 2: entries record a digest per chunk file
 
 def now() -> str:
     """The time an entry is created or a catalog updated: UTC, to the second, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _check_version(data: dict[str, Any], what: str) -> None:

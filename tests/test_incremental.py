@@ -604,7 +604,7 @@ def test_an_empty_split_is_left_out_and_said_so(tmp_path, store_dir, caplog):
     path = save(10)
     featstore.build(path, ["stats"], store=store_dir)
     save(0)
-    assert not list((tmp_path / "d" / "test").glob("*.arrow"))  # what save_to_disk writes for no rows
+    # datasets 4 writes no data file for a split without rows, datasets 3 an empty one: either is left out
     with caplog.at_level("WARNING"):
         report = featstore.status(path, store=store_dir)
     assert f"{path}: split test has no rows, so no features: left out" in caplog.text

@@ -59,6 +59,25 @@ def test_entries_roundtrip_and_publish_is_create_only(store_url):
     assert Store.open(store_url).has_entry(key)  # a second handle sees it
 
 
+def test_create_only_writes_hold_on_a_filesystem_whose_pipe_file_ignores_mode():
+    """fsspec before 2024.12 took pipe_file(..., mode="create") and overwrote the file: a backend
+    whose pipe_file has no `mode` gets the exists-then-write fallback, never a silent overwrite."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from featstore.fsspec_storage import FsspecStorage
+
+    class OldMemory(MemoryFileSystem):
+        def pipe_file(self, path, value, **kwargs):  # the old signature: mode= lands in kwargs, unused
+            with self.open(path, "wb") as f:
+                f.write(value)
+
+    storage = FsspecStorage(f"memory://featstore-old-{uuid.uuid4().hex[:8]}")
+    storage.fs = OldMemory()
+    assert storage.write_new("a/zarr.json", b"first") is True
+    assert storage.write_new("a/zarr.json", b"second") is False
+    assert storage.read_bytes("a/zarr.json") == b"first"
+
+
 def test_damaged_chunks_are_detected(store_url):
     store = Store.open(store_url, create=True)
     values = np.arange(64, dtype=np.float32).reshape(8, 8)

@@ -18,7 +18,7 @@ import numpy as np
 
 from featstore import builder
 from featstore.config import default_store
-from featstore.device import check_device, load_target
+from featstore.device import check_device, from_stored, load_target, stored_view
 from featstore.digest_cache import cached_digests
 from featstore.errors import (
     DatasetError,
@@ -33,7 +33,7 @@ from featstore.errors import (
 from featstore.featurizers import parse_spec
 from featstore.manifest import Catalog, CatalogRow
 from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
-from featstore.store import Store, stored_dtype
+from featstore.store import Store
 from featstore.svdvals import prefetch_triton
 
 log = logging.getLogger(__name__)
@@ -253,8 +253,8 @@ class FeatureSet:
         if stack and found and len({(r.shape, r.dtype) for r in found}) == 1:  # read straight into the stack
             shape = (len(found), *self._rows_shape(found[0], rows))
             host = self._host_buffer(found[0], shape, pinned=self._pin(device, shape))
-            _map(lambda i: self._read_into(found[i], rows, host[i].numpy()), range(len(found)), found)
-            return self._finish(host, found[0].dtype, device, dtype)
+            _map(lambda i: self._read_into(found[i], rows, stored_view(host[i])), range(len(found)), found)
+            return self._finish(host, device, dtype)
         tensors = _map(lambda r: self._read(r, rows, device, dtype), found, found)
         if stack:
             return torch.stack(tensors) if tensors else torch.empty(0)
@@ -277,12 +277,10 @@ class FeatureSet:
         """One entry as a tensor on `device` in `dtype`; for a large one to a GPU through pinned memory."""
         if self._pin(device, row.shape):
             host = self._host_buffer(row, self._rows_shape(row, rows), pinned=True)
-            self._read_into(row, rows, host.numpy())
+            self._read_into(row, rows, stored_view(host))
         else:
-            import torch
-
-            host = torch.from_numpy(self._read_into(row, rows))
-        return self._finish(host, row.dtype, device, dtype)
+            host = from_stored(self._read_into(row, rows), row.dtype)
+        return self._finish(host, device, dtype)
 
     def _read_into(self, row: CatalogRow, rows, out=None):
         """`store.read_entry` of `row`; a missing or corrupt entry's error names the feature and
@@ -307,16 +305,13 @@ class FeatureSet:
 
     @staticmethod
     def _host_buffer(row: CatalogRow, shape: tuple[int, ...], pinned: bool):
-        """An empty host tensor for `row`'s stored values (bfloat16 as its raw uint16, see device.to_stored)."""
+        """An empty host tensor for `row`'s values, in its stored dtype (read into it through `stored_view`)."""
         import torch
 
-        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, stored_dtype(row.dtype))).dtype, pin_memory=pinned)
+        return torch.empty(shape, dtype=getattr(torch, row.dtype), pin_memory=pinned)
 
     @staticmethod
-    def _finish(host, stored: str, device, dtype):
-        import torch
-
-        tensor = host.view(torch.bfloat16) if stored == "bfloat16" else host
+    def _finish(tensor, device, dtype):
         if device is not None:
             tensor = tensor.to(device, non_blocking=tensor.is_pinned())
         return tensor.to(dtype) if dtype is not None else tensor

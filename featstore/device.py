@@ -115,17 +115,25 @@ def to_stored(tensor, dtype: str) -> np.ndarray:
     bits (uint16; numpy has no bfloat16)."""
     import torch
 
-    if dtype == "bfloat16":
-        return tensor.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
+    if dtype == "bfloat16":  # through int16, the same bits: torch before 2.3 has no uint16
+        return tensor.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
     return tensor.to(getattr(torch, dtype)).cpu().numpy()
 
 
 def from_stored(values: np.ndarray, dtype: str):
-    """The torch tensor of a stored array (see `to_stored`)."""
+    """The torch tensor of a stored array (see `to_stored`), sharing its memory."""
     import torch
 
-    tensor = torch.from_numpy(values)
-    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+    if dtype == "bfloat16":
+        return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(values)
+
+
+def stored_view(tensor) -> np.ndarray:
+    """A host tensor's memory as the numpy array the store reads into (see `to_stored`)."""
+    import torch
+
+    return tensor.view(torch.int16).numpy().view(np.uint16) if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
 
 def first_nonfinite_row(values: np.ndarray, dtype: str) -> int | None:

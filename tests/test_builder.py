@@ -594,7 +594,7 @@ def test_no_room_for_a_layers_splits_joined_computes_them_one_by_one(sanity_dir,
 
     def empty(*shape, **kwargs):
         if shape and shape[0] == (320, 16, 16):  # the joined column: the sanity preset's 256 + 64 rows
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 320 KB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 320 KB")
         return real_empty(*shape, **kwargs)
 
     monkeypatch.setattr(torch, "empty", empty)

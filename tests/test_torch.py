@@ -46,6 +46,7 @@ def test_load_rows_dtype_and_many(built):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_load_to_the_gpu(built, monkeypatch):
+    featstore.build("sanity", ["stats:dtype=bfloat16", "stats:dtype=float16"], store=built)
     fs = featstore.open("sanity", store=built)
     for pin in (1 << 40, 0):  # small loads copy from ordinary memory, large ones through pinned memory
         monkeypatch.setattr(featstore.api, "PIN_BYTES", pin)
@@ -54,6 +55,11 @@ def test_load_to_the_gpu(built, monkeypatch):
         torch.testing.assert_close(on_gpu.cpu(), fs.load("layer_002", "svd:k=4")[3:30], rtol=0, atol=0)
         stacked = fs.load_many(["layer_001", "layer_002"], "raw", device="cuda", stack=True)
         torch.testing.assert_close(stacked[1].cpu(), fs.load("layer_002", "raw"), rtol=0, atol=0)
+        for spec in ("stats:dtype=bfloat16", "stats:dtype=float16"):  # pinned buffers of 16-bit features too
+            half = fs.load_many(["layer_001", "layer_002"], spec, device="cuda", stack=True)
+            assert half.dtype == getattr(torch, spec.split("=")[1]) and half.is_cuda
+            torch.testing.assert_close(half[1].cpu(), fs.load("layer_002", spec), rtol=0, atol=0)
+            torch.testing.assert_close(fs.load("layer_002", spec, device="cuda").cpu(), half[1].cpu(), rtol=0, atol=0)
 
 
 def test_require_fresh_refuses_features_of_edited_data(built, sanity_dir):

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
@@ -33,7 +33,7 @@ from featstore.digest_cache import cached_digests, known_layouts, updated_digest
 from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
 from featstore.identity import changed_parts
-from featstore.interrupts import deferred_ctrl_c
+from featstore.interrupts import deferred_ctrl_c, waited
 from featstore.keys import (
     KEY_VERSION,
     array_digest,
@@ -265,6 +265,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             ThreadPoolExecutor(workers, "featstore-read") as readers, \
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
+        pools = (readers, computers, writers)  # a second Ctrl-C in a script stops what they have queued
         prepared: deque = deque()  # (unit, the future of its _Prepared), in build order
         upcoming = iter(build_plan.units)
 
@@ -312,17 +313,19 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     finish(computing.popleft())
                 failed = [i for i, built in enumerate(computing) if built.done() and built.exception()]
                 if failed:
-                    wait(list(computing)[: failed[0]])
+                    waited(list(computing)[: failed[0]], interrupted, pools=pools)
                     while not computing[0].exception():  # the columns before it: done, catalogued
                         finish(computing.popleft())
                     computing[0].result()
                 running = [built for built in computing if not built.done()]
                 if len(running) < running_limit:
                     return
-                wait(running, return_when=FIRST_COMPLETED)
+                waited(running, interrupted, FIRST_COMPLETED, pools)
 
         def take() -> _Prepared:
-            ready = prepared.popleft()[1].result()
+            read = prepared.popleft()[1]
+            waited([read], interrupted, pools=pools)
+            ready = read.result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
             if ready.segments:
                 report.segments[(ready.unit.split, ready.unit.layer)] = ready.segments

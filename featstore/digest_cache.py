@@ -15,7 +15,7 @@ import numpy as np
 
 from featstore.columns import ColumnLayout
 from featstore.errors import ColumnError
-from featstore.interrupts import deferred_ctrl_c
+from featstore.interrupts import deferred_ctrl_c, waited
 from featstore.keys import ColumnDigests, column_digests
 from featstore.sources import Source
 from featstore.store import Store
@@ -69,11 +69,14 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
             return False
 
     with deferred_ctrl_c("finishing the comparison of the changed files, then stopping") as interrupted, \
-            ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool:
-        compared = tqdm(pool.map(unchanged, todo), total=len(todo), unit="column", leave=False,
-                        desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}",
-                        disable=True if not progress else None)
-        vouched = {layer for layer, same in zip(todo, compared) if same}
+            ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool, \
+            tqdm(total=len(todo), unit="column", leave=False, disable=True if not progress else None,
+                 desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}") as bar:
+        compared = [pool.submit(unchanged, layer) for layer in todo]
+        for future in compared:
+            waited([future], interrupted, pools=(pool,))
+            bar.update()
+        vouched = {layer for layer, same in zip(todo, compared) if same.result()}
     if interrupted:
         raise KeyboardInterrupt
     return vouched

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, wait
 from contextlib import contextmanager
 
 from featstore import config
@@ -31,8 +32,10 @@ def deferred_ctrl_c(doing: str):
     a Dask build: between tasks) and stops cleanly. The first Ctrl-C prints "Ctrl-C: `doing`". A
     second, in the `featstore` command, ends the process at once, as a kill would: what is published
     stays, uncatalogued, for the next build to reuse; in a process of the user's
-    (config.SECOND_CTRL_C_EXITS unset), it raises KeyboardInterrupt where the build is, as Python
-    would have the first time."""
+    (config.SECOND_CTRL_C_EXITS unset), it stops the waiting: the loop's next `waited` starts
+    nothing more and raises KeyboardInterrupt there, once the work running then ends. Never from
+    the handler: wherever the main thread was (inside a lock of concurrent.futures, say), it would
+    leave the pool's threads waiting on that lock for ever."""
     interrupted: list[int] = []
     if not pythons_ctrl_c():
         yield interrupted
@@ -43,7 +46,9 @@ def deferred_ctrl_c(doing: str):
     def handler(signum, frame):
         # os.write, not logging or print: the handler may run while the main thread holds their locks
         if interrupted and not exits:
-            raise KeyboardInterrupt
+            interrupted.append(signum)
+            os.write(2, b"\nCtrl-C again: stopping once the work running now ends\n")
+            return
         if interrupted:
             os.write(2, b"\nStopped. The features it finished are in the store, uncatalogued: the next build "
                         b"reuses them unless a gc runs first.\n")
@@ -53,6 +58,20 @@ def deferred_ctrl_c(doing: str):
 
     with _handling(handler):
         yield interrupted
+
+
+def waited(futures, interrupted: list, return_when: str = ALL_COMPLETED, pools=()):
+    """`concurrent.futures.wait(futures, return_when=...)`, looking every 0.1 s for a second Ctrl-C
+    (`interrupted`, from deferred_ctrl_c, holds two): then the `pools` start nothing more and
+    KeyboardInterrupt is raised here, in the caller's thread, where it holds no lock."""
+    while True:
+        if len(interrupted) > 1:
+            for pool in pools:
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise KeyboardInterrupt
+        done, pending = wait(futures, timeout=0.1, return_when=return_when)
+        if not pending or (done and return_when == FIRST_COMPLETED):
+            return done, pending
 
 
 @contextmanager

@@ -171,6 +171,23 @@ def test_randproj_is_a_seeded_gaussian_projection(sanity_layer):
     assert abs(float(ratio.square().mean()) - 1) < 0.05
 
 
+def test_randproj_draws_its_matrix_once_per_shape_and_seed(sanity_layer, monkeypatch):
+    from featstore.featurizers import basic
+
+    drawn = []
+    monkeypatch.setattr(basic, "projection_matrix",
+                        lambda *args, draw=basic.projection_matrix: drawn.append(args) or draw(*args))
+    basic._projection_on.cache_clear()
+    x = torch.from_numpy(sanity_layer.copy())
+    first = parse_spec("randproj:dim=64,seed=3")(x)
+    for column in (x, x[:10] * 2):  # the columns after it, of the same shape: the matrix is kept
+        np.testing.assert_allclose(parse_spec("randproj:dim=64,seed=3")(column).numpy(),
+                                   (first[: len(column)] * (1 if column is x else 2)).numpy(), rtol=1e-6, atol=1e-6)
+    parse_spec("randproj:dim=64,seed=4")(x)
+    assert drawn == [(256, 64, 3), (256, 64, 4)]
+    basic._projection_on.cache_clear()  # the other tests draw their own
+
+
 def test_decorated_user_featurizer_params_from_signature():
     import featstore
 

@@ -158,6 +158,18 @@ def batch_rows(row_bytes: int, rows: int, device: str) -> int:
     return max(1, min(rows, budget // max(row_bytes, 1)))
 
 
+def in_blocks(fn, x, block_bytes: int):
+    """`fn(x)` for a per-row `fn` that works in float64: on the CPU over blocks of rows of about
+    `block_bytes` as float64, whose copies stay in the caches (a whole column's spills out of them:
+    `norms` of 1000 x 16 x 4096 took 1.3 s at once, 0.13 s in 4 MB blocks, 2 cores); on a GPU, at once."""
+    import torch
+
+    block = max(1, block_bytes // max(1, 8 * x.shape[1:].numel()))
+    if x.device.type != "cpu" or len(x) <= block:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(block)])
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """A GPU's out of memory, or the host's: torch's CPU allocator ("can't allocate memory") or
     numpy's MemoryError."""

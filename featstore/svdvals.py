@@ -181,10 +181,9 @@ def _jacobi_then_gram(x):
 def cpu_gram_svdvals(x):
     """`gram_svdvals` in blocks of ~8 MB of float64: a whole column at once would hold two
     float64 copies of it (a Gram matrix per row can be as large as the row)."""
-    import torch
+    from featstore.device import in_blocks
 
-    block = max(1, CPU_BLOCK_BYTES // max(1, 8 * x.shape[1] * x.shape[2]))
-    return torch.cat([_gram_or_lapack(part) for part in x.split(block)]) if len(x) > block else _gram_or_lapack(x)
+    return in_blocks(_gram_or_lapack, x, CPU_BLOCK_BYTES)
 
 
 def _gram_or_lapack(x):

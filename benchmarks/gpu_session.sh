@@ -8,6 +8,8 @@
 # `gpu_session.sh first-build` what the first GPU build in a process pays (probe_first_build.py), with
 # bytecode cached as on a user's machine (the lent machine sets PYTHONDONTWRITEBYTECODE=1);
 # `gpu_session.sh gpu-compute` where a build's GPU compute goes (probe_gpu_compute.py);
+# `gpu_session.sh shapes` featurizers and singular-value routes on LoRA factors' shapes (bench_shapes.py), with
+# the tests of the featurizers and singular values;
 # `gpu_session.sh first-ab` fresh processes' first builds, this tree against .old (carried), bytecode cached.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -52,6 +54,11 @@ fi
 if [ "${1:-}" = gpu-compute ]; then
     python3 -m featstore.cli datasets make 1k > /dev/null
     python3 benchmarks/probe_gpu_compute.py --repeat 3 --out "$OUT"
+    exit
+fi
+if [ "${1:-}" = shapes ]; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py 2>&1 | tail -3 | tee "$OUT/gpu-tests.txt"
+    (cd benchmarks && python3 bench_shapes.py --device cuda --out "$OUT")
     exit
 fi
 if [ "${1:-}" = startup ]; then

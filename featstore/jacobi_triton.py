@@ -94,7 +94,7 @@ def jacobi_row_norms(v, sweeps: int, warps: int | None = None, qr: bool = False,
     b, n, m = v.shape
     if qr and n != m:
         raise ValueError(f"the kernel's QR needs square blocks, got {n}x{m}")
-    out = torch.empty((b, n), device=v.device, dtype=torch.float32)
+    out = torch.empty((b, n), device=v.device, dtype=getattr(torch, dtype))  # norms in the working dtype
     off = torch.empty((b,), device=v.device, dtype=torch.float32)
     if not warps:  # the fastest on an H200 (results/jacobi-tuning-cuda-h200.txt): 2 up to 64x64 in either
         # dtype, then 4 for float32 128x128 and 8 for float64 (800 ms with 4: registers spill, 75 with 8)

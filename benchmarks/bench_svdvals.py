@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from featstore import presets
-from featstore.svdvals import _cpu_svdvals, _jacobi_then_gram, gram_svdvals, jacobi_svdvals, singular_values
+from featstore.svdvals import (
+    TRITON_MAX_WIDTH,
+    _cpu_svdvals,
+    _jacobi_then_gram,
+    gram_svdvals,
+    jacobi_svdvals,
+    singular_values,
+)
 
 
 def lora_batch(rows: int, dim: int, layer: int) -> np.ndarray:
@@ -40,7 +47,9 @@ def torch_qr_then_kernel(x):
     return jacobi_row_norms(r, 8, dtype="float64")[0].sort(1, descending=True).values
 
 
-def routes(device: str) -> dict:
+def routes(device: str, dim: int) -> dict:
+    """Every route for (n, dim, dim) batches on `device`. The kernel's routes stop at
+    TRITON_MAX_WIDTH: wider, its matrix no longer fits in registers, and featstore's fallback is Gram."""
     if not device.startswith("cuda"):  # the library routes and ours; the Jacobi is a GPU kernel
         return {
             "torch.linalg.svdvals (default)": lambda x: torch.linalg.svdvals(x),
@@ -59,10 +68,27 @@ def routes(device: str) -> dict:
         "featstore singular_values": singular_values,
         "featstore fallback (no gesvda)": _jacobi_then_gram,
     }
-    if device.startswith("cuda"):
-        out["svdvals driver=gesvda"] = lambda x: torch.linalg.svdvals(x, driver="gesvda")
+    out["svdvals driver=gesvda"] = lambda x: torch.linalg.svdvals(x, driver="gesvda")
+    if dim & (dim - 1) == 0:  # the kernel alone, unpadded: powers of two only
         out["jacobi triton f64 + torch's QR, 8 sw."] = torch_qr_then_kernel
+    if dim > TRITON_MAX_WIDTH:
+        out = {route: fn for route, fn in out.items() if "triton" not in route and "fallback" not in route}
     return out
+
+
+def gesvda_census(x) -> tuple[int, int]:
+    """(matrices on which `gesvda` fails even alone, found by halving a failing batch; matrices of
+    the batch whose values featstore's check rejects (Frobenius norm), where it does not fail)."""
+    from featstore.svdvals import _frobenius_mismatch
+
+    try:
+        values = torch.linalg.svdvals(x, driver="gesvda")
+    except RuntimeError:
+        if len(x) == 1:
+            return 1, 0
+        halves = [gesvda_census(half) for half in x.split((len(x) + 1) // 2)]
+        return sum(h[0] for h in halves), sum(h[1] for h in halves)
+    return 0, int(_frobenius_mismatch(x, values).sum())
 
 
 def sync(device: str) -> None:
@@ -87,7 +113,7 @@ def main() -> None:
     for dim in args.dims:
         batches = [lora_batch(args.rows, dim, 32 + i) for i in range(args.batches)]
         refs = [np.linalg.svd(b.astype(np.float64), compute_uv=False) for b in batches]
-        for route, fn in routes(args.device).items():
+        for route, fn in routes(args.device, dim).items():
             times, errors, failed = [], [], 0
             for i, (b, ref) in enumerate([(batches[0], refs[0]), *zip(batches, refs)]):
                 x = torch.from_numpy(b).to(args.device)
@@ -109,6 +135,11 @@ def main() -> None:
             ms = f"{statistics.median(times) * 1e3:10.2f}" if times else f"{'-':>10}"
             err = f"{max(errors):9.1e}" if errors else f"{'-':>9}"
             lines.append(f"{dim:>4}  {route:37} {ms} {err} {failed:>4}/{args.batches}")
+            print(lines[-1], flush=True)
+        if args.device.startswith("cuda"):
+            census = [gesvda_census(torch.from_numpy(b).to(args.device)) for b in batches]
+            lines.append(f"{dim:>4}  gesvda per batch: matrices failing alone {[c[0] for c in census]}, "
+                         f"values rejected by the Frobenius check {[c[1] for c in census]} (of {args.rows})")
             print(lines[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@
 # `gpu_session.sh gpu-compute` where a build's GPU compute goes (probe_gpu_compute.py);
 # `gpu_session.sh shapes` featurizers and singular-value routes on LoRA factors' shapes (bench_shapes.py), with
 # the tests of the featurizers and singular values;
+# `gpu_session.sh featurizers` bench_featurizers.py on all 128 layers (~4 min: a call of its own);
 # `gpu_session.sh tests` the test files alone, without the benchmarks after them;
 # `gpu_session.sh wide` singular-value routes on square matrices wider than the kernel's 64 (bench_svdvals.py);
 # `gpu_session.sh first-ab` fresh processes' first builds, this tree against .old (carried), bytecode cached.
@@ -61,6 +62,11 @@ fi
 if [ "${1:-}" = shapes ]; then
     python3 -m pytest -q -p no:cacheprovider tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py 2>&1 | tail -3 | tee "$OUT/gpu-tests.txt"
     (cd benchmarks && python3 bench_shapes.py --device cuda --out "$OUT")
+    exit
+fi
+if [ "${1:-}" = featurizers ]; then
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/bench_featurizers.py --device cuda --layers 128 --out "$OUT"
     exit
 fi
 if [ "${1:-}" = wide ]; then

@@ -578,6 +578,42 @@ def test_a_failure_in_a_joined_build_names_the_column_split_and_rows(sanity_dir,
         featstore.build("sanity", ["test_fails_slowly_on_train"], store=store_dir, device="cpu")
 
 
+_WORKSPACE_BYTES_PER_ROW = [0]
+
+
+@featstore.featurizer("test_needs_gpu_memory_per_row", version="1", output_shape=lambda shape: (shape[0],))
+def _needs_gpu_memory_per_row(x):
+    _batches_seen.append(len(x))
+    workspace = torch.ones((len(x), _WORKSPACE_BYTES_PER_ROW[0] // 4), device=x.device)  # allocated for real
+    return x.mean(2) * workspace[:, :1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_out_of_memory_for_real_retries_with_smaller_batches(sanity_dir, store_dir, caplog):
+    """A featurizer whose batch needs more memory than the GPU has: the allocator's own out of
+    memory error, not a simulated one. Each layer's joined 320 rows take 10x the free memory,
+    160 5x, 80 2.5x, 40 1.25x; 20 fit. What is stored is what one batch would have given."""
+    _batches_seen.clear()
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    _WORKSPACE_BYTES_PER_ROW[0] = free // 32
+    try:
+        report = featstore.build("sanity", ["test_needs_gpu_memory_per_row"], store=store_dir, device="cuda")
+    finally:
+        torch.cuda.empty_cache()  # the 20-row workspace the allocator keeps: the next tests size batches from what is free
+    assert report.computed == 16
+    assert _batches_seen == ([320, 160, 80, 40] + [20] * 16) * 8
+    assert ("featurizer test_needs_gpu_memory_per_row on column 'layer_000' (split train+test, rows 0-319) ran out of "
+            "memory; retrying with batches of 160 rows") in caplog.text
+    assert "(split train+test, rows 0-39) ran out of memory; retrying with batches of 20 rows" in caplog.text
+    source = featstore.sources.load_source("sanity")
+    with featstore.open("sanity", store=store_dir) as fs:
+        for split in ("train", "test"):
+            x = torch.from_numpy(read_column(source.splits[split]._data, "layer_006").copy())
+            torch.testing.assert_close(fs.load("layer_006", "test_needs_gpu_memory_per_row", split=split), x.mean(2))
+    assert torch.cuda.memory_allocated() < free // 32  # no workspace left behind
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_build_joins_a_layers_splits(sanity_dir, store_dir):
     _batches_seen.clear()

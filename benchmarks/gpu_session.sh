@@ -12,6 +12,7 @@
 # the tests of the featurizers and singular values;
 # `gpu_session.sh featurizers` bench_featurizers.py on all 128 layers (~4 min: a call of its own);
 # `gpu_session.sh tests` the test files alone, without the benchmarks after them;
+# `gpu_session.sh build` the test files, then the cold 1k svd build table (bench_gpu_build.py) alone;
 # `gpu_session.sh wide` singular-value routes on square matrices wider than the kernel's 64 (bench_svdvals.py);
 # `gpu_session.sh first-ab` fresh processes' first builds, this tree against .old (carried), bytecode cached.
 set -u
@@ -84,6 +85,11 @@ python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_fea
     tests/test_sources.py tests/test_presets.py tests/test_crash.py tests/test_columns.py tests/test_keys.py \
     tests/test_identity.py tests/test_safety.py -k "not test_safety or forget or outlive" 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
 [ "${1:-}" = tests ] && exit
+if [ "${1:-}" = build ]; then  # the test files, then the cold-build table alone
+    python3 -m featstore.cli datasets make 1k > /dev/null
+    python3 benchmarks/bench_gpu_build.py --device cuda --repeat 3 --out "$OUT"
+    exit
+fi
 python3 benchmarks/bench_svdvals.py --dims 4 8 16 32 64 128 --out "$OUT"
 (cd benchmarks && python3 bench_jacobi_tuning.py --dims 64 128 --warps 2 4 8 16 --sweeps 6 8 10 --out "$OUT")
 python3 -m featstore.cli datasets make 1k > /dev/null

@@ -573,7 +573,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             out = joined.get(f.spec)
             if out is None:
                 if tensor is None:
-                    tensor = ready.host.to(report.device, non_blocking=True)
+                    tensor = _on_device(ready, report.device)
                 with _timed(report, "compute"):
                     out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device,
                                   first=start)
@@ -593,6 +593,19 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
         rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
                                ready.digest, f.identity, *layout))
     return entries, rows
+
+
+def _on_device(ready: _Prepared, device: str):
+    """The column of `ready` on `device`; where a GPU has no room for all of it, its pinned host
+    copy, which `compute` moves there a batch at a time."""
+    try:
+        return ready.host.to(device, non_blocking=True)
+    except Exception as e:
+        if not devices.is_out_of_memory(e):
+            raise
+        log.warning("column %r (split %s, %.1f MB) does not fit in the free memory of %s: its batches go there one "
+                    "at a time", ready.unit.layer, ready.unit.split, ready.host.nbytes / 1e6, device)
+        return ready.host
 
 
 def _labels(store: Store, source: Source, split_name: str) -> str | None:

@@ -26,10 +26,13 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], layer: str, split: st
     compute from it), and a result that is `x` itself is copied (it is written while they run).
     Copying the result to the host is the only wait for the GPU: the finiteness check runs on the
     host copy, which also catches values beyond the range of a 16-bit stored dtype. A failure names
-    the input's first NaN or inf row, if any: then the data is the likely cause."""
+    the input's first NaN or inf row, if any: then the data is the likely cause. `x` on the host
+    with `device` a GPU (a column the GPU had no room for): each batch goes there in turn, its
+    result comes back before the next, and running out of memory halves it as well."""
     import torch
 
     rows = len(x)
+    moved = x.device.type == "cpu" and device != "cpu"
     batch = devices.batch_rows(x[:1].nbytes, rows, device) if f.featurizer.per_row else rows
     column = f"featurizer {f.spec} on column {layer!r} (split {split}"
     outs, start, wide = [], 0, False  # wide: it returned float64, whose range float32 may not hold
@@ -38,7 +41,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], layer: str, split: st
         where = f"{column}, rows {first + start}-{first + max(stop - 1, 0)})"
         version = x._version  # torch counts in-place writes to a tensor and its views
         try:
-            out = f(x[start:stop])
+            out = f(x[start:stop].to(device, non_blocking=True) if moved else x[start:stop])
         except Exception as e:  # a featurizer may raise anything; name it, the column and the rows
             if devices.is_out_of_memory(e) and f.featurizer.per_row and batch > 1:
                 batch = max(1, batch // 2)
@@ -59,7 +62,7 @@ def compute(f: BoundFeaturizer, x, shape: tuple[int, ...], layer: str, split: st
             raise FeaturizerError(f"{where} returned {got}; it must return a floating tensor of shape "
                                   f"{list(expected)}{probed}")
         wide |= out.dtype == torch.float64
-        outs.append(out.to(torch.float32))
+        outs.append(out.to(torch.float32).cpu() if moved else out.to(torch.float32))
         start = stop
     result = torch.cat(outs) if len(outs) > 1 else outs[0]
     if result.device == x.device and result.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():

@@ -615,6 +615,32 @@ def test_gpu_out_of_memory_for_real_retries_with_smaller_batches(sanity_dir, sto
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_column_the_gpu_has_no_room_for_goes_there_a_batch_at_a_time(tmp_path, store_dir, caplog):
+    """A GPU nearly filled by something else (here a ballast tensor): the 268 MB column does not fit
+    in the 160 MB left, so its batches go to the GPU one at a time, sized from what is free."""
+    from conftest import saved_layers_dataset
+
+    saved_layers_dataset(tmp_path / "d", layers=1, rows=64, dim=1024)
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    ballast = torch.empty(free - (160 << 20), dtype=torch.uint8, device="cuda")
+    try:
+        report = featstore.build(str(tmp_path / "d"), ["raw", "stats"], store=store_dir, device="cuda")
+    finally:
+        del ballast
+        torch.cuda.empty_cache()
+    assert report.computed == 2 and report.device == "cuda"
+    assert ("column 'layer_000' (split train, 268.4 MB) does not fit in the free memory of cuda: its batches go "
+            "there one at a time") in caplog.text
+    x = torch.from_numpy(read_column(datasets.load_from_disk(str(tmp_path / "d")), "layer_000").copy())
+    flat = x.reshape(len(x), -1).double()
+    expected = torch.stack([flat.mean(1), flat.std(1, correction=0), flat.norm(dim=1), flat.abs().amax(1)], 1)
+    with featstore.open(str(tmp_path / "d"), store=store_dir) as fs:
+        assert torch.equal(fs.load("layer_000", "raw"), x)
+        torch.testing.assert_close(fs.load("layer_000", "stats"), expected.float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_build_joins_a_layers_splits(sanity_dir, store_dir):
     _batches_seen.clear()
     featstore.build("sanity", ["test_records_its_batches", "svd"], store=store_dir, device="cuda")

@@ -15,7 +15,7 @@ import click
 
 from featstore import config
 from featstore.config import default_store
-from featstore.errors import FeatstoreError, brief
+from featstore.errors import FeatstoreError, StoreError, brief
 from featstore.interrupts import ends_at_once
 
 SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed by name (--json: all)
@@ -171,9 +171,9 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
                    "stored}; with --summary, of {dataset, featurizer, splits, layers, entries, nbytes, removed, "
                    "created}.")
 def ls(dataset, split, layer, featurizer, store, summary, as_json):
-    """List the features the store holds, one row per (dataset, split, layer, featurizer); an entry
-    gc or verify --repair removed since is listed as removed. --summary: one row per (dataset,
-    featurizer)."""
+    """List the features the store holds, one row per (dataset, split, layer, featurizer), and each
+    split's labels (featurizer `labels`, layer the label column); an entry gc or verify --repair
+    removed since is listed as removed. --summary: one row per (dataset, featurizer)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from featstore.api import catalogued_name
@@ -185,7 +185,7 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
         {"dataset": c.dataset, "split": r.split, "layer": r.layer, "featurizer": r.featurizer,
          "shape": list(r.shape), "dtype": r.dtype, "nbytes": r.nbytes, "key": r.key, "created": r.created}
         for c in st.catalogs() if wanted in (None, c.dataset)
-        for r in c.rows
+        for r in sorted(c.rows + _label_rows(c), key=lambda r: r.slot)
         if (split in (None, r.split) and (layer is None or fnmatch.fnmatch(r.layer, layer))
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]
@@ -193,6 +193,9 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
     with ends_at_once(), ThreadPoolExecutor(16) as pool:
         for row, stored in zip(rows, pool.map(st.has_entry, [r["key"] for r in rows])):
             row["stored"] = stored
+        labels = [r for r in rows if r["featurizer"] == "labels" and r["stored"]]
+        for row, created in zip(labels, pool.map(lambda r: _created(st, r["key"]), labels)):
+            row["created"] = created
     listed = _summarise(rows) if summary else rows
     if as_json:
         click.echo(json.dumps(listed, indent=1))
@@ -219,6 +222,22 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
     click.echo(f"{_count(len(held), 'entry')}, {_size(sum(r['nbytes'] for r in held))}" + (
         f"; {_count(gone, 'entry')} removed by gc or verify --repair (featstore build computes "
         f"{'it' if gone == 1 else 'them'} again)" if gone else ""), err=True)
+
+
+def _label_rows(catalog) -> tuple:
+    """Each labelled split's labels as a catalog row: an int64 entry of one value per row."""
+    from featstore.manifest import CatalogRow
+
+    return tuple(CatalogRow(name, catalog.label_column, "labels", info.labels, (info.rows,), "int64", info.rows * 8, "")
+                 for name, info in catalog.splits.items() if info.labels)
+
+
+def _created(st, key: str) -> str:
+    """When entry `key` was written, from its metadata ("" where that cannot be read: `verify` says why)."""
+    try:
+        return st.entry_info(key).created
+    except StoreError:
+        return ""
 
 
 def _summarise(rows: list[dict]) -> list[dict]:

@@ -52,13 +52,40 @@ def test_build_then_ls(run, sanity_dir, store_dir):
     assert summary[0].split() == ["dataset", "featurizer", "splits", "layers", "entries", "size", "removed", "last",
                                   "built"]
     assert [line.split()[:8] for line in summary[1:-1]] == [
+        ["sanity", "labels", "test,train", "1", "2", "2.6", "KB", "0"],  # 320 int64 labels
         ["sanity", "raw", "test,train", "2", "4", "655.4", "KB", "0"],  # 640 rows x 16x16 x 4 bytes
         ["sanity", "svd:k=4", "test,train", "2", "4", "6.1", "KB", "1"],
     ]
-    assert summary[-1] == "7 entries, 661.5 KB; 1 entry removed by gc or verify --repair (featstore build computes it again)"
+    assert summary[-1] == "9 entries, 664.1 KB; 1 entry removed by gc or verify --repair (featstore build computes it again)"
     (svd,) = json.loads(run("ls", "--summary", "--json", "--featurizer", "svd").output)
     assert svd == {"dataset": "sanity", "featurizer": "svd:k=4", "splits": ["test", "train"], "layers": 2, "entries": 4,
                    "nbytes": 6144, "removed": 1, "created": svd["created"]} and svd["created"].endswith("+00:00")
+
+
+def test_ls_lists_each_splits_labels_as_the_entries_status_and_verify_count(run, sanity_dir, store_dir):
+    run("build", "-d", "sanity", "-f", "stats", "--layers", "layer_000", "--no-progress")
+    table = run("ls", "--dataset", "sanity").output.splitlines()
+    assert [line.split()[:7] for line in table[1:-1]] == [
+        ["sanity", "test", "category_label", "labels", "64", "int64", "512"],
+        ["sanity", "test", "layer_000", "stats", "64x4", "float32", "1.0"],
+        ["sanity", "train", "category_label", "labels", "256", "int64", "2.0"],
+        ["sanity", "train", "layer_000", "stats", "256x4", "float32", "4.1"],
+    ]
+    assert table[-1] == "4 entries, 7.7 KB"
+    assert "sanity: 4 fresh, 0 stale, 0 missing" in run("status", "-d", "sanity", "--layers", "layer_000",
+                                                        "--no-progress").output
+    assert run("verify").output.startswith("checked 4 entries (7.7 KB")
+    (test_labels, train_labels) = json.loads(run("ls", "--json", "--featurizer", "labels").output)
+    with featstore.open("sanity", store=store_dir) as fs:
+        assert fs.labels("train").tolist() == Store.open(store_dir).read_entry(train_labels["key"]).tolist()
+    assert train_labels | {"key": "", "created": ""} == {
+        "dataset": "sanity", "split": "train", "layer": "category_label", "featurizer": "labels", "shape": [256],
+        "dtype": "int64", "nbytes": 2048, "key": "", "created": "", "stored": True}
+    assert train_labels["created"].endswith("+00:00")
+    Store.open(store_dir).delete_entry(test_labels["key"])
+    table = run("ls", "--featurizer", "labels").output.splitlines()
+    assert table[1].split()[6:8] == ["removed", test_labels["key"][:12]]
+    assert table[-1].startswith("1 entry, 2.0 KB; 1 entry removed")
 
 
 def test_build_json_and_ls_json(run, sanity_dir):
@@ -116,7 +143,7 @@ def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featsto
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["computed"] == 32
     listed = _featstore("ls", "--json", env=env)
-    assert len(json.loads(listed.stdout)) == 32
+    assert len(json.loads(listed.stdout)) == 34  # 32 features, each split's labels
     hub = _featstore("build", "--dataset", "nobody/no-such-adapters", env=env)
     assert hub.returncode == 2
     assert "Hugging Face Hub failed" in hub.stderr and "Traceback" not in hub.stderr

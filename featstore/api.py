@@ -25,9 +25,9 @@ from featstore.errors import (
     FeatstoreError,
     NotFoundError,
     ReadOnlyStore,
-    SpecError,
     StaleError,
     StoreError,
+    UnknownFeaturizer,
     brief,
 )
 from featstore.featurizers import parse_spec
@@ -405,16 +405,20 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None,
     specs, catalogued = names(featurizers), False
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
         specs, catalogued = tuple(sorted({r.featurizer for r in catalog.rows})), True
-    try:
-        dtype = "float32" if catalogued else dtype
-        return tuple({b.spec: b for b in (parse_spec(s, dtype) for s in specs or DEFAULT_FEATURIZERS)}.values())
-    except SpecError as e:
-        if not catalogued:
-            raise
-        # one of the user's own, defined in a module this process has not imported
-        raise SpecError(f"{e}. The store holds features of {name!r} from: {', '.join(specs)}; import the module "
-                        "that registers yours (--import feats; in Python, import it first), or pass each as "
-                        "--featurizer (yours as module.path:function, e.g. feats:mine)") from e
+    dtype = "float32" if catalogued else dtype
+    bound = []
+    for spec in specs or DEFAULT_FEATURIZERS:
+        try:
+            bound.append(parse_spec(spec, dtype))
+        except UnknownFeaturizer as e:
+            if not catalogued:
+                raise
+            # one of the user's own, defined in a module this process has not imported
+            raise UnknownFeaturizer(
+                f"the store holds features of {name!r} from featurizer {spec!r}, which no module imported here "
+                "registers: name the module that does with --import MODULE (in Python, import it first), or pass "
+                f"the featurizer as --featurizer module.path:function{e.broken}", e.broken) from e
+    return tuple({b.spec: b for b in bound}.values())
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),

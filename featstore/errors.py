@@ -31,7 +31,12 @@ class SpecError(FeatstoreError, ValueError):
 
 
 class UnknownFeaturizer(SpecError):
-    """No featurizer is registered under the name (one of the user's whose module is not imported)."""
+    """No featurizer is registered under the name (one of the user's whose module is not imported).
+    `broken`: "; why" for each plugin that failed to load, which may be the one registering it."""
+
+    def __init__(self, message: str, broken: str = ""):
+        super().__init__(message)
+        self.broken = broken
 
 
 class NotFoundError(FeatstoreError, KeyError):

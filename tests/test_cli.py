@@ -190,8 +190,10 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     assert built.returncode == 0, built.stderr
     elsewhere = featstore_in(tmp_path, "status", "-d", "sanity")  # labmod is not importable here
     assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr
-    assert ("holds features of 'sanity' from: test_labtrace; import the module that registers yours (--import "
-            "feats; in Python, import it first), or pass each as --featurizer") in elsewhere.stderr
+    assert elsewhere.stderr.strip() == (
+        "Error: the store holds features of 'sanity' from featurizer 'test_labtrace', which no module imported here "
+        "registers: name the module that does with --import MODULE (in Python, import it first), or pass the "
+        "featurizer as --featurizer module.path:function")
     named = featstore_in(project, "status", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000")
     assert named.returncode == 0 and "4 fresh, 0 stale, 0 missing" in named.stdout, named.stderr
     # or everything the store holds, its featurizers found by the names their module registers

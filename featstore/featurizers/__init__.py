@@ -179,7 +179,7 @@ def get(name: str) -> Featurizer:
         broken = "".join(f"; {why}" for why in _BROKEN.values())  # it may be what registers `name`
         raise UnknownFeaturizer(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
                                 f"(or name your own as module.path:function, or import the module that registers it: "
-                                f"--import MODULE){broken}") from None
+                                f"--import MODULE){broken}", broken) from None
 
 
 def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import importlib.util
 import logging
@@ -216,6 +217,19 @@ class FeatureSet:
     def label_names(self) -> list[str] | None:
         return list(self.catalog.label_names) if self.catalog.label_names else None
 
+    def layer_names(self, layers: str | Iterable[str]) -> list[str]:
+        """`layers` with each glob (`*`, `?`, `[...]`, as `--layers` takes them) replaced by the
+        layers it matches, in `self.layers`' order; a layer's own name stands for itself."""
+        known, out = self.layers, []
+        for name in names(layers):
+            if name in known or not any(c in name for c in "*?["):
+                out.append(name)
+            elif matched := fnmatch.filter(known, name):
+                out += matched
+            else:
+                raise NotFoundError(f"no layer of {self.dataset!r} matches {name!r}; layers: {brief(known)}")
+        return out
+
     def row(self, layer: str, featurizer: str, split: str = "train") -> CatalogRow:
         """The catalog row for (split, layer, featurizer); errors list what exists."""
         self._check_split(split)
@@ -240,10 +254,11 @@ class FeatureSet:
     def load_many(self, layers: str | Iterable[str], featurizer: str, split: str = "train", *, stack: bool = False,
                   device=None, dtype=None, rows: slice | None = None):
         """`load` for several layers, read in parallel: a dict {layer: tensor}, or with `stack` one
-        tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`."""
+        tensor of shape (n_layers, n_rows, *feature_shape) in the order of `layers`. A glob among
+        them (`"layer_0*"`) stands for the layers it matches, in `self.layers`' order."""
         import torch
 
-        layers, rows = list(names(layers)), checked_rows(rows)
+        layers, rows = self.layer_names(layers), checked_rows(rows)
         found = [self.row(layer, featurizer, split) for layer in layers]  # every name checked first
         device, dtype = load_target(device, dtype)
         if stack and len({r.shape[1:] for r in found}) > 1:

@@ -23,7 +23,7 @@ from featstore.store import Store
 
 def _choose(fs: FeatureSet, layers: str | Iterable[str] | None, featurizers: str | Iterable[str] | None,
             split: str):
-    layers = names(layers) if layers is not None else fs.layers
+    layers = fs.layer_names(layers) if layers is not None else fs.layers
     featurizers = names(featurizers) if featurizers is not None else fs.featurizers
     return [(layer, fs.row(layer, f, split)) for layer in layers for f in featurizers]
 

@@ -133,3 +133,17 @@ def test_load_many_stacks_reduced_precision_and_row_slices(sanity_dir, store_dir
     expected = torch.stack([fs.load(layer, "stats:dtype=bfloat16")[10:50] for layer in layers])
     assert torch.equal(stacked, expected)
     assert fs.load_many(layers, "stats:dtype=bfloat16", stack=True, dtype=torch.float32).dtype == torch.float32
+
+
+def test_layers_may_be_globs_as_on_the_command_line(sanity_dir, store_dir):
+    featstore.build("sanity", ["stats"], store=store_dir)
+    with featstore.open("sanity", store=store_dir) as fs:
+        loaded = fs.load_many(["layer_00[5-7]", "layer_001"], "stats", split="test")
+        assert list(loaded) == ["layer_005", "layer_006", "layer_007", "layer_001"]
+        assert all(torch.equal(t, fs.load(layer, "stats", split="test")) for layer, t in loaded.items())
+        assert fs.load_many("layer_*", "stats", stack=True).shape == (8, 256, 4)
+        with pytest.raises(featstore.NotFoundError, match=r"no layer of 'sanity' matches 'layer_1\*'; layers: layer_000"):
+            fs.load_many("layer_1*", "stats")
+    features, _ = load_split("sanity", layers="layer_00?", featurizers="stats", store=store_dir, split="test")
+    assert len(features) == 8
+    assert len(FeatureDataset("sanity", layers=["layer_00[01]"], store=store_dir, flatten=True)[0][0]) == 2 * 4

@@ -44,6 +44,7 @@ from featstore.keys import (
     featurizer_identity,
 )
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
+from featstore.progress import build_bar
 from featstore.sources import Source
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
@@ -243,8 +244,6 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
              report: BuildReport) -> None:
     """Fill `report` as columns finish: its rows are those of every column done, even when a
     later one fails."""
-    from tqdm.auto import tqdm
-
     source = build_plan.source
     report.seconds["plan"] = build_plan.seconds
     # the files' stats, taken before any column is read
@@ -258,8 +257,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     # core, but no more than 4, since every reader also needs the GIL that the compute thread uses
     # to launch kernels; 4 keep well ahead of an H100 (benchmarks/bench_gpu_build.py).
     workers = min(os.cpu_count() or 1, 4)
-    bar = tqdm(total=len(build_plan.units), desc=f"build {source.name}", unit="column", leave=False,
-               disable=True if not progress else None)
+    bar = build_bar(len(build_plan.units), f"build {source.name}", progress)
     writing_at_once = WRITERS or workers
     with deferred_ctrl_c("finishing the columns in flight, then stopping") as interrupted, \
             ThreadPoolExecutor(workers, "featstore-read") as readers, \

@@ -126,7 +126,9 @@ def main(debug: bool) -> None:
               help="Spread the layers over the Dask cluster at ADDRESS (tcp://host:8786); workers must reach "
                    "the store and the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.option("--progress/--no-progress", default=True,
+              help="Show progress on stderr: a bar on a terminal; elsewhere (a job's log) a line at most every "
+                   "FEATSTORE_PROGRESS_SECONDS (30) seconds.")
 def build(dataset, featurizers, layers, label_column, device, devices, dtype, store, rehash, workers, scheduler,
           as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.

@@ -24,6 +24,7 @@ from featstore.digest_cache import cached_digests
 from featstore.errors import FeatstoreError
 from featstore.featurizers import import_modules, parse_spec
 from featstore.interrupts import deferred_ctrl_c
+from featstore.progress import build_bar
 from featstore.sources import DEFAULT_LABEL_COLUMN, load_source
 from featstore.store import Store
 
@@ -142,11 +143,9 @@ def _gather(client, futures: list, columns: list[int], interrupted: list, progre
     KeyboardInterrupt here, outside Dask's event loop. The first task to fail raises its error. With
     `progress` (the dataset's name), a bar counts the columns of the tasks finished."""
     from dask.distributed import wait
-    from tqdm.auto import tqdm
 
     pending = dict(zip(futures, columns))
-    with tqdm(total=sum(columns), desc=f"build {progress}", unit="column", leave=False,
-              disable=None if progress else True) as bar:
+    with build_bar(sum(columns), f"build {progress}", bool(progress)) as bar:
         while pending:
             if interrupted:
                 client.cancel(list(pending))

@@ -137,6 +137,24 @@ def _featstore(*args, env):
                           timeout=300, check=False)
 
 
+def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, store_dir, featstore_home, tmp_path):
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home), FEATSTORE_PROGRESS_SECONDS="0")
+    log = tmp_path / "job.log"
+    with log.open("w") as stderr:  # as a batch job's log: not a terminal
+        built = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", "sanity", "-f", "stats"],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, timeout=300, check=False)
+    assert built.returncode == 0 and "16 computed" in built.stdout
+    lines = log.read_text().splitlines()
+    assert "\r" not in log.read_text() and len(lines) == 16, lines
+    for done, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"build sanity: {done}/16 columns \(\d+%\) in \d+ s(, about \d+ s left)?; "
+                            rf"computed={done}, reused=0", line), line
+    assert lines[-1].startswith("build sanity: 16/16 columns (100%) in ") and "left" not in lines[-1]
+    quiet = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", "sanity", "-f", "raw",
+                            "--no-progress"], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
 def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featstore_home):
     env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home), HF_HUB_OFFLINE="1")
     built = _featstore("build", "--dataset", "sanity", "--json", env=env)

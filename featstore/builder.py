@@ -44,7 +44,7 @@ from featstore.keys import (
     featurizer_identity,
 )
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
-from featstore.progress import build_bar
+from featstore.progress import progress_bar
 from featstore.sources import Source
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
@@ -257,7 +257,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
     # core, but no more than 4, since every reader also needs the GIL that the compute thread uses
     # to launch kernels; 4 keep well ahead of an H100 (benchmarks/bench_gpu_build.py).
     workers = min(os.cpu_count() or 1, 4)
-    bar = build_bar(len(build_plan.units), f"build {source.name}", progress)
+    bar = progress_bar(len(build_plan.units), f"build {source.name}", "column", progress)
     writing_at_once = WRITERS or workers
     with deferred_ctrl_c("finishing the columns in flight, then stopping") as interrupted, \
             ThreadPoolExecutor(workers, "featstore-read") as readers, \

@@ -22,6 +22,8 @@ SHOWN_SKIPPED = 10  # features `verify --recompute` could not recompute, listed 
 DTYPES = ["float32", "float16", "bfloat16"]
 STORE_HELP = ("Store: a directory or an fsspec URL (s3://bucket/prefix, memory://...). "
               "[env: FEATSTORE_STORE; default: $FEATSTORE_HOME/store, ~/.cache/featstore/store]")
+PROGRESS_HELP = ("Show progress on stderr: a bar on a terminal; elsewhere (a job's log) a line at most every "
+                 "FEATSTORE_PROGRESS_SECONDS (30) seconds.")
 
 
 class _Group(click.Group):
@@ -127,8 +129,7 @@ def main(debug: bool) -> None:
                    "the store and the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
 @click.option("--progress/--no-progress", default=True,
-              help="Show progress on stderr: a bar on a terminal; elsewhere (a job's log) a line at most every "
-                   "FEATSTORE_PROGRESS_SECONDS (30) seconds.")
+              help=PROGRESS_HELP)
 def build(dataset, featurizers, layers, label_column, device, devices, dtype, store, rehash, workers, scheduler,
           as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
@@ -270,7 +271,7 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
 @click.option("--all", "show_all", is_flag=True, help="List fresh entries too.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
 @click.option("--progress/--no-progress", default=True,
-              help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
+              help=PROGRESS_HELP + " It counts the columns hashed.")
 def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_json, progress):
     """Say, for every (split, layer, featurizer) of the current data and featurizer code, whether
     the store's features are fresh, stale (and why) or missing, and what a build would do.
@@ -338,7 +339,7 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
               help="Where to write the lockfile ('-' for stdout).")
 @_store_option
 @click.option("--progress/--no-progress", default=True,
-              help="Show a progress bar on stderr (on a terminal) while columns are hashed.")
+              help=PROGRESS_HELP + " It counts the columns hashed.")
 def lock(dataset, featurizers, dtype, layers, output, store, progress):
     """Write a lockfile: per split and layer the input digest, per featurizer its identity, and the
     entry keys they give. Commit it; `featstore status --lock FILE` then names every entry a data
@@ -370,7 +371,8 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 @_import_option
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr (on a terminal).")
+@click.option("--progress/--no-progress", default=True,
+              help=PROGRESS_HELP)
 def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files), and that every catalog reads. Exit status 1 if

@@ -17,6 +17,7 @@ from featstore.columns import ColumnLayout
 from featstore.errors import ColumnError
 from featstore.interrupts import deferred_ctrl_c, waited
 from featstore.keys import ColumnDigests, column_digests
+from featstore.progress import progress_bar
 from featstore.sources import Source
 from featstore.store import Store
 
@@ -51,7 +52,6 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
     """The `layers` whose rows in each file that changed since `old` (a split's digest cache) was
     written hash as they did then: unchanged columns, whose cached digest and layout still hold.
     With `progress` (what to call the split), a progress bar counts the columns compared."""
-    from tqdm.auto import tqdm
 
     segments = old.get("segments", {})
     if split.file_rows is None or len(stats) != len(old.get("files", ())):
@@ -70,8 +70,8 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
 
     with deferred_ctrl_c("finishing the comparison of the changed files, then stopping") as interrupted, \
             ThreadPoolExecutor(min(os.cpu_count() or 1, 4), "featstore-vouch") as pool, \
-            tqdm(total=len(todo), unit="column", leave=False, disable=True if not progress else None,
-                 desc=f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}") as bar:
+            progress_bar(len(todo), f"{progress}: {len(changed)} changed file{'s' * (len(changed) > 1)}", "column",
+                         bool(progress)) as bar:
         compared = [pool.submit(unchanged, layer) for layer in todo]
         for future in compared:
             waited([future], interrupted, pools=(pool,))

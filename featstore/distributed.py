@@ -24,7 +24,7 @@ from featstore.digest_cache import cached_digests
 from featstore.errors import FeatstoreError
 from featstore.featurizers import import_modules, parse_spec
 from featstore.interrupts import deferred_ctrl_c
-from featstore.progress import build_bar
+from featstore.progress import progress_bar
 from featstore.sources import DEFAULT_LABEL_COLUMN, load_source
 from featstore.store import Store
 
@@ -145,7 +145,7 @@ def _gather(client, futures: list, columns: list[int], interrupted: list, progre
     from dask.distributed import wait
 
     pending = dict(zip(futures, columns))
-    with build_bar(sum(columns), f"build {progress}", bool(progress)) as bar:
+    with progress_bar(sum(columns), f"build {progress}", "column", bool(progress)) as bar:
         while pending:
             if interrupted:
                 client.cancel(list(pending))

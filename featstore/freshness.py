@@ -28,6 +28,7 @@ from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
 from featstore.manifest import CatalogRow
+from featstore.progress import counted
 from featstore.sources import Source
 from featstore.store import Store
 
@@ -87,11 +88,8 @@ def _digests(source: Source, store: Store | None, cache: tuple | None = None, cu
     with ThreadPoolExecutor(4) as pool:
         hashing = pool.map(lambda unit: column_digest(source.splits[unit[0]], unit[1], (cuts or {}).get(unit, ())), todo)
         if progress and todo:  # tqdm's import costs 60 ms of a status that finds everything fresh
-            from tqdm.auto import tqdm
-
-            hashing = tqdm(hashing, total=len(todo), desc=f"hash {source.name}", unit="column", leave=False,
-                           disable=None)  # None: on a terminal only
-        hashed = dict(zip(todo, hashing))
+            hashing = counted(hashing, f"hash {source.name}", "column", True, total=len(todo))
+        hashed = dict(zip(todo, hashing, strict=True))  # strict: the last column is counted too
     out = {unit: d.digest for unit, d in hashed.items()}
     prefixes = {unit: d.prefixes for unit, d in hashed.items()}
     for split, layers in trusted.items():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featstore.errors import FeatstoreError, StoreError, UnknownFeaturizer
+from featstore.progress import counted
 from featstore.store import Store
 
 TOLERANCE = 1e-4  # recomputed vs stored: max |difference| / max |stored|, plus the stored dtype's rounding
@@ -48,12 +49,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
            seed: int | None = None, progress: bool = False) -> VerifyReport:
     """Check a `sample` fraction of the entries (all by default) chunk by chunk; recompute a
     `recompute` fraction of the catalogued features from their datasets; with `repair`, drop
-    the corrupt entries. With `progress`, progress bars (on a terminal) count both."""
-    from tqdm.auto import tqdm
-
-    def counted(items: list, what: str, unit: str):
-        return tqdm(items, desc=what, unit=unit, leave=False, disable=True if not progress else None)
-
+    the corrupt entries. With `progress`, progress on stderr counts both (featstore.progress)."""
     for name, value in (("sample", sample), ("recompute", recompute)):
         if not 0 <= value <= 1:
             raise FeatstoreError(f"--{name} must be a fraction between 0 and 1, not {value}")
@@ -61,7 +57,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
     rng = random.Random(seed)
     report = VerifyReport()
     keys = store.entry_keys()
-    for key in counted(sorted(rng.sample(keys, round(len(keys) * sample))), "verify", "entry"):
+    for key in counted(sorted(rng.sample(keys, round(len(keys) * sample))), "verify", "entry", progress):
         problem, read = store.check_entry(key)
         report.checked += 1
         report.bytes_read += read
@@ -77,7 +73,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
         rows = [(c.dataset, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows
                 if r.key not in report.corrupt]
         chosen = sorted(rng.sample(rows, round(len(rows) * recompute)), key=lambda x: x[1].slot)
-        for dataset, row in counted(chosen, "recompute", "feature"):
+        for dataset, row in counted(chosen, "recompute", "feature", progress):
             _recompute(store, dataset, row, report)
     if repair:
         for key in report.corrupt:

@@ -1,6 +1,7 @@
-"""Progress of a build: tqdm's bar on a terminal; where stderr is not one (a batch job's log), a
-line at most every `FEATSTORE_PROGRESS_SECONDS` (default 30) seconds as columns finish. A bar's
-carriage returns make such a log unreadable, and an hour without output there looks like a hang.
+"""Progress of long work (builds, verify): tqdm's bar on a terminal; where stderr is not one (a
+batch job's log), a line at most every `FEATSTORE_PROGRESS_SECONDS` (default 30) seconds as items
+finish. A bar's carriage returns make such a log unreadable, and an hour without output there looks
+like a hang.
 """
 
 from __future__ import annotations
@@ -8,27 +9,37 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from typing import Self
 
 
-def build_bar(total: int, desc: str, enabled: bool):
-    """A progress counter of `total` columns with tqdm's `update`, `set_postfix`, `close` and
-    `disable`: disabled unless `enabled`."""
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """A counter of `total` `unit`s with tqdm's `update`, `set_postfix`, `close` and `disable`:
+    disabled unless `enabled`."""
     if enabled and not sys.stderr.isatty():
-        return LogLines(total, desc, float(os.environ.get("FEATSTORE_PROGRESS_SECONDS") or 30))
+        return LogLines(total, desc, unit, float(os.environ.get("FEATSTORE_PROGRESS_SECONDS") or 30))
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="column", leave=False, disable=True if not enabled else None)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=True if not enabled else None)
+
+
+def counted(items: Iterable, desc: str, unit: str, enabled: bool, total: int | None = None) -> Iterator:
+    """`items` (`total` of them: by default their len), each counted once the loop body has done with it."""
+    with progress_bar(len(items) if total is None else total, desc, unit, enabled) as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 class LogLines:
     """`build 1k: 64/256 columns (25%) in 12 s, about 36 s left; computed=60, reused=4`, to
-    stderr, when a column finishes `every` seconds or more after the last line (or the start)."""
+    stderr, when an item finishes `every` seconds or more after the last line (or the start)."""
 
     disable = False
 
-    def __init__(self, total: int, desc: str, every: float):
+    def __init__(self, total: int, desc: str, unit: str, every: float):
         self.total, self.desc, self.every = total, desc, every
+        self.units = unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
         self.n, self.postfix = 0, ""
         self.started = self.last = time.monotonic()
 
@@ -42,7 +53,7 @@ class LogLines:
             return
         self.last, spent = now, now - self.started
         left = f", about {_duration(spent / self.n * (self.total - self.n))} left" if self.n < self.total else ""
-        print(f"{self.desc}: {self.n}/{self.total} columns ({100 * self.n / max(self.total, 1):.0f}%) in "
+        print(f"{self.desc}: {self.n}/{self.total} {self.units} ({100 * self.n / max(self.total, 1):.0f}%) in "
               f"{_duration(spent)}{left}{'; ' + self.postfix if self.postfix else ''}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

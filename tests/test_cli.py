@@ -153,6 +153,17 @@ def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, s
     quiet = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", "sanity", "-f", "raw",
                             "--no-progress"], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert quiet.returncode == 0 and quiet.stderr == ""
+    checked = subprocess.run([sys.executable, "-m", "featstore.cli", "verify", "--recompute", "0.25"],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert checked.returncode == 0 and "checked 34 entries" in checked.stdout, checked.stderr
+    lines = checked.stderr.splitlines()
+    assert len(lines) == 34 + 8 and lines[33].startswith("verify: 34/34 entries (100%) in "), lines
+    assert lines[-1].startswith("recompute: 8/8 features (100%) in ")
+    shutil.rmtree(Path(store_dir) / "digests")  # the digest cache: status hashes the columns again
+    hashed = subprocess.run([sys.executable, "-m", "featstore.cli", "status", "-d", "sanity"],
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert hashed.returncode == 0 and "sanity: 34 fresh" in hashed.stdout, hashed.stderr
+    assert hashed.stderr.splitlines()[-1].startswith("hash sanity: 16/16 columns (100%) in "), hashed.stderr
 
 
 def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featstore_home):

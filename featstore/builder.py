@@ -179,16 +179,19 @@ def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple 
             for f in featurizers:
                 check_output(f, layer, split_name, layout.value_shape)
             units.append(Unit(split_name, layer, layout))
-    labels = {}
+    labels = {}  # split -> its label column's layout, for the digest cache
     for split_name, split in source.splits.items():
         if split.has_labels(source.label_column):
-            labels[split_name] = checked.get((split_name, source.label_column))
-            if labels[split_name] is None:
+            layout = checked.get((split_name, source.label_column))
+            if layout is None:
                 try:
                     split.labels(source.label_column)  # class ids, or an error now: before anything is written
                 except DatasetError as e:
                     raise DatasetError(f"split {split_name}: {e}") from None
-                labels[split_name] = split.layout(source.label_column)
+                # text labels have no tensor layout to cache: every build encodes them again
+                layout = None if split.label_vocabulary else split.layout(source.label_column)
+            if layout is not None:
+                labels[split_name] = layout
     return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
 
 

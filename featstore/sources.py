@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from featstore import presets
 from featstore.columns import (
@@ -56,7 +57,8 @@ class Split:
         self._data = data
         self.schema = schema
         self.num_rows = num_rows
-        self.label_names = label_names
+        self.label_names = label_names  # class names: of a ClassLabel column, or a text one's vocabulary
+        self.label_vocabulary: list[str] | None = None  # a text label column's values, sorted: set by load_source
         self.files = list(files)
         self.filesystem = filesystem  # an fsspec filesystem for remote files, None for local ones
         self._mapped: list[tuple[int, int]] | None = None
@@ -127,11 +129,15 @@ class Split:
         return column is not None and column in self.column_names
 
     def labels(self, column: str) -> np.ndarray:
-        """The label column as int64 class ids, one per row: a ClassLabel or integer column, or
-        floats that are whole numbers (never truncated); else a DatasetError saying what to do."""
+        """The label column as int64 class ids, one per row: a ClassLabel or integer column, floats
+        that are whole numbers (never truncated), or text, each value's index in the sorted values
+        of every split (`label_vocabulary`); else a DatasetError saying what to do."""
         kind = self.schema.field(column).type
-        how = (f"labels must be integer class ids, one per row: encode them with ds.class_encode_column({column!r}), "
+        how = (f"labels must be class ids or names, one per row: encode them with ds.class_encode_column({column!r}), "
                "or name another column with --label-column")
+        if is_text(kind) and self.label_vocabulary is not None:
+            ids = pc.index_in(self.text(column), value_set=pa.array(self.label_vocabulary, pa.string()))
+            return ids.to_numpy().astype(np.int64)
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
             raise DatasetError(f"label column {column!r} holds {kind} values; {how}")
         values = self.read(column)
@@ -140,6 +146,18 @@ class Split:
             if len(bad):
                 raise DatasetError(f"label column {column!r} holds {values[bad[0]]} at row {bad[0]}; {how}")
         return values.astype(np.int64, copy=False)
+
+    def text(self, column: str) -> pa.ChunkedArray:
+        """A text column's values as Arrow strings; a DatasetError at its first missing value."""
+        if isinstance(self._data, (list, pa.Table)):
+            values = self._table(column).column(column)
+        else:  # a datasets.Dataset, maybe with an indices mapping: one label per row is small
+            values = pa.chunked_array([pa.array(self._data[column], pa.string())])
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            raise DatasetError(f"label column {column!r} has no value at row {row}; give every row a label, or "
+                               "name another column with --label-column")
+        return values.cast(pa.string())
 
     def layout(self, name: str) -> ColumnLayout:
         """Check the column (see columns.column_layout). For Arrow-backed splits the zero-copy parts
@@ -258,6 +276,8 @@ def load_source(
         )
     chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
     has_label = label_column in first.column_names
+    if has_label and is_text(first.schema.field(label_column).type):
+        _encode_text_labels(splits, label_column)
     for split_name, split in splits.items():
         names = set(split.column_names)
         missing = [c for c in chosen if c not in names]
@@ -265,6 +285,32 @@ def load_source(
             raise DatasetError(f"split {split_name!r} of {str(named)!r} lacks columns {', '.join(missing)} that "
                                f"split {next(iter(splits))!r} has; choose the layers every split has with --layers")
     return Source(dataset_id(dataset), splits, chosen, label_column if has_label else None, tuple(layers), empty)
+
+
+def is_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _encode_text_labels(splits: dict[str, Split], column: str) -> None:
+    """Text labels (`"math"`, `"code"`) become class ids: each value's index in the sorted values of
+    every split, so that the splits agree, as `ds.class_encode_column` numbers them; those values
+    are the dataset's label names."""
+    labelled = {name: split for name, split in splits.items() if split.has_labels(column)}
+    for name, split in labelled.items():
+        if not is_text(split.schema.field(column).type):
+            raise DatasetError(f"label column {column!r} holds {split.schema.field(column).type} values in split "
+                               f"{name!r} but text in split {next(iter(labelled))!r}; give it one type in every split")
+    vocabulary = set()
+    for name, split in labelled.items():
+        try:
+            vocabulary.update(pc.unique(split.text(column)).to_pylist())
+        except DatasetError as e:
+            raise DatasetError(f"split {name}: {e}") from None
+    vocabulary = sorted(vocabulary)
+    for split in labelled.values():
+        split.label_vocabulary = split.label_names = vocabulary
 
 
 def is_layer_type(arrow_type: pa.DataType) -> bool:

@@ -181,9 +181,10 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("labels, message", [
-    (["cat", "dog"] * 4, r"label column 'category_label' holds string values; labels must be integer class ids"),
-    ([0.5, 1.0] * 4, r"label column 'category_label' holds 0.5 at row 0; labels must be integer class ids"),
+    ([True, False] * 4, r"label column 'category_label' holds bool values; labels must be class ids or names"),
+    ([0.5, 1.0] * 4, r"label column 'category_label' holds 0.5 at row 0; labels must be class ids or names"),
     ([0.0, float("nan")] * 4, r"label column 'category_label' holds nan at row 1;"),
+    (["cat", None] * 4, r"label column 'category_label' has no value at row 1; give every row a label"),
 ])
 def test_labels_must_be_class_ids_never_truncated(tmp_path, labels, message):
     """Float labels were cast to int64 (0.5 stored as 0, silently); strings failed with advice
@@ -192,12 +193,71 @@ def test_labels_must_be_class_ids_never_truncated(tmp_path, labels, message):
 
     values = {"w": matrices(8, (2, 2))}
     datasets.Dataset.from_dict({**values, "category_label": labels}).save_to_disk(str(tmp_path / "bad"))
-    with pytest.raises(DatasetError, match=r"^split train: " + message + r".*ds.class_encode_column\('category_label'\)"):
+    with pytest.raises(DatasetError, match=r"^split train: " + message + r".*(class_encode_column|--label-column)"):
         featstore.build(str(tmp_path / "bad"), ["stats"], store=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()  # refused before anything was written
     datasets.Dataset.from_dict({**values, "category_label": [2.0, 0.0] * 4}).save_to_disk(str(tmp_path / "ok"))
     featstore.build(str(tmp_path / "ok"), ["stats"], store=str(tmp_path / "s"))
     assert featstore.open(str(tmp_path / "ok"), store=str(tmp_path / "s")).labels().tolist() == [2, 0] * 4
+
+
+def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tmp_path):
+    """Text labels ("code", "math") were refused, so the dataset had to be encoded and saved again.
+    Each value is numbered by its place among the sorted values of all splits, so train and test
+    agree (DatasetDict.class_encode_column numbers each split's own); a class new in one split
+    renumbers both."""
+    from click.testing import CliRunner
+
+    import featstore
+    from featstore.cli import main
+
+    path, store = str(tmp_path / "d"), str(tmp_path / "s")
+
+    def save(test_labels):
+        datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict({"w": matrices(4, (2, 2)), "category_label": ["math", "code"] * 2}),
+            "test": datasets.Dataset.from_dict({"w": matrices(3, (2, 2), seed=1), "category_label": test_labels}),
+        }).save_to_disk(path)
+
+    save(["poetry", "math", "poetry"])
+    featstore.build(path, ["stats"], store=store)
+    with featstore.open(path, store=store) as fs:
+        assert fs.label_names == ["code", "math", "poetry"]
+        assert fs.labels("train").tolist() == [1, 0, 1, 0] and fs.labels("test").tolist() == [2, 1, 2]
+    assert featstore.status(path, store=store).fresh
+    listed = CliRunner().invoke(main, ["ls", "-f", "labels", "--store", store]).output.splitlines()
+    assert [line.split()[1:6] for line in listed[1:3]] == [["test", "category_label", "labels", "3", "int64"],
+                                                           ["train", "category_label", "labels", "4", "int64"]]
+    save(["poetry", "art", "poetry"])  # "art" sorts first: every id moves
+    stale = {(s.split, s.state, s.reason) for s in featstore.status(path, store=store).slots if s.featurizer == "labels"}
+    assert stale == {("train", "stale", "labels changed"), ("test", "stale", "labels changed")}
+    featstore.build(path, ["stats"], store=store)
+    with featstore.open(path, store=store) as fs:
+        assert fs.label_names == ["art", "code", "math", "poetry"]
+        assert fs.labels("train").tolist() == [2, 1, 2, 1] and fs.labels("test").tolist() == [3, 0, 3]
+    # the same from parquet files, and from a Dataset object (shuffled: an indices mapping)
+    (tmp_path / "pq").mkdir()
+    datasets.Dataset.from_dict({"w": matrices(4, (2, 2)), "category_label": ["b", "a", "b", "c"]}).to_parquet(
+        str(tmp_path / "pq" / "train.parquet"))
+    featstore.build(str(tmp_path / "pq"), ["stats"], store=store)
+    assert featstore.open(str(tmp_path / "pq"), store=store).labels().tolist() == [1, 0, 1, 2]
+    shuffled = datasets.Dataset.from_dict({"w": matrices(4, (2, 2)), "category_label": list("bacd")}).select([3, 0, 1])
+    featstore.build(shuffled, ["stats"], store=store)
+    with featstore.open(shuffled, store=store) as fs:
+        assert fs.labels().tolist() == [2, 1, 0] and fs.label_names == ["a", "b", "d"]
+
+
+def test_labels_of_text_in_one_split_and_numbers_in_another_are_refused(tmp_path):
+    import featstore
+
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"w": matrices(2, (2, 2)), "category_label": ["a", "b"]}),
+        "test": datasets.Dataset.from_dict({"w": matrices(2, (2, 2)), "category_label": [0, 1]}),
+    }).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DatasetError, match=r"label column 'category_label' holds int64 values in split 'test' but "
+                                           r"text in split 'train'; give it one type in every split"):
+        featstore.build(str(tmp_path / "d"), ["stats"], store=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_split_without_the_label_column_has_features_and_no_labels(tmp_path, monkeypatch):

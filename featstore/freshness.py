@@ -33,6 +33,7 @@ from featstore.sources import Source
 from featstore.store import Store
 
 LOCK_FORMAT = 1
+ENTRY_REMOVED = "entry removed (by gc or verify --repair)"  # a catalogued entry gone from the store
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 elif old.key != key:
                     state, reason = "stale", why_stale(old, digest, f.identity)
                 elif not stored:
-                    state, reason = "missing", "entry removed (by gc or verify --repair)"
+                    state, reason = "missing", ENTRY_REMOVED
                 else:
                     state, reason = "fresh", ""
                 report.slots.append(SlotStatus(split, layer, f.spec, state, reason, key, size, stored))
@@ -177,10 +178,10 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
         if not split.has_labels(source.label_column):  # an unlabelled split: a labels slot only if it had some
             continue
         key, size = labels_key(split, source.label_column)
-        served = catalog.splits.get(split_name)
-        state, reason = (("fresh", "") if served and served.labels == key
+        served, stored = catalog.splits.get(split_name), store.has_entry(key)
+        state, reason = ((("fresh", "") if stored else ("missing", ENTRY_REMOVED)) if served and served.labels == key
                          else ("stale", "labels changed") if served and served.labels else ("missing", "not built"))
-        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, size, store.has_entry(key)))
+        out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, size, stored))
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 import featstore
 from featstore import presets
 from featstore.featurizers import register
+from featstore.store import Store
 
 ROWS, DIM = 40, 4
 
@@ -278,6 +279,25 @@ def test_an_entry_gc_removed_is_reported_and_rebuilt(tmp_path, store_dir):
         (f"layer_{i}", "missing", "entry removed (by gc or verify --repair)") for i in range(2)}
     assert featstore.build(path, ["stats"], store=store_dir).reasons == {"removed from the store": 2}
     assert featstore.status(path, store=store_dir).fresh
+
+
+def test_labels_gc_removed_are_reported_missing_not_fresh_and_rebuilt(tmp_path, store_dir):
+    """gc --max-size may evict a split's labels like any entry: status called them fresh, and
+    require_fresh let a training script open a store whose labels() then failed."""
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict({"w": layers_of(1)["layer_0"], "category_label": [0, 1] * (ROWS // 2)}).save_to_disk(path)
+    featstore.build(path, ["stats"], store=store_dir)
+    with featstore.open(path, store=store_dir) as fs:
+        labels, key = fs.labels().tolist(), fs.catalog.splits["train"].labels
+    Store.open(store_dir).delete_entry(key)  # as gc --max-size does
+    (slot,) = [s for s in featstore.status(path, store=store_dir).slots if s.featurizer == "labels"]
+    assert (slot.split, slot.layer, slot.state, slot.reason, slot.stored) == (
+        "train", "category_label", "missing", "entry removed (by gc or verify --repair)", False)
+    with pytest.raises(featstore.StaleError, match="train/category_label/labels: missing, entry removed"):
+        featstore.open(path, store=store_dir, require_fresh=True)
+    featstore.build(path, ["stats"], store=store_dir)
+    assert featstore.status(path, store=store_dir).fresh
+    assert featstore.open(path, store=store_dir).labels().tolist() == labels
 
 
 def test_an_added_layer_builds_only_itself(tmp_path, store_dir):

@@ -1,7 +1,7 @@
-"""Progress of long work (builds, verify): tqdm's bar on a terminal; where stderr is not one (a
-batch job's log), a line at most every `FEATSTORE_PROGRESS_SECONDS` (default 30) seconds as items
-finish. A bar's carriage returns make such a log unreadable, and an hour without output there looks
-like a hang.
+"""Progress of long work (builds, verify): tqdm's bar on a terminal or in a notebook; where stderr
+is neither (a batch job's log), a line at most every `FEATSTORE_PROGRESS_SECONDS` (default 30)
+seconds as items finish. A bar's carriage returns make such a log unreadable, and an hour without
+output there looks like a hang.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Self
 def progress_bar(total: int, desc: str, unit: str, enabled: bool):
     """A counter of `total` `unit`s with tqdm's `update`, `set_postfix`, `close` and `disable`:
     disabled unless `enabled`."""
-    if enabled and not sys.stderr.isatty():
+    if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:  # a notebook shows tqdm's widget
         return LogLines(total, desc, unit, float(os.environ.get("FEATSTORE_PROGRESS_SECONDS") or 30))
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=True if not enabled else None)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 def counted(items: Iterable, desc: str, unit: str, enabled: bool, total: int | None = None) -> Iterator:

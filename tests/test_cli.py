@@ -166,6 +166,23 @@ def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, s
     assert hashed.stderr.splitlines()[-1].startswith("hash sanity: 16/16 columns (100%) in "), hashed.stderr
 
 
+def test_in_a_notebook_progress_stays_tqdm(monkeypatch, capsys):
+    """A notebook's stderr is no terminal either, but it renders tqdm (as a widget): no log lines there."""
+    import types
+
+    from tqdm.auto import tqdm
+
+    from featstore.progress import LogLines, progress_bar
+
+    monkeypatch.setenv("FEATSTORE_PROGRESS_SECONDS", "0")
+    assert isinstance(progress_bar(2, "build x", "column", True), LogLines)  # pytest's stderr: not a terminal
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    bar = progress_bar(2, "build x", "column", True)
+    assert isinstance(bar, tqdm) and not bar.disable
+    bar.close()
+    assert progress_bar(2, "build x", "column", False).disable
+
+
 def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featstore_home):
     env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(featstore_home), HF_HUB_OFFLINE="1")
     built = _featstore("build", "--dataset", "sanity", "--json", env=env)

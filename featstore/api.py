@@ -68,7 +68,9 @@ def build(
     auto, cpu, cuda, cuda:N (or a `torch.device` of those); `dtype` is
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
-    `workers` (a local Dask cluster of that many processes) or `scheduler` (a Dask scheduler's
+    `label_column` defaults to `category_label` if the data has it (or the one the catalog has).
+    `progress`: show it on stderr (a bar on a terminal or in a notebook, else a line every 30 s:
+    featstore.progress). `workers` (a local Dask cluster of that many processes) or `scheduler` (a Dask scheduler's
     address) spread the layers over Dask workers (see featstore.distributed). `devices` (or
     `device="cuda"` where torch sees several GPUs) spreads them over one worker per device.
     """

@@ -356,7 +356,9 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
     from featstore.storage import LocalStorage
 
     LocalStorage(".").write_bytes(output, data)  # atomic: a reader never sees half a lockfile
-    entries = sum(len(f) for layers_ in json.loads(data)["entries"].values() for f in layers_.values())
+    locked = json.loads(data)
+    entries = sum(len(f) for layers_ in locked["entries"].values() for f in layers_.values())
+    entries += len((locked.get("labels") or {}).get("entries", {}))  # each split's labels: as status counts them
     click.echo(f"wrote {output}: {_count(entries, 'entry')}", err=True)
 
 

@@ -431,7 +431,8 @@ def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sa
     """A lockfile of some layers: `status --lock` called each other layer 'not in the lockfile'
     (exit 1) unless the job repeated the lock's --layers."""
     lockfile = str(tmp_path / "f.lock")
-    run("lock", "-d", "sanity", "-f", "stats", "--layers", "layer_00[01]", "-o", lockfile)
+    wrote = run("lock", "-d", "sanity", "-f", "stats", "--layers", "layer_00[01]", "-o", lockfile).output
+    assert f"wrote {lockfile}: 6 entries" in wrote  # as status counts them: with each split's labels
     assert json.loads((tmp_path / "f.lock").read_text())["layers"] == ["layer_00[01]"]
     assert run("status", "--lock", lockfile).output == "sanity: 6 fresh, 0 stale, 0 missing\n"  # and 2 of labels
     assert run("status", "--lock", lockfile, "--layers", "layer_000").output == "sanity: 4 fresh, 0 stale, 0 missing\n"

@@ -127,6 +127,7 @@ class BuildReport:
     worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
     worker_devices: dict[str, str] = field(default_factory=dict)  # Dask worker -> its device (--devices)
     dropped: list[tuple[str, str, str]] = field(default_factory=list)  # catalogued slots whose column is gone
+    labels: list[str] = field(default_factory=list)  # splits whose labels this build catalogued anew
 
     @property
     def computed(self) -> int:
@@ -151,6 +152,7 @@ class BuildReport:
             "reasons": dict(self.reasons),
             "bytes_written": self.bytes_written,
             "dropped": [list(slot) for slot in self.dropped],
+            "labels": self.labels,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "entries": [asdict(e) for e in self.entries],
         }
@@ -379,7 +381,8 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
     source = build_plan.source
     rows = [r if r.chunks else replace(r, **dict(zip(("chunk_rows", "chunks"), store.entry_chunks(r.key))))
             for r in report.rows]  # what loads need to skip each entry's metadata
-    splits = {name: SplitInfo(split.num_rows, _labels(store, source, name)) for name, split in source.splits.items()}
+    splits = {name: SplitInfo(split.num_rows, _labels(store, source, name, report))
+              for name, split in source.splits.items()}
     first = next(iter(source.splits.values()))
     catalog = Catalog(
         dataset=source.name,
@@ -401,6 +404,9 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         if gone or splits != merged.splits:
             merged = replace(merged, rows=tuple(r for r in merged.rows if r.slot not in gone), splits=splits)
             report.dropped[:] = sorted(gone)
+        report.labels = sorted(name for name, info in splits.items()  # new or changed labels
+                               if info.labels and not (latest and name in latest.splits
+                                                       and latest.splits[name].labels == info.labels))
         if latest is not None and latest.label_column:  # labels of a split gone, or of a label column gone
             report.dropped += [(name, latest.label_column, "labels") for name, info in sorted(latest.splits.items())
                                if info.labels and not (name in merged.splits and merged.splits[name].labels)]
@@ -609,14 +615,16 @@ def _on_device(ready: _Prepared, device: str):
         return ready.host
 
 
-def _labels(store: Store, source: Source, split_name: str) -> str | None:
+def _labels(store: Store, source: Source, split_name: str, report: BuildReport) -> str | None:
+    """The key of the split's labels entry, written if the store lacks it (its bytes counted in `report`)."""
     if not source.splits[split_name].has_labels(source.label_column):
         return None
     values = source.splits[split_name].labels(source.label_column)
     digest = array_digest(values)
     key = entry_key(digest, LABELS_IDENTITY)
-    if not store.has_entry(key):
-        store.write_entry(_entry_info(key, digest, LABELS_IDENTITY, values, now(), "cpu"), values)
+    if not store.has_entry(key) and store.write_entry(_entry_info(key, digest, LABELS_IDENTITY, values, now(), "cpu"),
+                                                      values):
+        report.bytes_written += values.nbytes
     return key
 
 

@@ -153,6 +153,8 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(report.reasons.items()))
     click.echo(f"  entries  {report.computed} computed{f' ({why})' if why else ''}, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
+    if report.labels:
+        click.echo(f"  labels   of split{'s' * (len(report.labels) > 1)} {', '.join(report.labels)}: new or changed")
     if report.dropped:
         columns = sorted({f"{split}/{layer}" for split, layer, _ in report.dropped})
         click.echo(f"  dropped  {_count(len(report.dropped), 'feature')} of columns gone from the dataset "

@@ -31,6 +31,8 @@ def test_build_then_ls(run, sanity_dir, store_dir):
     out = run("build", "--dataset", "sanity", "--featurizer", "raw", "--featurizer", "svd:k=4",
               "--layers", "layer_00[01]", "--no-progress").output
     assert "8 computed (8 new), 0 reused" in out and "written" in out
+    assert "\n  labels   of splits test, train: new or changed\n" in out
+    assert "labels" not in run("build", "-d", "sanity", "-f", "raw", "--layers", "layer_00[01]", "--no-progress").output
     assert re.search(r"seconds  [\d.]+ in all; per phase, summed over threads: plan [\d.]+  hash [\d.]+  "
                      r"read [\d.]+  compute [\d.]+  write [\d.]+$", out, re.MULTILINE)
     table = run("ls", "--dataset", "sanity", "--featurizer", "svd").output.splitlines()

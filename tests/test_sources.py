@@ -220,7 +220,7 @@ def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tm
         }).save_to_disk(path)
 
     save(["poetry", "math", "poetry"])
-    featstore.build(path, ["stats"], store=store)
+    assert featstore.build(path, ["stats"], store=store).labels == ["test", "train"]
     with featstore.open(path, store=store) as fs:
         assert fs.label_names == ["code", "math", "poetry"]
         assert fs.labels("train").tolist() == [1, 0, 1, 0] and fs.labels("test").tolist() == [2, 1, 2]
@@ -231,7 +231,9 @@ def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tm
     save(["poetry", "art", "poetry"])  # "art" sorts first: every id moves
     stale = {(s.split, s.state, s.reason) for s in featstore.status(path, store=store).slots if s.featurizer == "labels"}
     assert stale == {("train", "stale", "labels changed"), ("test", "stale", "labels changed")}
-    featstore.build(path, ["stats"], store=store)
+    relabelled = featstore.build(path, ["stats"], store=store)
+    assert (relabelled.computed, relabelled.labels, relabelled.bytes_written) == (0, ["test", "train"], 7 * 8)
+    assert featstore.build(path, ["stats"], store=store).labels == []
     with featstore.open(path, store=store) as fs:
         assert fs.label_names == ["art", "code", "math", "poetry"]
         assert fs.labels("train").tolist() == [2, 1, 2, 1] and fs.labels("test").tolist() == [3, 0, 3]

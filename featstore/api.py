@@ -32,7 +32,7 @@ from featstore.errors import (
     brief,
 )
 from featstore.featurizers import parse_spec
-from featstore.manifest import Catalog, CatalogRow
+from featstore.manifest import Catalog, CatalogRow, natural_key
 from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
@@ -209,7 +209,8 @@ class FeatureSet:
 
     @property
     def layers(self) -> list[str]:
-        return sorted({r.layer for r in self.catalog.rows})
+        """The layers, numbers in their names in numeric order (`layers.2.mlp` before `layers.10.mlp`)."""
+        return sorted({r.layer for r in self.catalog.rows}, key=natural_key)
 
     @property
     def featurizers(self) -> list[str]:

@@ -182,6 +182,7 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
     from concurrent.futures import ThreadPoolExecutor
 
     from featstore.api import catalogued_name
+    from featstore.manifest import natural_key
     from featstore.store import Store
 
     st = Store.open(store or default_store())
@@ -190,7 +191,7 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
         {"dataset": c.dataset, "split": r.split, "layer": r.layer, "featurizer": r.featurizer,
          "shape": list(r.shape), "dtype": r.dtype, "nbytes": r.nbytes, "key": r.key, "created": r.created}
         for c in st.catalogs() if wanted in (None, c.dataset)
-        for r in sorted(c.rows + _label_rows(c), key=lambda r: r.slot)
+        for r in sorted(c.rows + _label_rows(c), key=lambda r: (r.split, natural_key(r.layer), r.featurizer))
         if (split in (None, r.split) and (layer is None or fnmatch.fnmatch(r.layer, layer))
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]

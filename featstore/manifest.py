@@ -7,6 +7,7 @@ guess. JSON only: nothing read back from a store is ever unpickled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,12 @@ from typing import Any
 from featstore.errors import StoreError
 
 SCHEMA_VERSION = 2  # 2: entries record a digest per chunk file
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers in names by value: `layers.2.mlp` before `layers.10.mlp`
+    (plain sorting puts 10 first, and a plot over layers out of depth order)."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
 def now() -> str:

@@ -135,6 +135,26 @@ def test_load_many_stacks_reduced_precision_and_row_slices(sanity_dir, store_dir
     assert fs.load_many(layers, "stats:dtype=bfloat16", stack=True, dtype=torch.float32).dtype == torch.float32
 
 
+def test_layers_come_in_the_numeric_order_of_their_names(tmp_path, store_dir):
+    """Plain sorting put `layers.10` before `layers.2`: a probe's accuracy plotted over fs.layers
+    was out of depth order for every model whose module names number their layers."""
+    from click.testing import CliRunner
+
+    from featstore.cli import main
+
+    names = ["model.layers.10.mlp", "model.layers.2.mlp", "model.layers.1.attn", "model.layers.1.mlp", "embed"]
+    data = {name: np.full((4, 2, 2), i, np.float32) for i, name in enumerate(names)}
+    datasets.Dataset.from_dict(data).save_to_disk(str(tmp_path / "d"))
+    featstore.build(str(tmp_path / "d"), ["stats"], store=store_dir)
+    in_order = ["embed", "model.layers.1.attn", "model.layers.1.mlp", "model.layers.2.mlp", "model.layers.10.mlp"]
+    with featstore.open(str(tmp_path / "d"), store=store_dir) as fs:
+        assert fs.layers == in_order
+        stacked = fs.load_many("model.layers.*.mlp", "stats", stack=True)
+        assert stacked[:, 0, 0].tolist() == [names.index(n) for n in in_order[2:]]  # the mean: the column's index
+    listed = CliRunner().invoke(main, ["ls", "--store", store_dir]).output.splitlines()[1:-1]
+    assert [line.split()[2] for line in listed] == in_order
+
+
 def test_layers_may_be_globs_as_on_the_command_line(sanity_dir, store_dir):
     featstore.build("sanity", ["stats"], store=store_dir)
     with featstore.open("sanity", store=store_dir) as fs:

@@ -34,6 +34,7 @@ from featstore.store import Store
 
 LOCK_FORMAT = 1
 ENTRY_REMOVED = "entry removed (by gc or verify --repair)"  # a catalogued entry gone from the store
+NOT_CATALOGUED = "not catalogued (its entry is stored)"  # after a killed build, a forget, for another dataset
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                     check_output(f, layer, split, layout.value_shape)
                 size = rows * row_bytes
                 if old is None:
-                    state, reason = "missing", "not built" if not stored else "not catalogued (its entry is stored)"
+                    state, reason = "missing", "not built" if not stored else NOT_CATALOGUED
                     built_as = sorted(dtypes.get((f.name, canonical_json(f.params)), set()) - {f.spec})
                     if not stored and built_as:  # `build --dtype float16` then `status -f svd`
                         reason += f" (the store holds {', '.join(built_as)}: the same featurizer, another stored dtype)"
@@ -180,7 +181,8 @@ def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
         key, size = labels_key(split, source.label_column)
         served, stored = catalog.splits.get(split_name), store.has_entry(key)
         state, reason = ((("fresh", "") if stored else ("missing", ENTRY_REMOVED)) if served and served.labels == key
-                         else ("stale", "labels changed") if served and served.labels else ("missing", "not built"))
+                         else ("stale", "labels changed") if served and served.labels
+                         else ("missing", NOT_CATALOGUED if stored else "not built"))
         out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, size, stored))
     return out
 

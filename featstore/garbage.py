@@ -139,15 +139,19 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
                        and (not featurizers or {r.featurizer, r.featurizer.partition(":")[0]} & set(featurizers))]
         if not report.rows:
             held = [", ".join(sorted({getattr(r, name) for r in catalog.rows})) for name in ("split", "featurizer")]
+            labels = (" A split's labels go with the last of its features (forget the split: --split NAME)."
+                      if "labels" in featurizers or catalog.label_column in layers else "")
             raise NotFoundError(f"no features of {dataset!r} match; it holds splits {held[0]} and featurizers "
-                                f"{held[1]} (its layers: `featstore ls --dataset {dataset}`)")
+                                f"{held[1]} (its layers: `featstore ls --dataset {dataset}`).{labels}")
         gone = {r.slot for r in report.rows}
         kept = tuple(r for r in catalog.rows if r.slot not in gone)
         report.catalog_removed = not kept
-        candidates = {r.key for r in report.rows}
-        if report.catalog_removed:
-            candidates |= {s.labels for s in catalog.splits.values() if s.labels}
-        others = [c for c in store.catalogs() if c.dataset != dataset] + ([replace(catalog, rows=kept)] if kept else [])
+        # a split none of whose features are left is forgotten with its labels
+        splits = {name: info for name, info in catalog.splits.items() if any(r.split == name for r in kept)}
+        candidates = {r.key for r in report.rows} | {s.labels for n, s in catalog.splits.items()
+                                                     if s.labels and n not in splits}
+        kept_catalog = replace(catalog, rows=kept, splits=splits)
+        others = [c for c in store.catalogs() if c.dataset != dataset] + ([kept_catalog] if kept else [])
         referenced = {r.key for c in others for r in c.rows} | {s.labels for c in others for s in c.splits.values()}
         report.unreferenced = {key: store.storage.size(store.entry_path(key))
                                for key in sorted(candidates - referenced) if store.has_entry(key)}
@@ -155,5 +159,5 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
             if report.catalog_removed:
                 store.delete_catalog(dataset)
             else:
-                store.write_catalog(replace(catalog, rows=kept, updated=now()))
+                store.write_catalog(replace(kept_catalog, updated=now()))
     return report

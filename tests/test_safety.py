@@ -377,6 +377,27 @@ def test_forget_drops_catalog_rows_and_gc_frees_only_what_no_other_dataset_uses(
     assert missing.returncode == 2 and "holds no features of" in missing.stderr
 
 
+def test_forgetting_a_split_forgets_its_labels_and_gc_frees_them(sanity_dir, store_dir):
+    """forget --split test left the split's labels catalogued: `ls` listed them, and gc kept their
+    entry for as long as the dataset had any features."""
+    featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir)
+    store = Store.open(store_dir)
+    labels = {name: info.labels for name, info in store.read_catalog("sanity").splits.items()}
+    with pytest.raises(featstore.NotFoundError, match=r"A split's labels go with the last of its features \(forget "
+                                                       r"the split: --split NAME\)"):
+        featstore.forget("sanity", store_dir, featurizers="labels")
+    report = featstore.forget("sanity", store_dir, splits="test")
+    assert len(report.rows) == 2 and labels["test"] in report.unreferenced and labels["train"] not in report.unreferenced
+    assert set(store.read_catalog("sanity").splits) == {"train"}
+    slots = {(s.split, s.featurizer): (s.state, s.reason) for s in featstore.status("sanity", store=store_dir).slots}
+    assert slots[("test", "labels")] == ("missing", "not catalogued (its entry is stored)")
+    assert slots[("train", "labels")] == ("fresh", "")
+    assert labels["test"] in {k for k, _, _ in featstore.gc(store_dir).removed}
+    assert not store.has_entry(labels["test"]) and store.has_entry(labels["train"])
+    assert featstore.open("sanity", store=store_dir).labels("train").shape == (256,)
+    assert featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir).labels == ["test"]
+
+
 def test_features_outlive_their_deleted_dataset_until_forgotten(tmp_path, small):
     """A user deletes the raw data once its features are built: `open`, `ls` and `forget` still
     find them by the path it had, relative or not."""

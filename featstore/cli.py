@@ -128,8 +128,7 @@ def main(debug: bool) -> None:
               help="Spread the layers over the Dask cluster at ADDRESS (tcp://host:8786); workers must reach "
                    "the store and the dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-@click.option("--progress/--no-progress", default=True,
-              help=PROGRESS_HELP)
+@click.option("--progress/--no-progress", default=True, help=PROGRESS_HELP)
 def build(dataset, featurizers, layers, label_column, device, devices, dtype, store, rehash, workers, scheduler,
           as_json, progress):
     """Compute the features the store lacks for DATASET; reuse every entry it already holds.
@@ -376,8 +375,7 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 @_import_option
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--progress/--no-progress", default=True,
-              help=PROGRESS_HELP)
+@click.option("--progress/--no-progress", default=True, help=PROGRESS_HELP)
 def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files), and that every catalog reads. Exit status 1 if

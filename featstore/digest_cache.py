@@ -52,7 +52,6 @@ def _vouched(split, old: dict, stats: list[list], layers: list[str], progress: s
     """The `layers` whose rows in each file that changed since `old` (a split's digest cache) was
     written hash as they did then: unchanged columns, whose cached digest and layout still hold.
     With `progress` (what to call the split), a progress bar counts the columns compared."""
-
     segments = old.get("segments", {})
     if split.file_rows is None or len(stats) != len(old.get("files", ())):
         return set()

@@ -295,8 +295,8 @@ def is_text(arrow_type: pa.DataType) -> bool:
 
 def _encode_text_labels(splits: dict[str, Split], column: str) -> None:
     """Text labels (`"math"`, `"code"`) become class ids: each value's index in the sorted values of
-    every split, so that the splits agree, as `ds.class_encode_column` numbers them; those values
-    are the dataset's label names."""
+    every split together, so that the splits agree (`DatasetDict.class_encode_column` numbers each
+    split's own); those values are the dataset's label names."""
     labelled = {name: split for name, split in splits.items() if split.has_labels(column)}
     for name, split in labelled.items():
         if not is_text(split.schema.field(column).type):

@@ -445,8 +445,8 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
     """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
     (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
     or missing. Featurizers default to those the store holds for the dataset; `dtype` as for
-    `build` (the stored dtype of `featurizers` whose spec sets none). `progress`: a
-    progress bar (on a terminal) while it hashes columns the digest cache does not vouch for."""
+    `build` (the stored dtype of `featurizers` whose spec sets none). `progress`: show progress
+    (featstore.progress) while it hashes columns the digest cache does not vouch for."""
     from featstore import freshness
 
     st = Store.open(store or default_store())

@@ -27,7 +27,7 @@ from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError
 from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
-from featstore.manifest import CatalogRow
+from featstore.manifest import Catalog, CatalogRow
 from featstore.progress import counted
 from featstore.sources import Source
 from featstore.store import Store
@@ -162,7 +162,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     for (split, layer, spec), reason in sorted(source.gone(served.values()).items()):  # a build drops them
         if spec in specs and source.wants(layer):
             report.slots.append(SlotStatus(split, layer, spec, "stale", reason, "", 0, False))
-    if source.label_column and catalog:
+    if source.label_column:
         report.slots += _label_slots(source, catalog, store)
     for name, info in sorted(catalog.splits.items()) if catalog and catalog.label_column else ():
         why = source.missing(name, catalog.label_column, "label column")
@@ -172,14 +172,15 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
     return report
 
 
-def _label_slots(source: Source, catalog, store: Store) -> list[SlotStatus]:
-    """One slot per split for its labels (featurizer `labels`): the labels entry is keyed like any other."""
+def _label_slots(source: Source, catalog: Catalog | None, store: Store) -> list[SlotStatus]:
+    """One slot per labelled split for its labels (featurizer `labels`), keyed like any entry;
+    before the first build (no `catalog`) they are missing, as the features are."""
     out = []
     for split_name, split in source.splits.items():
         if not split.has_labels(source.label_column):  # an unlabelled split: a labels slot only if it had some
             continue
         key, size = labels_key(split, source.label_column)
-        served, stored = catalog.splits.get(split_name), store.has_entry(key)
+        served, stored = catalog.splits.get(split_name) if catalog else None, store.has_entry(key)
         state, reason = ((("fresh", "") if stored else ("missing", ENTRY_REMOVED)) if served and served.labels == key
                          else ("stale", "labels changed") if served and served.labels
                          else ("missing", NOT_CATALOGUED if stored else "not built"))

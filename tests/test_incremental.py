@@ -281,6 +281,19 @@ def test_an_entry_gc_removed_is_reported_and_rebuilt(tmp_path, store_dir):
     assert featstore.status(path, store=store_dir).fresh
 
 
+def test_status_before_the_first_build_counts_the_labels_it_will_store(tmp_path, store_dir):
+    """Labels slots appeared only once a catalog existed: 2 missing became 4 fresh after the build."""
+    featstore.build(save_layers(tmp_path / "other", layers_of(1, seed=1)), ["stats"], store=store_dir)  # a store
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict({"w": layers_of(1)["layer_0"], "category_label": [0, 1] * (ROWS // 2)}).save_to_disk(path)
+    before = featstore.status(path, ["stats"], store=store_dir)
+    assert sorted((s.layer, s.featurizer, s.state, s.reason) for s in before.slots) == [
+        ("category_label", "labels", "missing", "not built"), ("w", "stats", "missing", "not built")]
+    featstore.build(path, ["stats"], store=store_dir)
+    after = featstore.status(path, store=store_dir)
+    assert len(after.slots) == len(before.slots) and after.fresh
+
+
 def test_labels_gc_removed_are_reported_missing_not_fresh_and_rebuilt(tmp_path, store_dir):
     """gc --max-size may evict a split's labels like any entry: status called them fresh, and
     require_fresh let a training script open a store whose labels() then failed."""

@@ -146,7 +146,7 @@ def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, s
         built = subprocess.run([sys.executable, "-m", "featstore.cli", "build", "-d", "sanity", "-f", "stats"],
                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, timeout=300, check=False)
     assert built.returncode == 0 and "16 computed" in built.stdout
-    lines = log.read_text().splitlines()
+    lines = [line for line in log.read_text().splitlines() if line.startswith("build ")]  # not a library's warning
     assert "\r" not in log.read_text() and len(lines) == 16, lines
     for done, line in enumerate(lines, 1):
         assert re.fullmatch(rf"build sanity: {done}/16 columns \(\d+%\) in \d+ s(, about \d+ s left)?; "
@@ -158,17 +158,18 @@ def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, s
     checked = subprocess.run([sys.executable, "-m", "featstore.cli", "verify", "--recompute", "0.25"],
                              capture_output=True, text=True, env=env, timeout=300, check=False)
     assert checked.returncode == 0 and "checked 34 entries" in checked.stdout, checked.stderr
-    lines = checked.stderr.splitlines()
+    lines = [line for line in checked.stderr.splitlines() if line.startswith(("verify: ", "recompute: "))]
     assert len(lines) == 34 + 8 and lines[33].startswith("verify: 34/34 entries (100%) in "), lines
     assert lines[-1].startswith("recompute: 8/8 features (100%) in ")
     shutil.rmtree(Path(store_dir) / "digests")  # the digest cache: status hashes the columns again
     hashed = subprocess.run([sys.executable, "-m", "featstore.cli", "status", "-d", "sanity"],
                             capture_output=True, text=True, env=env, timeout=300, check=False)
     assert hashed.returncode == 0 and "sanity: 34 fresh" in hashed.stdout, hashed.stderr
-    assert hashed.stderr.splitlines()[-1].startswith("hash sanity: 16/16 columns (100%) in "), hashed.stderr
+    hashing = [line for line in hashed.stderr.splitlines() if line.startswith("hash ")]
+    assert len(hashing) == 16 and hashing[-1].startswith("hash sanity: 16/16 columns (100%) in "), hashed.stderr
 
 
-def test_in_a_notebook_progress_stays_tqdm(monkeypatch, capsys):
+def test_in_a_notebook_progress_stays_tqdm(monkeypatch):
     """A notebook's stderr is no terminal either, but it renders tqdm (as a widget): no log lines there."""
     import types
 

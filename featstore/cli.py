@@ -109,7 +109,9 @@ def main(debug: bool) -> None:
 @click.option("--layers", "-l", multiple=True, metavar="GLOB",
               help="Layer columns to use, repeatable glob ('layer_0*'). [default: every numeric "
                    "tensor-valued column except the label column]")
-@click.option("--label-column", default=None, help="Label column. [default: category_label, if present]")
+@click.option("--label-column", default=None,
+              help="Label column: class ids (integers, ClassLabel) or text, numbered in sorted order. "
+                   "[default: category_label, if present]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU if torch sees one), cpu (columns side by side, a core each), cuda (every "
                    "visible GPU, one worker each), cuda:N.")
@@ -135,6 +137,12 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
 
     Entries are keyed by a hash of the column's bytes and the featurizer's identity, so a second
     build computes nothing, and datasets sharing a layer share its entries.
+
+    \b
+      featstore build -d 1k                                # stats + svd of every layer column
+      featstore build -d ./adapters -f svd:k=32 -l 'model.layers.*.q_proj'
+      featstore build -d ./adapters -f feats:mine --dtype float16 --device cuda:1
+      featstore status -d ./adapters                       # what a build would compute, and why
     """
     from featstore.api import DEFAULT_FEATURIZERS
     from featstore.api import build as run_build

@@ -387,7 +387,13 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 def verify(sample, recompute, repair, seed, store, as_json, progress):
     """Check every entry's chunk files against the digests written when it was published (bit
     flips, truncation, missing or swapped files), and that every catalog reads. Exit status 1 if
-    anything is wrong."""
+    anything is wrong.
+
+    \b
+      featstore verify                                     # every chunk of every entry
+      featstore verify --sample 0.1 --recompute 0.01       # a nightly spot check
+      featstore verify --repair && featstore build -d 1k   # drop what is damaged, compute it again
+    """
     from featstore import api
 
     with ends_at_once():  # --repair's removals are crash-safe (one rename each)
@@ -427,7 +433,12 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
 def gc(dry_run, max_size, keep_days, store, as_json):
     """Remove entries no catalog references, then (with --max-size) the least recently used ones,
     and the leftovers of crashed builds. Never removes what an open `featstore.open` view leases;
-    waits for running builds."""
+    waits for running builds.
+
+    \b
+      featstore gc --dry-run                               # what would go, and how much it frees
+      featstore gc --max-size 20GB --keep 7                # fit 20 GB, sparing a week's entries
+    """
     from featstore import api
 
     report = api.gc(store, dry_run=dry_run, max_size=_parse_size(max_size) if max_size else None,

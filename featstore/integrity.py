@@ -57,7 +57,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
     rng = random.Random(seed)
     report = VerifyReport()
     keys = store.entry_keys()
-    for key in counted(sorted(rng.sample(keys, round(len(keys) * sample))), "verify", "entry", progress):
+    for key in counted(sorted(rng.sample(keys, _how_many(len(keys), sample))), "verify", "entry", progress):
         problem, read = store.check_entry(key)
         report.checked += 1
         report.bytes_read += read
@@ -72,7 +72,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
     if recompute:
         rows = [(c.dataset, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows
                 if r.key not in report.corrupt]
-        chosen = sorted(rng.sample(rows, round(len(rows) * recompute)), key=lambda x: x[1].slot)
+        chosen = sorted(rng.sample(rows, _how_many(len(rows), recompute)), key=lambda x: x[1].slot)
         for dataset, row in counted(chosen, "recompute", "feature", progress):
             _recompute(store, dataset, row, report)
     if repair:
@@ -81,6 +81,12 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
             report.repaired.append(key)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _how_many(n: int, fraction: float) -> int:
+    """The size of a `fraction` sample of `n` things: at least one where the fraction is not 0 (a
+    nightly `--sample 0.1` of a small store checked nothing)."""
+    return max(1, round(n * fraction)) if n and fraction else 0
 
 
 def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:

@@ -177,6 +177,15 @@ def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
     assert featstore.verify(store_dir, recompute=1.0).recomputed == len(keys)
 
 
+def test_a_sample_of_a_small_store_checks_at_least_one_entry(sanity_dir, store_dir):
+    """--sample 0.1 of 4 entries rounded to 0 and verified nothing, saying so as if all were well."""
+    featstore.build("sanity", ["stats"], layers="layer_000", store=store_dir)  # 2 features + 2 labels
+    assert featstore.verify(store_dir, sample=0.1).checked == 1
+    assert featstore.verify(store_dir, sample=0.5).checked == 2
+    report = featstore.verify(store_dir, sample=0.0, recompute=0.01)
+    assert (report.checked, report.recomputed, report.ok) == (0, 1, True)
+
+
 def test_a_damaged_catalog_stops_every_command_that_needs_it_and_loses_nothing(tmp_path, small):
     """A torn catalog file: the commands that read it stop with an error naming the file and the
     fix (gc above all: it would take every entry the catalog lists for garbage); verify reports it

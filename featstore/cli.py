@@ -374,7 +374,7 @@ def lock(dataset, featurizers, dtype, layers, output, store, progress):
 
 @main.command()
 @click.option("--sample", default=1.0, show_default=True, type=float, metavar="FRACTION",
-              help="Check this fraction of the entries (chosen at random).")
+              help="Check this fraction of the entries (chosen at random; at least one unless 0).")
 @click.option("--recompute", default=0.0, show_default=True, type=float, metavar="FRACTION",
               help="Also recompute this fraction of the catalogued features from their datasets (CPU) and "
                    "compare within tolerance.")

@@ -51,6 +51,7 @@ class FeatureDataset(Dataset):
         self.columns = [(layer, row.featurizer) for layer, row in chosen]
         self._entries = [(row.key, row.dtype) for _, row in chosen]
         self._labels = self._view.catalog.splits[split].labels
+        self.label_names = self._view.label_names  # class id -> name, or None (labels without names)
         self._rows = self._view.catalog.splits[split].rows
         self._data: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
 

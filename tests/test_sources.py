@@ -210,6 +210,7 @@ def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tm
 
     import featstore
     from featstore.cli import main
+    from featstore.torch import FeatureDataset
 
     path, store = str(tmp_path / "d"), str(tmp_path / "s")
 
@@ -237,6 +238,8 @@ def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tm
     with featstore.open(path, store=store) as fs:
         assert fs.label_names == ["art", "code", "math", "poetry"]
         assert fs.labels("train").tolist() == [2, 1, 2, 1] and fs.labels("test").tolist() == [3, 0, 3]
+    test_set = FeatureDataset(path, split="test", store=store)
+    assert [test_set.label_names[int(test_set[i][1])] for i in range(3)] == ["poetry", "art", "poetry"]
     # the same from parquet files, and from a Dataset object (shuffled: an indices mapping)
     (tmp_path / "pq").mkdir()
     datasets.Dataset.from_dict({"w": matrices(4, (2, 2)), "category_label": ["b", "a", "b", "c"]}).to_parquet(

@@ -19,8 +19,9 @@ SCHEMA_VERSION = 2  # 2: entries record a digest per chunk file
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders the numbers in names by value: `layers.2.mlp` before `layers.10.mlp`
-    (plain sorting puts 10 first, and a plot over layers out of depth order)."""
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
+    (plain sorting puts 10 first, and a plot over layers out of depth order). The name itself
+    breaks ties (`layer_01`, `layer_1`), so the order never depends on the input's."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))), name
 
 
 def now() -> str:

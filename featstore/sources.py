@@ -35,6 +35,7 @@ from featstore.columns import (
 )
 from featstore.errors import DatasetError, brief
 from featstore.keys import parts_digest
+from featstore.manifest import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,8 @@ def is_text(arrow_type: pa.DataType) -> bool:
 def _encode_text_labels(splits: dict[str, Split], column: str) -> None:
     """Text labels (`"math"`, `"code"`) become class ids: each value's index in the sorted values of
     every split together, so that the splits agree (`DatasetDict.class_encode_column` numbers each
-    split's own); those values are the dataset's label names."""
+    split's own), numbers in them by value (`class_2` before `class_10`); those values are the
+    dataset's label names."""
     labelled = {name: split for name, split in splits.items() if split.has_labels(column)}
     for name, split in labelled.items():
         if not is_text(split.schema.field(column).type):
@@ -308,7 +310,7 @@ def _encode_text_labels(splits: dict[str, Split], column: str) -> None:
             vocabulary.update(pc.unique(split.text(column)).to_pylist())
         except DatasetError as e:
             raise DatasetError(f"split {name}: {e}") from None
-    vocabulary = sorted(vocabulary)
+    vocabulary = sorted(vocabulary, key=natural_key)  # class_2 before class_10
     for split in labelled.values():
         split.label_vocabulary = split.label_names = vocabulary
 

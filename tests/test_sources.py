@@ -250,6 +250,11 @@ def test_text_labels_are_class_ids_in_the_sorted_order_of_every_splits_values(tm
     featstore.build(shuffled, ["stats"], store=store)
     with featstore.open(shuffled, store=store) as fs:
         assert fs.labels().tolist() == [2, 1, 0] and fs.label_names == ["a", "b", "d"]
+    # numbers in the values count by value, as in fs.layers: class_2 before class_10
+    numbered = datasets.Dataset.from_dict({"w": matrices(4, (2, 2)), "category_label": ["c10", "c2", "c1", "c02"]})
+    featstore.build(numbered, ["stats"], store=store)
+    with featstore.open(numbered, store=store) as fs:
+        assert fs.label_names == ["c1", "c02", "c2", "c10"] and fs.labels().tolist() == [3, 2, 0, 1]
 
 
 def test_labels_of_text_in_one_split_and_numbers_in_another_are_refused(tmp_path):

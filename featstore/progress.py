@@ -12,15 +12,25 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Self
 
+from featstore.errors import FeatstoreError
+
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool):
     """A counter of `total` `unit`s with tqdm's `update`, `set_postfix`, `close` and `disable`:
     disabled unless `enabled`."""
     if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:  # a notebook shows tqdm's widget
-        return LogLines(total, desc, unit, float(os.environ.get("FEATSTORE_PROGRESS_SECONDS") or 30))
+        return LogLines(total, desc, unit, _interval())
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
+
+
+def _interval() -> float:
+    text = os.environ.get("FEATSTORE_PROGRESS_SECONDS") or "30"
+    try:
+        return float(text)
+    except ValueError:
+        raise FeatstoreError(f"FEATSTORE_PROGRESS_SECONDS={text!r} is not a number of seconds") from None
 
 
 def counted(items: Iterable, desc: str, unit: str, enabled: bool, total: int | None = None) -> Iterator:

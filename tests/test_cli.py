@@ -177,6 +177,9 @@ def test_in_a_notebook_progress_stays_tqdm(monkeypatch):
 
     from featstore.progress import LogLines, progress_bar
 
+    monkeypatch.setenv("FEATSTORE_PROGRESS_SECONDS", "soon")
+    with pytest.raises(featstore.FeatstoreError, match="FEATSTORE_PROGRESS_SECONDS='soon' is not a number of seconds"):
+        progress_bar(2, "build x", "column", True)
     monkeypatch.setenv("FEATSTORE_PROGRESS_SECONDS", "0")
     assert isinstance(progress_bar(2, "build x", "column", True), LogLines)  # pytest's stderr: not a terminal
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))

@@ -21,7 +21,7 @@ test: install
 demo: install
 	$(BIN)/featstore datasets ls
 	$(BIN)/featstore build --dataset 1k
-	$(BIN)/featstore ls --dataset 1k --layer 'layer_03[0-3]'
+	$(BIN)/featstore ls --dataset 1k --layers 'layer_03[0-3]'
 	$(BIN)/python examples/quickstart.py --dataset 1k
 
 bench: install

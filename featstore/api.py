@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import importlib.util
 import logging
@@ -32,7 +31,7 @@ from featstore.errors import (
     brief,
 )
 from featstore.featurizers import parse_spec
-from featstore.manifest import Catalog, CatalogRow, natural_key
+from featstore.manifest import Catalog, CatalogRow, layer_matches, natural_key
 from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
@@ -228,7 +227,7 @@ class FeatureSet:
         for name in names(layers):
             if name in known or not any(c in name for c in "*?["):
                 out.append(name)
-            elif matched := fnmatch.filter(known, name):
+            elif matched := [layer for layer in known if layer_matches(layer, name)]:
                 out += matched
             else:
                 raise NotFoundError(f"no layer of {self.dataset!r} matches {name!r}; layers: {brief(known)}")

@@ -205,7 +205,8 @@ def check_names(source: Source) -> None:
             try:
                 check_name(kind, name)
             except ValueError as e:
-                raise ColumnError(str(e)) from None
+                other = " (or choose the other layers with --layers GLOB)" if kind == "layer" else ""
+                raise ColumnError(f"{e}{other}") from None
 
 
 def check_output(f: BoundFeaturizer, layer: str, split: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:

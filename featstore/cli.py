@@ -6,7 +6,6 @@ future `status` finding stale entries); `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import sys
@@ -173,7 +172,8 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
 @main.command(name="ls")
 @click.option("--dataset", "-d", default=None, help="Only this dataset (as given to build).")
 @click.option("--split", default=None, help="Only this split.")
-@click.option("--layer", "-l", default=None, metavar="GLOB", help="Only layers matching GLOB.")
+@click.option("--layers", "--layer", "-l", "layers", multiple=True, metavar="GLOB",
+              help="Only layers matching GLOB (or named GLOB), repeatable, as status and forget take them.")
 @click.option("--featurizer", "-f", default=None, metavar="NAME", help="Only this featurizer (name or spec).")
 @_store_option
 @click.option("--summary", "-s", is_flag=True,
@@ -182,14 +182,14 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
               help="One JSON list of {dataset, split, layer, featurizer, shape, dtype, nbytes, key, created, "
                    "stored}; with --summary, of {dataset, featurizer, splits, layers, entries, nbytes, removed, "
                    "created}.")
-def ls(dataset, split, layer, featurizer, store, summary, as_json):
+def ls(dataset, split, layers, featurizer, store, summary, as_json):
     """List the features the store holds, one row per (dataset, split, layer, featurizer), and each
     split's labels (featurizer `labels`, layer the label column); an entry gc or verify --repair
     removed since is listed as removed. --summary: one row per (dataset, featurizer)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from featstore.api import catalogued_name
-    from featstore.manifest import natural_key
+    from featstore.manifest import layer_matches, natural_key
     from featstore.store import Store
 
     st = Store.open(store or default_store())
@@ -199,7 +199,7 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
          "shape": list(r.shape), "dtype": r.dtype, "nbytes": r.nbytes, "key": r.key, "created": r.created}
         for c in st.catalogs() if wanted in (None, c.dataset)
         for r in sorted(c.rows + _label_rows(c), key=lambda r: (r.split, natural_key(r.layer), r.featurizer))
-        if (split in (None, r.split) and (layer is None or fnmatch.fnmatch(r.layer, layer))
+        if (split in (None, r.split) and (not layers or any(layer_matches(r.layer, g) for g in layers))
             and featurizer in (None, r.featurizer, r.featurizer.partition(":")[0]))
     ]
     # gc --max-size evicts catalogued entries: say which are gone
@@ -214,8 +214,8 @@ def ls(dataset, split, layer, featurizer, store, summary, as_json):
         click.echo(json.dumps(listed, indent=1))
         return
     if not rows:
-        filters = [f"{flag} {value}" for flag, value in (("--split", split), ("--layer", layer),
-                                                          ("--featurizer", featurizer)) if value]
+        filters = [f"{flag} {value}" for flag, values in (("--split", [split]), ("--layers", layers),
+                                                           ("--featurizer", [featurizer])) for value in values if value]
         some = filters and any(c.rows for c in st.catalogs() if wanted in (None, c.dataset))
         click.echo(f"no features{' of ' + wanted if wanted else ''} in {st.location}"
                    + (f" match {' '.join(filters)}; `featstore ls --summary` lists what it holds" if some else ""), err=True)
@@ -483,7 +483,7 @@ def forget(dataset, splits, layers, featurizers, dry_run, store, as_json):
     whole = " (its whole catalog)" if report.catalog_removed else ""
     freed = sum(report.unreferenced.values())
     then = (f"{_count(len(report.unreferenced), 'entry')} ({_size(freed)}) "
-            + ("would be unreferenced" if dry_run else "unreferenced now: `featstore gc` removes them")
+            + ("would be unreferenced" if dry_run else f"unreferenced now: `featstore gc` removes {'it' if len(report.unreferenced) == 1 else 'them'}")
             if report.unreferenced else "no entry unreferenced (other catalogued features use them)")
     click.echo(f"{verb} {_count(len(report.rows), 'feature')} of {_short_dataset(report.dataset)}{whole}; {then}")
 

@@ -11,7 +11,6 @@ never sees half an entry. Staging leftovers of crashed builds go too.
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from featstore.errors import NotFoundError, ReadOnlyStore
 from featstore.keys import dataset_slug
-from featstore.manifest import CatalogRow, now
+from featstore.manifest import CatalogRow, layer_matches, now
 from featstore.storage import holder_alive
 from featstore.store import Store
 
@@ -135,7 +134,7 @@ def forget(store: Store, dataset: str, splits: Iterable[str] = (), layers: Itera
             held = ", ".join(c.dataset for c in store.catalogs()) or "none"
             raise NotFoundError(f"the store {store.location} holds no features of {dataset!r} (it holds: {held})")
         report.rows = [r for r in catalog.rows if (not splits or r.split in splits)
-                       and (not layers or any(fnmatch.fnmatch(r.layer, g) for g in layers))
+                       and (not layers or any(layer_matches(r.layer, g) for g in layers))
                        and (not featurizers or {r.featurizer, r.featurizer.partition(":")[0]} & set(featurizers))]
         if not report.rows:
             held = [", ".join(sorted({getattr(r, name) for r in catalog.rows})) for name in ("split", "featurizer")]

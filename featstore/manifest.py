@@ -6,6 +6,7 @@ guess. JSON only: nothing read back from a store is ever unpickled.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +23,12 @@ def natural_key(name: str) -> tuple:
     (plain sorting puts 10 first, and a plot over layers out of depth order). The name itself
     breaks ties (`layer_01`, `layer_1`), so the order never depends on the input's."""
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))), name
+
+
+def layer_matches(layer: str, pattern: str) -> bool:
+    """Whether a `--layers` pattern selects `layer`: its own name (a column may be called `w[0]` or
+    `a*b`), or a glob (`*`, `?`, `[...]`) that matches it, case-sensitively on every platform."""
+    return layer == pattern or fnmatch.fnmatchcase(layer, pattern)
 
 
 def now() -> str:

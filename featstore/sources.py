@@ -10,7 +10,6 @@ so memory stays bounded by one column whatever the file size.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import json
 import logging
@@ -35,7 +34,7 @@ from featstore.columns import (
 )
 from featstore.errors import DatasetError, brief
 from featstore.keys import parts_digest
-from featstore.manifest import natural_key
+from featstore.manifest import layer_matches, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ class Source:
 
     def wants(self, layer: str) -> bool:
         """Whether the --layers globs ask for `layer` (without globs, every layer)."""
-        return not self.patterns or any(fnmatch.fnmatch(layer, p) for p in self.patterns)
+        return not self.patterns or any(layer_matches(layer, p) for p in self.patterns)
 
     def missing(self, split: str, column: str, kind: str = "layer") -> str:
         """Why the data has no column `column` (a `kind`) in split `split` ("split gone from the
@@ -337,8 +336,8 @@ def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str)
         return chosen
     chosen = []
     for pattern in patterns:
-        matched = fnmatch.filter(names, pattern)
-        if not matched and label_column and fnmatch.fnmatch(label_column, pattern):
+        matched = [name for name in names if layer_matches(name, pattern)]
+        if not matched and label_column and layer_matches(label_column, pattern):
             raise DatasetError(f"--layers {pattern!r} matches only {label_column!r}, the label column: it is "
                                "stored as the split's labels, not as a layer (--label-column names another)")
         if not matched:

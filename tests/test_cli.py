@@ -392,9 +392,30 @@ def test_status_skips_a_dataset_passed_from_python_and_says_so(tmp_path, store_d
 def test_ls_says_when_its_filters_match_nothing_the_store_holds(run, sanity_dir, store_dir):
     run("build", "--dataset", "sanity", "-f", "stats", "--layers", "layer_000", "--no-progress")
     out = run("ls", "--dataset", "sanity", "--layer", "layer_9*").output
-    assert out.strip().endswith(f"no features of sanity in {store_dir} match --layer layer_9*; `featstore ls "
+    assert out.strip().endswith(f"no features of sanity in {store_dir} match --layers layer_9*; `featstore ls "
                                 "--summary` lists what it holds"), out
     assert run("ls", "--dataset", "nothere").output.strip().endswith(f"no features of nothere in {store_dir}")
+
+
+def test_every_command_takes_a_layer_with_glob_characters_in_its_name_by_that_name(run, tmp_path, store_dir):
+    """`w[0]` as a glob matches only `w0`: build, ls, status, forget and load each select the
+    column `w[0]` itself too."""
+    from conftest import matrices
+
+    path = str(tmp_path / "d")
+    datasets.Dataset.from_dict({"w[0]": matrices(6), "w[1]": matrices(6, seed=1)}).save_to_disk(path)
+    assert "1 computed" in run("build", "-d", path, "-f", "stats", "--layers", "w[0]", "--no-progress").output
+    assert [line.split()[2] for line in run("ls", "-d", path, "--layer", "w[0]").output.splitlines()[1:-1]] == ["w[0]"]
+    run("build", "-d", path, "-f", "stats", "--no-progress")
+    listed = run("ls", "-d", path, "--layers", "w[1]", "--layers", "w[0]").output.splitlines()[1:-1]
+    assert [line.split()[2] for line in listed] == ["w[0]", "w[1]"]
+    run("forget", "-d", path, "--layers", "w[1]")
+    assert run("status", "-d", path, "-f", "stats", "--layers", "w[0]").output.strip().endswith(
+        "1 fresh, 0 stale, 0 missing")
+    with featstore.open(path, store=store_dir) as fs:
+        assert list(fs.load_many("w[0]", "stats")) == ["w[0]"]
+    assert "forgot 1 feature of " in run("forget", "-d", path, "--layers", "w[0]").output
+    assert featstore.status(path, ["stats"], layers="w[0]", store=store_dir).counts == {"missing": 1}
 
 
 def test_status_and_lock_take_the_dtype_a_build_was_given(run, sanity_dir, store_dir, tmp_path):

@@ -151,6 +151,7 @@ def test_status_and_lock_stop_with_the_builds_error_at_a_column_name_the_store_c
     with pytest.raises(featstore.ColumnError) as built:
         featstore.build(path, ["stats"], store=store_dir)
     assert "layer name 'q_proj/lora_A' is not allowed" in str(built.value)
+    assert str(built.value).endswith("rename the column or split (or choose the other layers with --layers GLOB)")
     featstore.build(path, ["stats"], layers="m", store=store_dir)
     for command in (featstore.status, featstore.lock):
         with pytest.raises(featstore.ColumnError) as checked:

@@ -113,6 +113,17 @@ def test_layers_globs_choose_and_complain(tmp_path):
         load_source(str(tmp_path / "one"), layers=["category*"])
 
 
+def test_a_column_whose_name_has_glob_characters_is_chosen_by_its_own_name(tmp_path):
+    """`w[0]` as a glob matches only `w0`; adapters name columns `w[0]` or `a*b` too."""
+    names = ["w[0]", "a*b", "w0", "axb"]
+    datasets.Dataset.from_dict({n: matrices(4, seed=i) for i, n in enumerate(names)}).save_to_disk(str(tmp_path / "d"))
+    assert load_source(str(tmp_path / "d"), layers=["w[0]"]).layers == ["w[0]", "w0"]
+    assert load_source(str(tmp_path / "d"), layers=["a*b"]).layers == ["a*b", "axb"]
+    assert load_source(str(tmp_path / "d"), layers=["w[[]0]"]).layers == ["w[0]"]  # glob.escape'd: itself alone
+    with pytest.raises(DatasetError, match=r"--layers 'W\*' matches no column"):  # case-sensitive everywhere
+        load_source(str(tmp_path / "d"), layers=["W*"])
+
+
 def test_column_lists_in_errors_stay_short(tmp_path):
     wide = {f"layer_{i:03d}": [[[1.0]]] for i in range(129)}
     datasets.Dataset.from_dict(wide).save_to_disk(str(tmp_path / "wide"))

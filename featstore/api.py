@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Iterable
@@ -360,10 +361,19 @@ class FeatureSet:
         same_name = [a for a in available if a.partition(":")[0] == spec]
         if len(same_name) == 1:
             return same_name[0]
+        if canonical and (stored := [a for a in available if _without_dtype(a) == _without_dtype(canonical)]):
+            raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}: it was stored as "
+                                f"{' and '.join(map(repr, stored))}; load that spec (`dtype=` converts as it loads), "
+                                f"or build this one: {self._how_to_build(canonical)}")
         hint = "ambiguous, pass one of" if same_name else "available"
         build = f"; or build it: {self._how_to_build(canonical)}" if canonical and not same_name else ""
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}"
                             f"{build}")
+
+
+def _without_dtype(spec: str) -> str:
+    """A spec without its stored dtype: `svd:k=8,dtype=float16` -> `svd:k=8`."""
+    return re.sub(r"(?<=[:,])dtype=[^,]*(,|$)", "", spec).rstrip(":,")
 
 
 def _devices(devices: tuple[str, ...], device: str, workers: int, scheduler: str | None) -> tuple[str, ...]:

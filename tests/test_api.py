@@ -116,6 +116,18 @@ def test_a_bare_name_without_its_defaults_is_ambiguous(sanity_dir, store_dir):
     assert fs.load("layer_000", "svd:k=8").shape == (256, 8)
 
 
+def test_a_spec_stored_only_in_another_dtype_is_named_with_that_dtype(sanity_dir, store_dir):
+    featstore.build("sanity", ["svd:k=4"], layers=["layer_000"], store=store_dir, dtype="float16")
+    fs = featstore.open("sanity", store=store_dir)
+    with pytest.raises(NotFoundError, match=r"^no featurizer 'svd:k=4' in 'sanity': it was stored as "
+                                            r"'svd:k=4,dtype=float16'; load that spec \(`dtype=` converts.*, or build "
+                                            r"this one: featstore build --dataset sanity --featurizer svd:k=4 --store"):
+        fs.load("layer_000", "svd:k=4")
+    with pytest.raises(NotFoundError, match=r"stored as 'svd:k=4,dtype=float16'; .*--featurizer svd:k=4,dtype=bfloat16 "):
+        fs.load("layer_000", "svd:dtype=bfloat16,k=4")
+    assert fs.load("layer_000", "svd:k=4,dtype=float16", dtype="float32").dtype == torch.float32
+
+
 def test_datasets_sharing_a_layer_share_its_entry(tmp_path, store_dir):
     shared, other = matrices(30, (6, 6), seed=1), matrices(30, (6, 6), seed=2)
     features = datasets.Features({"a": datasets.Array2D((6, 6), "float32"), "b": datasets.Array2D((6, 6), "float32")})

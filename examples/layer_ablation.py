@@ -20,7 +20,6 @@ the log says whether the probes found them.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import gc
 import json
 import logging
@@ -138,7 +137,8 @@ def main() -> None:
 
     start = time.perf_counter()
     fs = featstore.open(args.dataset, store=args.store)
-    layers = [layer for layer in fs.layers if not args.layers or any(fnmatch.fnmatch(layer, g) for g in args.layers)]
+    chosen = set(fs.layer_names(args.layers or fs.layers))  # the globs' layers (as the build chose them)
+    layers = [layer for layer in fs.layers if layer in chosen]  # in depth order
     specs = {c: fs.row(layers[0], c).featurizer for c in args.configs}
     train, test = split_names(fs.splits)
     y_train, y_test = fs.labels(train, device=device), fs.labels(test, device=device) if test else None

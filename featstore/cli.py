@@ -75,7 +75,7 @@ def _import_option(f):
                         callback=_import_featurizers,
                         help="Import this module first, repeatable: one that registers featurizers of yours with "
                              "@featstore.featurizer, so that the store's features of them are found by their "
-                             "names (feats).")(f)
+                             "names (`--import myfeats` for ./myfeats.py).")(f)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

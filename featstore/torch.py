@@ -35,6 +35,10 @@ class FeatureDataset(Dataset):
     dataset without a label column item `i` is `features` alone (a None label would stop
     DataLoader's default collate).
 
+    Each process that takes items (each DataLoader worker) reads the chosen entries of the split
+    whole, once, and holds them: rows x the features' bytes (1k's train split: 6.5 MB of `svd` for
+    all 128 layers, 1.7 GB of `raw`).
+
         ds = FeatureDataset("1k", layers=["layer_032", "layer_033"], featurizers=["svd"], flatten=True)
         loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
     """

@@ -160,7 +160,8 @@ def _size(n: int) -> str:
 
 def _generate(preset: Preset, out: Path, progress: bool) -> Path:
     import datasets
-    from tqdm.auto import tqdm
+
+    from featstore.progress import counted
 
     name = preset.name
     feats = features(preset)
@@ -172,7 +173,7 @@ def _generate(preset: Preset, out: Path, progress: bool) -> Path:
         stream = work / "all.arrow"
         with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             starts = range(0, preset.rows, BLOCK_ROWS)
-            for start in tqdm(starts, desc=f"generating {name}", unit="block", disable=not progress):
+            for start in counted(starts, f"generating {name}", "block", progress):
                 stop = min(start + BLOCK_ROWS, preset.rows)
                 cols = [
                     matrices_to_arrow(layer_block(preset, i, start, stop, y[start:stop]), schema.field(i).type)

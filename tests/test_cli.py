@@ -167,6 +167,13 @@ def test_a_build_logging_to_a_file_prints_progress_lines_not_a_bar(sanity_dir, s
     assert hashed.returncode == 0 and "sanity: 34 fresh" in hashed.stdout, hashed.stderr
     hashing = [line for line in hashed.stderr.splitlines() if line.startswith("hash ")]
     assert len(hashing) == 16 and hashing[-1].startswith("hash sanity: 16/16 columns (100%) in "), hashed.stderr
+    made = subprocess.run([sys.executable, "-m", "featstore.cli", "datasets", "make", "sanity", "--out",
+                           str(tmp_path / "gen")], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert made.returncode == 0 and "\r" not in made.stderr, made.stderr  # 320 rows: 2 blocks of 256
+    generating = [line for line in made.stderr.splitlines() if line.startswith("generating ")]
+    assert len(generating) == 2 and re.fullmatch(r"generating sanity: 1/2 blocks \(50%\) in \d+ s, about \d+ s left",
+                                                 generating[0]), made.stderr
+    assert re.fullmatch(r"generating sanity: 2/2 blocks \(100%\) in \d+ s", generating[1]), made.stderr
 
 
 def test_in_a_notebook_progress_stays_tqdm(monkeypatch):

@@ -170,8 +170,10 @@ def _require_fresh(fs: FeatureSet, dataset: Any) -> None:
         fs.close()
         lines = "; ".join(f"{s.split}/{s.layer}/{s.featurizer}: {s.state}, {s.reason}" for s in bad[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        # a build of any featurizer writes the labels it lacks
+        specs = sorted({s.featurizer for s in bad} - {"labels"}) or fs.featurizers
         raise StaleError(f"{len(bad)} catalogued features of {fs.dataset!r} are not fresh for the current data and "
-                         f"featurizer code: {lines}{more}; run `featstore build --dataset ...` (see `featstore status`)")
+                         f"featurizer code: {lines}{more}; rebuild them: {fs._how_to_build(specs)}")
 
 
 class FeatureSet:
@@ -339,13 +341,15 @@ class FeatureSet:
         if split not in self.catalog.splits:
             raise NotFoundError(f"no split {split!r} in {self.dataset!r}; splits: {', '.join(self.splits)}")
 
-    def _how_to_build(self, spec: str, layer: str | None = None) -> str:
-        """The command that builds `spec` (of `layer`) into this store; the call, for a Dataset object."""
+    def _how_to_build(self, specs: str | Iterable[str], layer: str | None = None) -> str:
+        """The command that builds `specs` (of `layer`) into this store; the call, for a Dataset object."""
+        specs = names(specs)
         if self.dataset.startswith(OBJECT_PREFIX):
             layers = f", layers=[{layer!r}]" if layer else ""
-            return f"featstore.build(dataset, [{spec!r}]{layers}, store={self.store.location!r})"
+            return f"featstore.build(dataset, {list(specs)!r}{layers}, store={self.store.location!r})"
         layers = f" --layers {layer}" if layer else ""
-        return f"featstore build --dataset {self.dataset} --featurizer {spec}{layers} --store {self.store.location}"
+        featurizers = "".join(f" --featurizer {spec}" for spec in specs)
+        return f"featstore build --dataset {self.dataset}{featurizers}{layers} --store {self.store.location}"
 
     def _match_featurizer(self, spec: str) -> str:
         """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""

@@ -425,6 +425,34 @@ def test_every_command_takes_a_layer_with_glob_characters_in_its_name_by_that_na
     assert featstore.status(path, ["stats"], layers="w[0]", store=store_dir).counts == {"missing": 1}
 
 
+def test_status_names_the_build_that_would_bring_the_features_up_to_date(run, sanity_dir, store_dir, tmp_path,
+                                                                          monkeypatch):
+    """`featstore build -d D` builds stats and svd, while status checks the featurizers it is given
+    or the store holds: its 'a build would compute' comes with the build that does that."""
+    import shlex
+
+    run("build", "-d", "sanity", "-f", "raw", "-l", "layer_000", "--no-progress")
+    checked = ("status", "-d", "sanity", "-f", "svd:k=4", "-f", "stats:dtype=float16", "-l", "layer_00[01]")
+    shown = run(*checked, ok=False)
+    assert shown.exit_code == 1, shown.output
+    (command,) = [line for line in shown.output.splitlines() if line.startswith("  to update: ")]
+    assert command == ("  to update: featstore build --dataset sanity --featurizer stats:dtype=float16 --featurizer "
+                       "svd:k=4 --layers 'layer_00[01]'")
+    assert "8 computed" in run(*shlex.split(command.removeprefix("  to update: featstore ")), "--no-progress").output
+    assert "to update" not in run(*checked).output
+    defaults = run("status", "-d", "sanity", "-f", "stats", "-f", "svd", "-l", "layer_002", "--store", store_dir, ok=False)
+    assert f"  to update: featstore build --dataset sanity --layers layer_002 --store {store_dir}\n" in defaults.output
+    (tmp_path / "feats_update.py").write_text(
+        "import featstore\n\n@featstore.featurizer('test_update_colmax', version='1')\ndef colmax(x):\n"
+        "    return x.amax(1)\n")
+    monkeypatch.chdir(tmp_path)
+    run("build", "-d", "sanity", "--import", "feats_update", "-f", "test_update_colmax", "-l", "layer_000",
+        "--no-progress")
+    shown = run("status", "-d", "sanity", "--import", "feats_update", "-l", "layer_00[01]", ok=False).output
+    assert ("  to update: featstore build --dataset sanity --import feats_update --featurizer raw --featurizer "
+            "stats:dtype=float16 --featurizer svd:k=4 --featurizer test_update_colmax --layers 'layer_00[01]'\n") in shown, shown
+
+
 def test_status_and_lock_take_the_dtype_a_build_was_given(run, sanity_dir, store_dir, tmp_path):
     """`build --dtype float16 -f svd:k=4` then `status -f svd:k=4` said 'missing, not built' for all
     of it, and status had no --dtype to say what was built."""

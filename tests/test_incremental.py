@@ -108,7 +108,8 @@ def test_status_counts_entries_the_store_holds_as_reused_not_computed(tmp_path, 
     assert report.work() == {"entries": 0, "columns": 0, "input_bytes": 0, "reused": 1, "dropped": 0}
     shown = CliRunner().invoke(main, ["status", "-d", path, "--store", store_dir])
     assert shown.exit_code == 1
-    assert shown.output.splitlines()[-1].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entry the store holds")
+    assert shown.output.splitlines()[-2].endswith(": 1 fresh, 1 stale, 0 missing; a build would reuse 1 entry the store holds")
+    assert shown.output.splitlines()[-1] == f"  to update: featstore build --dataset {path} --featurizer stats --store {store_dir}"
     assert featstore.build(path, ["stats"], store=store_dir).computed == 0
     assert featstore.status(path, store=store_dir).fresh
 
@@ -307,7 +308,8 @@ def test_labels_gc_removed_are_reported_missing_not_fresh_and_rebuilt(tmp_path, 
     (slot,) = [s for s in featstore.status(path, store=store_dir).slots if s.featurizer == "labels"]
     assert (slot.split, slot.layer, slot.state, slot.reason, slot.stored) == (
         "train", "category_label", "missing", "entry removed (by gc or verify --repair)", False)
-    with pytest.raises(featstore.StaleError, match="train/category_label/labels: missing, entry removed"):
+    with pytest.raises(featstore.StaleError, match=r"train/category_label/labels: missing, entry removed.*; rebuild "
+                                                   r"them: featstore build --dataset .* --featurizer stats --store "):
         featstore.open(path, store=store_dir, require_fresh=True)
     featstore.build(path, ["stats"], store=store_dir)
     assert featstore.status(path, store=store_dir).fresh

@@ -1,6 +1,7 @@
 """The loading API and the PyTorch integration, on real stores."""
 
 import os
+import re
 import shutil
 
 import datasets
@@ -72,7 +73,9 @@ def test_require_fresh_refuses_features_of_edited_data(built, sanity_dir):
     shutil.rmtree(sanity_dir)
     os.rename(str(sanity_dir) + ".new", sanity_dir)
     with pytest.raises(featstore.StaleError, match=r"3 catalogued features .* not fresh .*train/layer_005/raw: stale, "
-                                                   r"input bytes changed.*featstore build"):
+                                                   r"input bytes changed.*; rebuild them: featstore build --dataset "
+                                                   rf"sanity --featurizer raw --featurizer stats --featurizer svd:k=4 "
+                                                   rf"--store {re.escape(built)}$"):
         featstore.open("sanity", store=built, require_fresh=True)
     featstore.open("sanity", store=built).close()  # without require_fresh it still serves what it has
     featstore.build("sanity", ["raw", "stats", "svd:k=4"], store=built)

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import re
+import shlex
 import time
 import weakref
 from collections.abc import Iterable
@@ -309,10 +310,12 @@ class FeatureSet:
         try:
             return self.store.read_entry(row.key, rows, out=out, known=row)
         except StoreError as e:
-            what = f"the labels of split {row.split}" if row.featurizer == "labels" else \
-                f"{row.featurizer} features of {row.layer!r} (split {row.split})"
-            raise StoreError(f"{what} of {self.dataset!r}: {e} (featstore build --dataset {self.dataset} --store "
-                             f"{self.store.location})") from e
+            if row.featurizer == "labels":  # a build of any featurizer writes the labels it lacks
+                what, how = f"the labels of split {row.split}", self._how_to_build(self.featurizers)
+            else:
+                what = f"{row.featurizer} features of {row.layer!r} (split {row.split})"
+                how = self._how_to_build(row.featurizer, glob.escape(row.layer))
+            raise StoreError(f"{what} of {self.dataset!r}: {e} ({how})") from e
 
     @staticmethod
     def _pin(device, shape: tuple[int, ...]) -> bool:
@@ -347,9 +350,8 @@ class FeatureSet:
         if self.dataset.startswith(OBJECT_PREFIX):
             layers = f", layers=[{layer!r}]" if layer else ""
             return f"featstore.build(dataset, {list(specs)!r}{layers}, store={self.store.location!r})"
-        layers = f" --layers {layer}" if layer else ""
-        featurizers = "".join(f" --featurizer {spec}" for spec in specs)
-        return f"featstore build --dataset {self.dataset}{featurizers}{layers} --store {self.store.location}"
+        words = ["featstore", "build", "--dataset", self.dataset, *(w for spec in specs for w in ("--featurizer", spec))]
+        return shlex.join(words + (["--layers", layer] if layer else []) + ["--store", self.store.location])
 
     def _match_featurizer(self, spec: str) -> str:
         """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""

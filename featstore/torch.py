@@ -57,6 +57,7 @@ class FeatureDataset(Dataset):
         self._labels = self._view.catalog.splits[split].labels
         self.label_names = self._view.label_names  # class id -> name, or None (labels without names)
         self._rows = self._view.catalog.splits[split].rows
+        self._rebuild = self._view._how_to_build(sorted({spec for _, spec in self.columns}))  # for a missing entry
         self._data: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
 
     def __getstate__(self) -> dict:  # what a DataLoader worker receives: no handle, no lease, no data
@@ -81,8 +82,7 @@ class FeatureDataset(Dataset):
         try:
             return store.read_entry(key)
         except StoreError as e:
-            raise StoreError(f"{what} (split {self.split}) of {self.dataset!r}: {e} (featstore build --dataset "
-                             f"{self.dataset} --store {self.location})") from e
+            raise StoreError(f"{what} (split {self.split}) of {self.dataset!r}: {e} ({self._rebuild})") from e
 
     def __getitem__(self, i: int):
         tensors, labels = self._load()

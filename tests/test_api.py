@@ -9,6 +9,7 @@ import torch
 from conftest import matrices
 
 import featstore
+import featstore.torch
 from featstore import ColumnError, NotFoundError, StoreError, read_column
 from featstore.featurizers import parse_spec
 
@@ -243,14 +244,21 @@ def test_a_missing_entry_names_the_feature_and_the_build_that_restores_it(sanity
     featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
     featstore.gc(store_dir, max_size=0)  # least recently used first, referenced or not: all gone
     fs = featstore.open("sanity", store=store_dir)
-    restore = rf"is missing from {re.escape(store_dir)}; rebuild to recreate it \(featstore build --dataset sanity " \
-              rf"--store {re.escape(store_dir)}\)$"
-    with pytest.raises(StoreError, match=r"^stats features of 'layer_001' \(split test\) of 'sanity': entry \w+ " + restore):
+    def restore(layers=""):  # the featurizer's build (of that layer), not build's defaults
+        return (rf"is missing from {re.escape(store_dir)}; rebuild to recreate it \(featstore build --dataset sanity "
+                rf"--featurizer stats {layers}--store {re.escape(store_dir)}\)$")
+
+    with pytest.raises(StoreError, match=r"^stats features of 'layer_001' \(split test\) of 'sanity': entry \w+ "
+                                         + restore("--layers layer_001 ")):
         fs.load("layer_001", "stats", split="test")
-    with pytest.raises(StoreError, match=r"^stats features of 'layer_000' \(split train\) of 'sanity': .*" + restore):
+    with pytest.raises(StoreError, match=r"^stats features of 'layer_000' \(split train\) of 'sanity': .*"
+                                         + restore("--layers layer_000 ")):
         fs.load_many(["layer_000", "layer_001"], "stats", stack=True)
-    with pytest.raises(StoreError, match=r"^the labels of split train of 'sanity': entry \w+ " + restore):
+    with pytest.raises(StoreError, match=r"^the labels of split train of 'sanity': entry \w+ " + restore()):
         fs.labels()
+    with pytest.raises(StoreError, match=r"^stats features of 'layer_000' \(split train\) of 'sanity': .*"
+                                         + restore()):
+        featstore.torch.FeatureDataset("sanity", layers="layer_000", featurizers="stats", store=store_dir)[0]
     featstore.build("sanity", ["stats"], layers=["layer_00[01]"], store=store_dir)
     assert fs.load("layer_001", "stats", split="test").shape == (64, 4)
 

@@ -57,8 +57,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                 held.update(lease.get("keys", []))
             else:
                 report.stale_leases.append(path)
-        referenced = {r.key for c in store.catalogs() for r in c.rows}
-        referenced |= {s.labels for c in store.catalogs() for s in c.splits.values() if s.labels}
+        uses = _uses(store)
         now, keep = time.time(), keep_days * 86400
         entries = []  # (last used, key, bytes)
         for key in store.entry_keys():
@@ -68,7 +67,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
         for used, key, size in sorted(entries):
             if key in held:
                 report.held += 1
-            elif now - used >= keep and key not in referenced:
+            elif now - used >= keep and key not in uses:
                 report.removed.append((key, size, "unreferenced"))
                 total -= size
         if max_size is not None:
@@ -77,7 +76,9 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                 if total <= max_size:
                     break
                 if key not in gone and key not in held and now - used >= keep:
-                    report.removed.append((key, size, "over the size budget (least recently used)"))
+                    more = f" and {len(uses[key]) - 1} more" if len(uses.get(key, ())) > 1 else ""
+                    serves = f": {uses[key][0]}{more}" if key in uses else ""
+                    report.removed.append((key, size, f"over the size budget (least recently used){serves}"))
                     total -= size
         report.leftovers = [f"{folder}/{name}" for folder in ("staging", "trash") for name in store.storage.list(folder)]
         report.leftovers += [store.entry_path(key) for key in store.entry_keys(published=False)]
@@ -89,6 +90,18 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
             for path in report.leftovers:
                 store.storage.delete(path)
     return report
+
+
+def _uses(store: Store) -> dict[str, list[str]]:
+    """Every catalogued entry's key -> the features it serves (`1k train/layer_017 svd`, `1k test labels`)."""
+    uses: dict[str, list[str]] = {}
+    for c in store.catalogs():
+        for r in c.rows:
+            uses.setdefault(r.key, []).append(f"{c.dataset} {r.split}/{r.layer} {r.featurizer}")
+        for split, info in sorted(c.splits.items()):
+            if info.labels:
+                uses.setdefault(info.labels, []).append(f"{c.dataset} {split} labels")
+    return uses
 
 
 @contextmanager

@@ -141,6 +141,10 @@ def test_datasets_sharing_a_layer_share_its_entry(tmp_path, store_dir):
     two = featstore.open(str(tmp_path / "two"), store=store_dir)
     assert one.row("a", "svd").key == two.row("a", "svd").key
     assert one.row("b", "svd").key != two.row("b", "svd").key
+    one.close(), two.close()  # their leases would keep every entry
+    evicted = {key: why for key, _, why in featstore.gc(store_dir, max_size=0, dry_run=True).removed}
+    assert evicted[one.row("a", "svd").key] == ("over the size budget (least recently used): "
+                                                f"{one.dataset} train/a svd and 1 more")
 
 
 @pytest.mark.parametrize(

@@ -329,6 +329,9 @@ def test_gc_size_budget_removes_least_recently_used_first(tmp_path, small):
     total = sum(store.storage.size(store.entry_path(k)) for k in store.entry_keys())
     report = featstore.gc(store_dir, max_size=total - raw_size)
     assert {k for k, _, _ in report.removed} == raw_keys and set(store.entry_keys()) == stats_keys
+    serves = {r.key: f"{fs.dataset} {r.split}/{r.layer} raw" for r in fs.catalog.rows if r.featurizer == "raw"}
+    assert {k: why for k, _, why in report.removed} == {  # what each evicted entry served
+        k: f"over the size budget (least recently used): {use}" for k, use in serves.items()}
     assert featstore.gc(store_dir, max_size=0, keep_days=1).removed == []  # all used within a day
     for bad in ("lots", "-1GB", "-0.5", "infGB", "nan"):  # a negative budget would remove every entry
         listing = _cli("gc", "--max-size", bad, "--store", store_dir)

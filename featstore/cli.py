@@ -336,24 +336,28 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
         if would and not lock_path:
             sys.stdout.flush()  # the command goes to stderr: keep it after the summary when both reach a terminal
-            click.echo(f"  to update: {_build_command(r, layers, store)}", err=True)
+            click.echo(f"  to update: {_build_command(r, featurizers, dtype, layers, store)}", err=True)
     for error in errors.values() if not as_json else ():
         click.echo(f"Error: {error}", err=True)
     sys.exit(2 if errors else 0 if all(r.fresh for r in reports) else 1)
 
 
-def _build_command(report, layers: tuple[str, ...], store: str | None) -> str:
-    """The `featstore build` that does what `report` says a build would: its featurizers (none
-    named where they are build's defaults), the status's --layers, --import and --store."""
+def _build_command(report, featurizers: tuple[str, ...], dtype: str | None, layers: tuple[str, ...],
+                   store: str | None) -> str:
+    """The `featstore build` that does what `report` says a build would: the status's --featurizer
+    specs as given (and --dtype), else the store's (none named where they are build's defaults),
+    and its --import, --layers and --store."""
     import shlex
 
     from featstore.api import DEFAULT_FEATURIZERS
 
     ctx = click.get_current_context()
-    specs = sorted({s.featurizer for s in report.slots} - {"labels"})
+    specs = featurizers or sorted({s.featurizer for s in report.slots} - {"labels"})
     words = ["featstore", "build", "--dataset", report.dataset]
     words += [w for m in ctx.meta.get("featstore.imports", ()) for w in ("--import", m)]
-    words += [w for spec in specs for w in ("--featurizer", spec)] if set(specs) != set(DEFAULT_FEATURIZERS) else []
+    words += [w for spec in specs for w in ("--featurizer", spec)] if featurizers or set(specs) != set(
+        DEFAULT_FEATURIZERS) else []
+    words += ["--dtype", dtype] if featurizers and dtype else []
     words += [w for g in layers for w in ("--layers", g)]
     given = ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE  # not FEATSTORE_STORE's
     return shlex.join(words + (["--store", store] if given else []))

@@ -436,12 +436,14 @@ def test_status_names_the_build_that_would_bring_the_features_up_to_date(run, sa
     shown = run(*checked, ok=False)
     assert shown.exit_code == 1, shown.output
     (command,) = [line for line in shown.output.splitlines() if line.startswith("  to update: ")]
-    assert command == ("  to update: featstore build --dataset sanity --featurizer stats:dtype=float16 --featurizer "
-                       "svd:k=4 --layers 'layer_00[01]'")
+    assert command == ("  to update: featstore build --dataset sanity --featurizer svd:k=4 --featurizer "
+                       "stats:dtype=float16 --layers 'layer_00[01]'")  # the specs as given
     assert "8 computed" in run(*shlex.split(command.removeprefix("  to update: featstore ")), "--no-progress").output
     assert "to update" not in run(*checked).output
-    defaults = run("status", "-d", "sanity", "-f", "stats", "-f", "svd", "-l", "layer_002", "--store", store_dir, ok=False)
-    assert f"  to update: featstore build --dataset sanity --layers layer_002 --store {store_dir}\n" in defaults.output
+    given = run("status", "-d", "sanity", "-f", "svd", "--dtype", "float16", "-l", "layer_002", "--store", store_dir,
+                ok=False)
+    assert (f"  to update: featstore build --dataset sanity --featurizer svd --dtype float16 --layers layer_002 "
+            f"--store {store_dir}\n") in given.output
     (tmp_path / "feats_update.py").write_text(
         "import featstore\n\n@featstore.featurizer('test_update_colmax', version='1')\ndef colmax(x):\n"
         "    return x.amax(1)\n")
@@ -450,7 +452,12 @@ def test_status_names_the_build_that_would_bring_the_features_up_to_date(run, sa
         "--no-progress")
     shown = run("status", "-d", "sanity", "--import", "feats_update", "-l", "layer_00[01]", ok=False).output
     assert ("  to update: featstore build --dataset sanity --import feats_update --featurizer raw --featurizer "
-            "stats:dtype=float16 --featurizer svd:k=4 --featurizer test_update_colmax --layers 'layer_00[01]'\n") in shown, shown
+            "stats:dtype=float16 --featurizer svd:k=4 --featurizer test_update_colmax --layers 'layer_00[01]'\n"
+            ) in shown, shown  # the store's specs, with the module that registers one of them
+    run("forget", "-d", "sanity", "-f", "raw", "-f", "test_update_colmax")
+    run("build", "-d", "sanity", "-l", "layer_00[01]", "--no-progress")  # build's defaults, stats and svd, only
+    run("forget", "-d", "sanity", "-f", "svd:k=4", "-f", "stats:dtype=float16")
+    assert "  to update: featstore build --dataset sanity\n" in run("status", "-d", "sanity", ok=False).output
 
 
 def test_status_and_lock_take_the_dtype_a_build_was_given(run, sanity_dir, store_dir, tmp_path):

@@ -342,6 +342,14 @@ def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str)
                                "stored as the split's labels, not as a layer (--label-column names another)")
         if not matched:
             raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}; columns: {brief(names)}")
+        if pattern not in names:  # a glob picks among the layer columns: '*' is every layer, not a text column too
+            tensors = [m for m in matched if is_layer_type(schema.field(m).type)]
+            if not tensors:
+                layers = [n for n in names if is_layer_type(schema.field(n).type)]
+                raise DatasetError(f"--layers {pattern!r} matches only {brief(matched)} of {dataset!r}, which hold no "
+                                   f"numeric tensors (a column's own name picks it all the same); layer columns: "
+                                   f"{brief(layers) or 'none'}")
+            matched = tensors
         chosen += [m for m in matched if m not in chosen]
     return chosen
 

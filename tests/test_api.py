@@ -169,9 +169,10 @@ def test_bad_columns_fail_before_the_store_changes(tmp_path, store_dir, sanity_d
 def test_string_columns_chosen_explicitly_are_a_named_error(tmp_path, store_dir):
     datasets.Dataset.from_dict({"w": [[1.0, 2.0]] * 3, "s": [["a", "b"]] * 3}).save_to_disk(str(tmp_path / "d"))
     assert featstore.build(str(tmp_path / "d"), ["raw"], store=store_dir).computed == 1  # s is skipped
+    assert featstore.build(str(tmp_path / "d"), ["raw"], layers=["*"], store=store_dir).reused == 1  # a glob: layers
     before = _snapshot(store_dir)
     with pytest.raises(ColumnError, match=r"column 's' holds string values \(first at row 0\)"):
-        featstore.build(str(tmp_path / "d"), ["raw"], layers=["*"], store=store_dir)
+        featstore.build(str(tmp_path / "d"), ["raw"], layers=["s"], store=store_dir)
     assert _snapshot(store_dir) == before
 
 

@@ -111,6 +111,12 @@ def test_layers_globs_choose_and_complain(tmp_path):
         load_source(str(tmp_path / "one"), label_column="cls")
     with pytest.raises(DatasetError, match=r"'category\*' matches only 'category_label', the label column"):
         load_source(str(tmp_path / "one"), layers=["category*"])
+    # a glob picks layer columns only ('*': every layer, not the scalar and text columns too); a name, any column
+    assert load_source(str(tmp_path / "one"), layers=["*"]).layers == ["layer_a", "layer_b"]
+    assert load_source(str(tmp_path / "one"), layers=["scalar", "*"]).layers == ["scalar", "layer_a", "layer_b"]
+    with pytest.raises(DatasetError, match=r"^--layers 'n\*' matches only name of .*, which hold no numeric tensors "
+                                           r".*; layer columns: layer_a, layer_b$"):
+        load_source(str(tmp_path / "one"), layers=["n*"])
 
 
 def test_a_column_whose_name_has_glob_characters_is_chosen_by_its_own_name(tmp_path):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from featstore.errors import NotFoundError, ReadOnlyStore
 from featstore.keys import dataset_slug
-from featstore.manifest import CatalogRow, layer_matches, now
+from featstore.manifest import CatalogRow, entry_uses, layer_matches, now
 from featstore.storage import holder_alive
 from featstore.store import Store
 
@@ -57,7 +57,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                 held.update(lease.get("keys", []))
             else:
                 report.stale_leases.append(path)
-        uses = _uses(store)
+        uses = entry_uses(store.catalogs())
         now, keep = time.time(), keep_days * 86400
         entries = []  # (last used, key, bytes)
         for key in store.entry_keys():
@@ -76,8 +76,7 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
                 if total <= max_size:
                     break
                 if key not in gone and key not in held and now - used >= keep:
-                    more = f" and {len(uses[key]) - 1} more" if len(uses.get(key, ())) > 1 else ""
-                    serves = f": {uses[key][0]}{more}" if key in uses else ""
+                    serves = f": {uses[key]}" if key in uses else ""
                     report.removed.append((key, size, f"over the size budget (least recently used){serves}"))
                     total -= size
         report.leftovers = [f"{folder}/{name}" for folder in ("staging", "trash") for name in store.storage.list(folder)]
@@ -90,18 +89,6 @@ def gc(store: Store, dry_run: bool = False, max_size: int | None = None, keep_da
             for path in report.leftovers:
                 store.storage.delete(path)
     return report
-
-
-def _uses(store: Store) -> dict[str, list[str]]:
-    """Every catalogued entry's key -> the features it serves (`1k train/layer_017 svd`, `1k test labels`)."""
-    uses: dict[str, list[str]] = {}
-    for c in store.catalogs():
-        for r in c.rows:
-            uses.setdefault(r.key, []).append(f"{c.dataset} {r.split}/{r.layer} {r.featurizer}")
-        for split, info in sorted(c.splits.items()):
-            if info.labels:
-                uses.setdefault(info.labels, []).append(f"{c.dataset} {split} labels")
-    return uses
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featstore.errors import FeatstoreError, StoreError, UnknownFeaturizer
+from featstore.manifest import entry_uses
 from featstore.progress import counted
 from featstore.store import Store
 
@@ -69,6 +70,9 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
             catalogs.append(store.catalog_at(path))
         except StoreError as e:
             report.damaged_catalogs[path] = str(e)
+    uses = entry_uses(catalogs)
+    for key, problem in report.corrupt.items():
+        report.corrupt[key] = f"{problem}: {uses[key]}" if key in uses else f"{problem} (no catalog uses it)"
     if recompute:
         rows = [(c.dataset, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows
                 if r.key not in report.corrupt]

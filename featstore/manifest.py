@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -151,3 +152,16 @@ class Catalog:
             label_names=tuple(data["label_names"]) if data.get("label_names") else None,
             updated=data.get("updated", ""),
         )
+
+
+def entry_uses(catalogs: Iterable[Catalog]) -> dict[str, str]:
+    """Every catalogued entry's key -> the feature it serves, for messages: `1k train/layer_017
+    svd`, `1k test labels`, with `and 1 more` where datasets share it."""
+    uses: dict[str, list[str]] = {}
+    for c in catalogs:
+        for r in c.rows:
+            uses.setdefault(r.key, []).append(f"{c.dataset} {r.split}/{r.layer} {r.featurizer}")
+        for split, info in sorted(c.splits.items()):
+            if info.labels:
+                uses.setdefault(info.labels, []).append(f"{c.dataset} {split} labels")
+    return {key: used[0] + (f" and {len(used) - 1} more" if len(used) > 1 else "") for key, used in uses.items()}

@@ -160,6 +160,8 @@ def test_every_kind_of_corruption_is_detected_and_repaired(tmp_path, small):
     for key, problem in damaged.items():
         assert problem in report.corrupt[key], (key, report.corrupt[key])
     fs = featstore.open(small, store=store_dir)
+    serves = {r.key: f": {fs.dataset} {r.split}/{r.layer} {r.featurizer}" for r in fs.catalog.rows}
+    assert all(report.corrupt[key].endswith(serves[key]) for key in damaged), report.corrupt  # what it served
     for row in fs.catalog.rows:
         if row.key in (c, d, e, f, g):  # intact chunks, checked against the digests the catalog row recorded
             assert fs.load(row.layer, row.featurizer, row.split).numpy().tobytes() == expected[row.slot][1]

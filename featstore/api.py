@@ -57,7 +57,7 @@ def build(
     device: str = "auto",
     dtype: str = "float32",
     rehash: bool = False,
-    progress: bool = False,
+    progress: bool = True,
     workers: int = 0,
     scheduler: str | None = None,
     devices: str | Iterable[str] = (),
@@ -70,8 +70,8 @@ def build(
     the stored dtype of features whose spec does not set one (float32, float16, bfloat16).
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
     `label_column` defaults to `category_label` if the data has it (or the one the catalog has).
-    `progress`: show it on stderr (a bar on a terminal or in a notebook, else a line every 30 s:
-    featstore.progress). `workers` (a local Dask cluster of that many processes) or `scheduler`
+    `progress` (on by default, as for the commands): show it on stderr, a bar on a terminal or in
+    a notebook, else a line every 30 s (featstore.progress); False: none. `workers` (a local Dask cluster of that many processes) or `scheduler`
     (a Dask scheduler's address) spread the layers over Dask workers (see featstore.distributed).
     `devices` (or `device="cuda"` where torch sees several GPUs) spreads them over one worker per
     device.
@@ -456,12 +456,12 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None,
 
 
 def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-           store: str | None = None, dtype: str = "float32", progress: bool = False):
+           store: str | None = None, dtype: str = "float32", progress: bool = True):
     """What `build` would compute for `dataset` and why: a `freshness.StatusReport` with one slot per
     (split, layer, featurizer) of the current data and code, each fresh, stale (with the reason)
     or missing. Featurizers default to those the store holds for the dataset; `dtype` as for
-    `build` (the stored dtype of `featurizers` whose spec sets none). `progress`: show progress
-    (featstore.progress) while it hashes columns the digest cache does not vouch for."""
+    `build` (the stored dtype of `featurizers` whose spec sets none). `progress` (as for
+    `build`): while it hashes columns the digest cache does not vouch for."""
     from featstore import freshness
 
     st = Store.open(store or default_store())
@@ -478,7 +478,7 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
 
 
 def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | Iterable[str] = (),
-         store: str | None = None, dtype: str = "float32", progress: bool = False) -> dict:
+         store: str | None = None, dtype: str = "float32", progress: bool = True) -> dict:
     """The lockfile contents for `dataset` (see `featstore lock`); uses the store, if there is one,
     for the digest cache and the default featurizers. `dtype` and `progress` as for `status`."""
     from featstore import freshness
@@ -493,7 +493,7 @@ def lock(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str | I
 
 
 def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | Iterable[str] = (),
-                        progress: bool = False):
+                        progress: bool = True):
     """`status` against a lockfile instead of a store (see `featstore status --lock`); `layers`
     default to the globs the lockfile was written with; `progress` as for `status`."""
     from pathlib import Path
@@ -513,9 +513,9 @@ def status_against_lock(lock_path: str, dataset: Any = None, *, layers: str | It
 
 
 def verify(store: str | None = None, *, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
-           seed: int | None = None, progress: bool = False):
+           seed: int | None = None, progress: bool = True):
     """Check the store's entries chunk by chunk (see `featstore verify`); an `integrity.VerifyReport`.
-    `progress`: progress bars on a terminal."""
+    `progress` as for `build`."""
     from featstore import integrity
 
     return integrity.verify(Store.open(store or default_store()), sample, recompute, repair, seed, progress)

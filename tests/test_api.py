@@ -1,5 +1,7 @@
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -278,3 +280,21 @@ def test_stacking_layers_of_different_shapes_names_them(tmp_path, store_dir):
                                                        r"\(a \(6, 4, 4\), b \(6, 8, 8\)\); load them without stack=True"):
         fs.load_many(["a", "b"], "raw", stack=True)
     assert fs.load_many(["a", "b"], "raw")["b"].shape == (6, 8, 8)
+
+
+def test_the_python_api_shows_progress_as_the_commands_do_unless_told_not_to(sanity_dir, store_dir, featstore_home):
+    """A notebook's or script's featstore.build of 10k ran for minutes without a word."""
+    env = dict(os.environ, FEATSTORE_HOME=str(featstore_home), FEATSTORE_PROGRESS_SECONDS="0")
+
+    def python(call: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", f"import featstore; featstore.{call}"], capture_output=True,
+                              text=True, env=env, timeout=300, check=False)
+
+    built = python(f"build('sanity', ['stats'], layers='layer_00[01]', store={store_dir!r})")
+    assert built.returncode == 0, built.stderr
+    lines = [line for line in built.stderr.splitlines() if line.startswith("build sanity: ")]
+    assert len(lines) == 4 and lines[-1].startswith("build sanity: 4/4 columns (100%) in "), built.stderr
+    quiet = python(f"build('sanity', ['raw'], layers='layer_00[01]', store={store_dir!r}, progress=False)")
+    assert quiet.returncode == 0 and "build sanity" not in quiet.stderr, quiet.stderr
+    checked = python(f"verify({store_dir!r})")
+    assert checked.returncode == 0 and "verify: 10/10 entries (100%)" in checked.stderr, checked.stderr

@@ -129,6 +129,10 @@ class BuildReport:
     dropped: list[tuple[str, str, str]] = field(default_factory=list)  # catalogued slots whose column is gone
     labels: list[str] = field(default_factory=list)  # splits whose labels this build catalogued anew
 
+    def __repr__(self) -> str:  # a notebook shows this, not every entry
+        return (f"BuildReport({self.dataset!r} on {self.device}: {self.computed} computed, {self.reused} reused, "
+                f"{self.bytes_written} bytes written in {self.seconds['total']:.2f} s)")
+
     @property
     def computed(self) -> int:
         return sum(e.status == "computed" for e in self.entries)

@@ -55,6 +55,10 @@ class StatusReport:
     slots: list[SlotStatus] = field(default_factory=list)
     seconds: float = 0.0
 
+    def __repr__(self) -> str:  # a notebook shows this, not the 514 slots of 1k
+        c = self.counts
+        return f"StatusReport({self.dataset!r}: {c['fresh']} fresh, {c['stale']} stale, {c['missing']} missing)"
+
     @property
     def counts(self) -> Counter:
         return Counter(s.state for s in self.slots)

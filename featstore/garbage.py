@@ -34,6 +34,10 @@ class GcReport:
     stale_leases: list[str] = field(default_factory=list)
     size_before: int = 0
 
+    def __repr__(self) -> str:  # not every removed key
+        return (f"GcReport({'dry run: ' if self.dry_run else ''}{len(self.removed)} entries removed, {self.freed} "
+                f"of {self.size_before} bytes freed)")
+
     @property
     def freed(self) -> int:
         return sum(size for _, size, _ in self.removed)

@@ -298,3 +298,13 @@ def test_the_python_api_shows_progress_as_the_commands_do_unless_told_not_to(san
     assert quiet.returncode == 0 and "build sanity" not in quiet.stderr, quiet.stderr
     checked = python(f"verify({store_dir!r})")
     assert checked.returncode == 0 and "verify: 10/10 entries (100%)" in checked.stderr, checked.stderr
+
+
+def test_reports_show_a_summary_in_a_notebook_not_every_slot(sanity_dir, store_dir):
+    built = featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir, progress=False)
+    assert re.fullmatch(r"BuildReport\('sanity' on cpu: 4 computed, 0 reused, \d+ bytes written in [\d.]+ s\)",
+                        repr(built)), repr(built)
+    assert repr(featstore.status("sanity", ["stats", "svd"], layers="layer_00[01]", store=store_dir)) == \
+        "StatusReport('sanity': 6 fresh, 0 stale, 4 missing)"
+    assert re.fullmatch(r"GcReport\(dry run: 6 entries removed, (\d+) of \1 bytes freed\)",
+                        repr(featstore.gc(store_dir, dry_run=True, max_size=0))), "every entry, nothing kept"

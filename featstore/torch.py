@@ -66,6 +66,10 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self._rows
 
+    def __repr__(self) -> str:
+        return (f"FeatureDataset({self.dataset!r}, split={self.split!r}, rows={self._rows}, "
+                f"columns={len(self.columns)}{', flatten=True' if self.flatten else ''})")
+
     def _load(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if self._data is None:
             store = self._view.store if self._view is not None else Store.open(self.location)

@@ -86,6 +86,7 @@ def test_feature_dataset_with_dataloader_workers(built):
     ds = FeatureDataset("sanity", layers=["layer_002", "layer_003"], featurizers=["stats", "svd:k=4"], store=built,
                         flatten=True)
     assert len(ds) == presets.get("sanity").rows - len(load_source("sanity").splits["test"].read("layer_000"))
+    assert repr(ds) == "FeatureDataset('sanity', split='train', rows=256, columns=4, flatten=True)"
     loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=2)
     xs, ys = zip(*loader)
     x, y = torch.cat(xs), torch.cat(ys)

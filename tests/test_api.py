@@ -301,7 +301,7 @@ def test_the_python_api_shows_progress_as_the_commands_do_unless_told_not_to(san
 
 
 def test_reports_show_a_summary_in_a_notebook_not_every_slot(sanity_dir, store_dir):
-    built = featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir, progress=False)
+    built = featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir, progress=False, device="cpu")
     assert re.fullmatch(r"BuildReport\('sanity' on cpu: 4 computed, 0 reused, \d+ bytes written in [\d.]+ s\)",
                         repr(built)), repr(built)
     assert repr(featstore.status("sanity", ["stats", "svd"], layers="layer_00[01]", store=store_dir)) == \

@@ -117,7 +117,8 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
         catalog = st.read_catalog(name)
         if catalog is None:
             known = ", ".join(c.dataset for c in st.catalogs()) or "none"
-            how = (f"featstore build --dataset {name} --store {location}" if isinstance(dataset, (str, os.PathLike))
+            how = (shlex.join(["featstore", "build", "--dataset", name, "--store", location])
+                   if isinstance(dataset, (str, os.PathLike))
                    else f"featstore.build(dataset, featurizers, store={location!r})")
             raise NotFoundError(f"the store {location} holds no features of {name!r} (it holds: {known}); "
                                 f"build them first: {how}")

@@ -351,7 +351,9 @@ class FeatureSet:
         if self.dataset.startswith(OBJECT_PREFIX):
             layers = f", layers=[{layer!r}]" if layer else ""
             return f"featstore.build(dataset, {list(specs)!r}{layers}, store={self.store.location!r})"
-        words = ["featstore", "build", "--dataset", self.dataset, *(w for spec in specs for w in ("--featurizer", spec))]
+        words = ["featstore", "build", "--dataset", self.dataset]
+        words += [w for module in _modules_of(specs) for w in ("--import", module)]
+        words += [w for spec in specs for w in ("--featurizer", spec)]
         return shlex.join(words + (["--layers", layer] if layer else []) + ["--store", self.store.location])
 
     def _match_featurizer(self, spec: str) -> str:
@@ -376,6 +378,20 @@ class FeatureSet:
         build = f"; or build it: {self._how_to_build(canonical)}" if canonical and not same_name else ""
         raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}"
                             f"{build}")
+
+
+def _modules_of(specs: Iterable[str]) -> list[str]:
+    """The modules a command must `--import` to find `specs` by name: those of the featurizers of
+    yours registered here (not featstore's own, nor a notebook's or a script's `__main__`)."""
+    modules = []
+    for spec in specs:
+        try:
+            module = parse_spec(spec).module
+        except FeatstoreError:  # not registered here: nothing to name
+            continue
+        if module and module != "__main__" and module.partition(".")[0] != "featstore" and module not in modules:
+            modules.append(module)
+    return modules
 
 
 def _without_dtype(spec: str) -> str:

@@ -270,6 +270,20 @@ def test_a_missing_entry_names_the_feature_and_the_build_that_restores_it(sanity
     assert fs.load("layer_001", "stats", split="test").shape == (64, 4)
 
 
+def test_a_missing_entry_of_a_featurizer_of_yours_names_the_module_to_import(sanity_dir, store_dir, tmp_path,
+                                                                             monkeypatch):
+    (tmp_path / "feats_restore.py").write_text("import featstore\n\n@featstore.featurizer('test_restore_colmax', "
+                                               "version='1')\ndef colmax(x):\n    return x.amax(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("feats_restore")
+    featstore.build("sanity", ["test_restore_colmax"], layers="layer_000", store=store_dir, progress=False)
+    featstore.gc(store_dir, max_size=0)
+    with featstore.open("sanity", store=store_dir) as fs, pytest.raises(StoreError, match=(
+            r"\(featstore build --dataset sanity --import feats_restore --featurizer test_restore_colmax --layers "
+            rf"layer_000 --store {re.escape(store_dir)}\)$")):
+        fs.load("layer_000", "test_restore_colmax")
+
+
 def test_stacking_layers_of_different_shapes_names_them(tmp_path, store_dir):
     path = str(tmp_path / "d")
     datasets.Dataset.from_dict({"a": matrices(6, (4, 4)), "b": matrices(6, (8, 8), seed=1)}).save_to_disk(path)

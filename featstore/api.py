@@ -71,8 +71,9 @@ def build(
     Column digests are cached while the dataset files' stats match; `rehash` hashes every column.
     `label_column` defaults to `category_label` if the data has it (or the one the catalog has).
     `progress` (on by default, as for the commands): show it on stderr, a bar on a terminal or in
-    a notebook, else a line every 30 s (featstore.progress); False: none. `workers` (a local Dask cluster of that many processes) or `scheduler`
-    (a Dask scheduler's address) spread the layers over Dask workers (see featstore.distributed).
+    a notebook, else a line every 30 s (featstore.progress); False: none. `workers` (a local Dask
+    cluster of that many processes) or `scheduler` (a Dask scheduler's address) spread the layers
+    over Dask workers (see featstore.distributed).
     `devices` (or `device="cuda"` where torch sees several GPUs) spreads them over one worker per
     device.
     """

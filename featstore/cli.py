@@ -174,7 +174,7 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
 @click.option("--dataset", "-d", default=None, help="Only this dataset (as given to build).")
 @click.option("--split", default=None, help="Only this split.")
 @click.option("--layers", "--layer", "-l", "layers", multiple=True, metavar="GLOB",
-              help="Only layers matching GLOB (or named GLOB), repeatable, as status and forget take them.")
+              help="Only these layers: a glob, or a layer's own name; repeatable, as status and forget take them.")
 @click.option("--featurizer", "-f", default=None, metavar="NAME", help="Only this featurizer (name or spec).")
 @_store_option
 @click.option("--summary", "-s", is_flag=True,
@@ -352,11 +352,11 @@ def _build_command(report, featurizers: tuple[str, ...], dtype: str | None, laye
     from featstore.api import DEFAULT_FEATURIZERS
 
     ctx = click.get_current_context()
-    specs = featurizers or sorted({s.featurizer for s in report.slots} - {"labels"})
+    stored = sorted({s.featurizer for s in report.slots} - {"labels"})
+    named = featurizers or ([] if set(stored) == set(DEFAULT_FEATURIZERS) else stored)
     words = ["featstore", "build", "--dataset", report.dataset]
     words += [w for m in ctx.meta.get("featstore.imports", ()) for w in ("--import", m)]
-    words += [w for spec in specs for w in ("--featurizer", spec)] if featurizers or set(specs) != set(
-        DEFAULT_FEATURIZERS) else []
+    words += [w for spec in named for w in ("--featurizer", spec)]
     words += ["--dtype", dtype] if featurizers and dtype else []
     words += [w for g in layers for w in ("--layers", g)]
     given = ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE  # not FEATSTORE_STORE's
@@ -507,8 +507,9 @@ def forget(dataset, splits, layers, featurizers, dry_run, store, as_json):
     verb = "would forget" if dry_run else "forgot"
     whole = " (its whole catalog)" if report.catalog_removed else ""
     freed = sum(report.unreferenced.values())
+    them = "it" if len(report.unreferenced) == 1 else "them"
     then = (f"{_count(len(report.unreferenced), 'entry')} ({_size(freed)}) "
-            + ("would be unreferenced" if dry_run else f"unreferenced now: `featstore gc` removes {'it' if len(report.unreferenced) == 1 else 'them'}")
+            + ("would be unreferenced" if dry_run else f"unreferenced now: `featstore gc` removes {them}")
             if report.unreferenced else "no entry unreferenced (other catalogued features use them)")
     click.echo(f"{verb} {_count(len(report.rows), 'feature')} of {_short_dataset(report.dataset)}{whole}; {then}")
 

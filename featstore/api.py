@@ -32,7 +32,7 @@ from featstore.errors import (
     UnknownFeaturizer,
     brief,
 )
-from featstore.featurizers import parse_spec
+from featstore.featurizers import is_yours, parse_spec
 from featstore.manifest import Catalog, CatalogRow, layer_matches, natural_key
 from featstore.sources import DEFAULT_LABEL_COLUMN, OBJECT_PREFIX, dataset_id, load_source
 from featstore.store import Store
@@ -390,7 +390,7 @@ def _modules_of(specs: Iterable[str]) -> list[str]:
             module = parse_spec(spec).module
         except FeatstoreError:  # not registered here: nothing to name
             continue
-        if module and module != "__main__" and module.partition(".")[0] != "featstore" and module not in modules:
+        if is_yours(module) and module not in modules:
             modules.append(module)
     return modules
 
@@ -454,9 +454,9 @@ def names(value: str | Iterable[str]) -> tuple[str, ...]:
 def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None, dtype: str = "float32") -> tuple:
     """The featurizers asked for; else the ones the store's catalog of `name` holds (as built: their
     specs name their dtype); else build's default. `dtype` as for `build`, for the others."""
-    specs, catalogued = names(featurizers), False
+    specs, catalogued, modules = names(featurizers), False, {}
     if not specs and store is not None and (catalog := store.read_catalog(name)) is not None:
-        specs, catalogued = tuple(sorted({r.featurizer for r in catalog.rows})), True
+        specs, catalogued, modules = tuple(sorted({r.featurizer for r in catalog.rows})), True, catalog.modules
     dtype = "float32" if catalogued else dtype
     bound = []
     for spec in specs or DEFAULT_FEATURIZERS:
@@ -466,10 +466,14 @@ def _featurizers_for(name: str, featurizers: Iterable[str], store: Store | None,
             if not catalogued:
                 raise
             # one of the user's own, defined in a module this process has not imported
+            module = modules.get(spec.partition(":")[0])
+            how = (f"the build that made them had it from module {module!r}: add --import {module} (run where that "
+                   "module imports; in Python, import it first)" if module else
+                   "name the module that does with --import MODULE (in Python, import it first)")
             raise UnknownFeaturizer(
                 f"the store holds features of {name!r} from featurizer {spec!r}, which no module imported here "
-                "registers: name the module that does with --import MODULE (in Python, import it first), or pass "
-                f"the featurizer as --featurizer module.path:function{e.broken}", e.broken) from e
+                f"registers: {how}, or pass the featurizer as --featurizer module.path:function{e.broken}",
+                e.broken) from e
     return tuple({b.spec: b for b in bound}.values())
 
 

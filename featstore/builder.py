@@ -31,7 +31,7 @@ from featstore.columns import ColumnLayout, join_parts
 from featstore.compute import compute
 from featstore.digest_cache import cached_digests, known_layouts, updated_digests
 from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
-from featstore.featurizers import BoundFeaturizer
+from featstore.featurizers import BoundFeaturizer, is_yours
 from featstore.identity import changed_parts
 from featstore.interrupts import deferred_ctrl_c, waited
 from featstore.keys import (
@@ -396,6 +396,7 @@ def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> 
         label_column=source.label_column,
         label_names=tuple(first.label_names) if first.label_names else None,
         updated=now(),
+        modules={f.name: f.module for f in build_plan.featurizers if is_yours(f.module)},
     )
     checked = [(u.split, u.layer, u.layout) for u in build_plan.units]
     checked += [(s, source.label_column, layout) for s, layout in build_plan.labels.items()]

@@ -74,11 +74,10 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
     for key, problem in report.corrupt.items():
         report.corrupt[key] = f"{problem}: {uses[key]}" if key in uses else f"{problem} (no catalog uses it)"
     if recompute:
-        rows = [(c.dataset, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows
-                if r.key not in report.corrupt]
+        rows = [(c, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows if r.key not in report.corrupt]
         chosen = sorted(rng.sample(rows, _how_many(len(rows), recompute)), key=lambda x: x[1].slot)
-        for dataset, row in counted(chosen, "recompute", "feature", progress):
-            _recompute(store, dataset, row, report)
+        for catalog, row in counted(chosen, "recompute", "feature", progress):
+            _recompute(store, catalog.dataset, row, report, catalog.modules.get(row.featurizer.partition(":")[0]))
     if repair:
         for key in report.corrupt:
             store.delete_entry(key)
@@ -93,8 +92,9 @@ def _how_many(n: int, fraction: float) -> int:
     return max(1, round(n * fraction)) if n and fraction else 0
 
 
-def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
-    """Compute `row` again from its dataset on the CPU and compare with what the store holds."""
+def _recompute(store: Store, dataset: str, row, report: VerifyReport, module: str | None) -> None:
+    """Compute `row` again from its dataset on the CPU and compare with what the store holds;
+    `module`: the one that registered its featurizer, when it is the user's."""
     from featstore import builder, device
     from featstore.compute import compute
     from featstore.digest_cache import column_digest
@@ -106,8 +106,9 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport) -> None:
         split = load_source(dataset, (row.layer,)).splits[row.split]
         f = parse_spec(row.featurizer)
     except (FeatstoreError, KeyError) as e:
-        yours = " (one of yours registered by name: `featstore verify --import` its module)" \
-            if isinstance(e, UnknownFeaturizer) else ""
+        yours = "" if not isinstance(e, UnknownFeaturizer) else \
+            f" (one of yours, from module {module!r}: `featstore verify --import {module}`)" if module else \
+            " (one of yours registered by name: `featstore verify --import` its module)"
         report.skipped[row.key] = f"{what}: cannot load it: {e}{yours}"
         return
     why = builder.why_stale(row, column_digest(split, row.layer).digest, f.identity)

@@ -111,6 +111,9 @@ class Catalog:
     label_column: str | None = None
     label_names: tuple[str, ...] | None = None
     updated: str = ""
+    # featurizer name -> the module that registered it, for the featurizers of yours: what a later
+    # status or verify must --import (named in its error, never imported from here: a store is data)
+    modules: dict[str, str] = field(default_factory=dict)
 
     def merged(self, newer: Catalog) -> Catalog:
         """This catalog with `newer`'s splits and rows replacing the ones they name."""
@@ -120,6 +123,7 @@ class Catalog:
             splits=self.splits | newer.splits,
             rows=tuple(sorted(rows.values(), key=lambda r: r.slot)),
             label_names=newer.label_names or self.label_names,
+            modules=self.modules | newer.modules,
         )
 
     def to_bytes(self) -> bytes:
@@ -133,6 +137,7 @@ class Catalog:
             "label_column": self.label_column,
             "label_names": list(self.label_names) if self.label_names else None,
             "splits": {k: asdict(v) for k, v in sorted(self.splits.items())},
+            "modules": dict(sorted(self.modules.items())),  # readers before it ignore it
         })
         entries = ",\n".join(json.dumps(vars(r)) for r in self.rows)  # fields as they are: tuples become lists
         return f'{head[:-1]}, "entries": [\n{entries}\n]}}\n'.encode()  # head without its closing brace
@@ -151,6 +156,7 @@ class Catalog:
             label_column=data.get("label_column"),
             label_names=tuple(data["label_names"]) if data.get("label_names") else None,
             updated=data.get("updated", ""),
+            modules=dict(data.get("modules") or {}),
         )
 
 

@@ -251,6 +251,13 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr
     assert elsewhere.stderr.strip() == (
         "Error: the store holds features of 'sanity' from featurizer 'test_labtrace', which no module imported here "
+        "registers: the build that made them had it from module 'labmod': add --import labmod (run where that module "
+        "imports; in Python, import it first), or pass the featurizer as --featurizer module.path:function")
+    (catalog_file,) = Path(store_dir, "catalog").glob("*.json")  # as a build before catalogs named modules wrote it
+    catalog_file.write_text(catalog_file.read_text().replace('"modules": {"test_labtrace": "labmod"}', '"x": {}'))
+    older = featstore_in(tmp_path, "status", "-d", "sanity")
+    assert older.returncode == 2 and older.stderr.strip() == (
+        "Error: the store holds features of 'sanity' from featurizer 'test_labtrace', which no module imported here "
         "registers: name the module that does with --import MODULE (in Python, import it first), or pass the "
         "featurizer as --featurizer module.path:function")
     named = featstore_in(project, "status", "-d", "sanity", "-f", "labmod:trace", "-l", "layer_000")
@@ -590,7 +597,12 @@ def test_verify_imports_the_module_of_a_featurizer_registered_by_name(sanity_dir
     blind = featstore_("verify", "--recompute", "1", "--no-progress")
     assert blind.returncode == 0 and "recomputed 0: 0 corrupt, 0 mismatched, 4 skipped" in blind.stdout
     assert "cannot load it: unknown featurizer 'test_verify_colmax'" in blind.stdout
-    assert "(one of yours registered by name: `featstore verify --import` its module)" in blind.stdout
+    assert "(one of yours, from module 'labverify': `featstore verify --import labverify`)" in blind.stdout
+    (catalog_file,) = Path(store_dir, "catalog").glob("*.json")  # as a build before catalogs named modules wrote it
+    modules = '"modules": {"test_verify_colmax": "labverify"}'
+    catalog_file.write_text(catalog_file.read_text().replace(modules, '"modules": {}'))
+    older = featstore_("verify", "--recompute", "1", "--no-progress")
+    assert "(one of yours registered by name: `featstore verify --import` its module)" in older.stdout, older.stdout
     checked = featstore_("verify", "--recompute", "1", "--import", "labverify", "--no-progress")
     assert checked.returncode == 0 and "recomputed 4: 0 corrupt, 0 mismatched\n" in checked.stdout, checked.stdout
 

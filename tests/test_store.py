@@ -85,14 +85,20 @@ def test_corrupt_entry_is_an_error_not_wrong_numbers(store_dir, damage):
 def test_catalog_roundtrip_and_merge(store_dir):
     store = Store.open(store_dir, create=True)
     row = CatalogRow("train", "layer_a", "svd:k=16", "k1", (10, 16), "float32", 640, "t0")
-    first = Catalog("/data/x", {"train": SplitInfo(10, "lab")}, (row,), "category_label", ("a", "b"), "t0")
+    first = Catalog("/data/x", {"train": SplitInfo(10, "lab")}, (row,), "category_label", ("a", "b"), "t0",
+                    {"mine": "feats"})
     store.write_catalog(first)
     assert store.read_catalog("/data/x") == first
     newer = Catalog("/data/x", {"test": SplitInfo(3)},
                     (CatalogRow("train", "layer_a", "svd:k=16", "k2", (10, 16), "float32", 640, "t1"),
-                     CatalogRow("test", "layer_a", "raw", "k3", (3, 4), "float32", 48, "t1")), None, None, "t1")
+                     CatalogRow("test", "layer_a", "raw", "k3", (3, 4), "float32", 48, "t1")), None, None, "t1",
+                    {"theirs": "other.feats"})
     merged = first.merged(newer)
     assert {r.key for r in merged.rows} == {"k2", "k3"} and set(merged.splits) == {"train", "test"}
+    assert merged.modules == {"mine": "feats", "theirs": "other.feats"}
+    older = json.loads(first.to_bytes())
+    del older["modules"]  # a catalog written before they were recorded
+    assert Catalog.from_bytes(json.dumps(older).encode(), "x") == replace(first, modules={})
     assert store.catalogs() == [first]
     assert store.read_catalog("/data/other") is None
 

@@ -30,7 +30,7 @@ from featstore.errors import SpecError, UnknownFeaturizer
 from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
-           "import_modules", "parse_spec"]
+           "import_modules", "is_yours", "parse_spec"]
 
 STORED_DTYPES = ("float32", "float16", "bfloat16")
 BUILTINS = ("raw", "stats", "svd", "spectral", "randproj", "norms")  # names no other code may register
@@ -260,6 +260,12 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
         raise SpecError(f"{probe} returned a {out.dtype} tensor; a featurizer must return a floating one "
                         "(cast it: .float())")
     return tuple(out.shape[1:])
+
+
+def is_yours(module: str | None) -> bool:
+    """Whether featurizers of `module` are a user's, for another process to import by that name:
+    not featstore's own, nor a notebook's `__main__` (which no other process can import)."""
+    return bool(module) and module != "__main__" and module.partition(".")[0] != "featstore"
 
 
 def _module_of(fn) -> str | None:

@@ -334,9 +334,11 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
         would += [f"drop {_count(work['dropped'], 'feature')} of columns gone"] if work["dropped"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
-        if would and not lock_path:
+        if would:
             sys.stdout.flush()  # the command goes to stderr: keep it after the summary when both reach a terminal
-            click.echo(f"  to update: {_build_command(r, featurizers, dtype, layers, store)}", err=True)
+            command = _relock_command(r, lock_path, layers) if lock_path else _build_command(
+                r, featurizers, dtype, layers, store)
+            click.echo(f"  to update: {command}", err=True)
     for error in errors.values() if not as_json else ():
         click.echo(f"Error: {error}", err=True)
     sys.exit(2 if errors else 0 if all(r.fresh for r in reports) else 1)
@@ -361,6 +363,20 @@ def _build_command(report, featurizers: tuple[str, ...], dtype: str | None, laye
     words += [w for g in layers for w in ("--layers", g)]
     given = ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE  # not FEATSTORE_STORE's
     return shlex.join(words + (["--store", store] if given else []))
+
+
+def _relock_command(report, lock_path: str, layers: tuple[str, ...]) -> str:
+    """For a status against a lockfile: the build of what it locks, then the lock that writes it again."""
+    import shlex
+    from pathlib import Path
+
+    from featstore.freshness import read_lock
+
+    lock = read_lock(Path(lock_path).read_bytes(), lock_path)
+    words = ["--dataset", report.dataset, *(w for m in lock.get("modules") or () for w in ("--import", m))]
+    words += [w for spec in lock["featurizers"] for w in ("--featurizer", spec)]
+    words += [w for g in layers or lock.get("layers") or () for w in ("--layers", g)]
+    return f"{shlex.join(['featstore', 'build', *words])} && {shlex.join(['featstore', 'lock', *words, '-o', lock_path])}"
 
 
 @main.command()

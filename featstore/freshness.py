@@ -25,7 +25,7 @@ import numpy as np
 from featstore.builder import LABELS_IDENTITY, check_names, check_output, extends, why_stale
 from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError
-from featstore.featurizers import BoundFeaturizer, import_modules, parse_spec
+from featstore.featurizers import BoundFeaturizer, import_modules, is_yours, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
 from featstore.manifest import Catalog, CatalogRow
 from featstore.progress import counted
@@ -218,7 +218,7 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "dataset": source.name,
         "layers": list(source.patterns) or None,  # the --layers globs: `status --lock` checks those layers
         "featurizers": {f.spec: f.identity for f in featurizers},
-        "modules": sorted({f.module for f in featurizers if f.module and not f.module.startswith("featstore.")}),
+        "modules": sorted({f.module for f in featurizers if is_yours(f.module)}),
         "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},
         "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
                         for layer in source.layers} for s in source.splits},

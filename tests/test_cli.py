@@ -512,6 +512,14 @@ def test_status_against_a_lockfile_checks_the_layers_it_was_written_with(run, sa
     assert json.loads((tmp_path / "f.lock").read_text())["layers"] == ["layer_00[01]"]
     assert run("status", "--lock", lockfile).output == "sanity: 6 fresh, 0 stale, 0 missing\n"  # and 2 of labels
     assert run("status", "--lock", lockfile, "--layers", "layer_000").output == "sanity: 4 fresh, 0 stale, 0 missing\n"
+    older = json.loads((tmp_path / "f.lock").read_text())
+    older["columns"]["train"]["layer_001"] = "0" * 32  # locked before the data changed
+    older["entries"]["train"]["layer_001"]["stats"] = "1" * 32
+    (tmp_path / "old.lock").write_text(json.dumps(older))
+    stale = run("status", "--lock", str(tmp_path / "old.lock"), ok=False)
+    assert stale.exit_code == 1 and stale.output.splitlines()[-1] == (  # build it, then lock it again
+        "  to update: featstore build --dataset sanity --featurizer stats --layers 'layer_00[01]' && featstore lock "
+        f"--dataset sanity --featurizer stats --layers 'layer_00[01]' -o {tmp_path / 'old.lock'}"), stale.output
     whole = str(tmp_path / "whole.lock")
     run("lock", "-d", "sanity", "-f", "stats", "-o", whole)
     assert json.loads((tmp_path / "whole.lock").read_text())["layers"] is None

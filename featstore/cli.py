@@ -280,7 +280,8 @@ DATASET_HELP = ("Preset name (sanity, 1k, 10k), save_to_disk directory, director
               help="Compare with this lockfile (see `featstore lock`) instead of a store: no store needed.")
 @_store_option
 @click.option("--all", "show_all", is_flag=True, help="List fresh entries too.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports, one per dataset.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list of reports, one per dataset; `update` is the command that brings it up to date.")
 @click.option("--progress/--no-progress", default=True,
               help=PROGRESS_HELP + " It counts the columns hashed.")
 def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_json, progress):
@@ -320,9 +321,17 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
                                               progress=progress))
                 except FeatstoreError as e:
                     errors[name] = str(e)
+
+    def update(r) -> str | None:  # the command that brings r's features up to date
+        if r.fresh:
+            return None
+        return _relock_command(r, lock_path, layers) if lock_path else _build_command(r, featurizers, dtype, layers,
+                                                                                      store)
+
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in reports] + [{"dataset": name, "fresh": False, "error": error}
-                                                                for name, error in errors.items()], indent=1))
+        click.echo(json.dumps([r.to_json() | {"update": update(r)} for r in reports]
+                              + [{"dataset": name, "fresh": False, "error": error} for name, error in errors.items()],
+                              indent=1))
     for r in reports if not as_json else []:
         _print_table([(s.state, s.split, s.layer, s.featurizer, s.reason)
                       for s in r.slots if show_all or s.state != "fresh"])
@@ -334,11 +343,9 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
         would += [f"drop {_count(work['dropped'], 'feature')} of columns gone"] if work["dropped"] else []
         click.echo(f"{_short_dataset(r.dataset)}: {counts['fresh']} fresh, {counts['stale']} stale, "
                    f"{counts['missing']} missing" + (f"; a build would {' and '.join(would)}" if would else ""))
-        if would:
+        if not r.fresh:
             sys.stdout.flush()  # the command goes to stderr: keep it after the summary when both reach a terminal
-            command = _relock_command(r, lock_path, layers) if lock_path else _build_command(
-                r, featurizers, dtype, layers, store)
-            click.echo(f"  to update: {command}", err=True)
+            click.echo(f"  to update: {update(r)}", err=True)
     for error in errors.values() if not as_json else ():
         click.echo(f"Error: {error}", err=True)
     sys.exit(2 if errors else 0 if all(r.fresh for r in reports) else 1)

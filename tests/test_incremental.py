@@ -487,6 +487,7 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     clean = _cli("status", "--lock", str(lock), "-d", path)
     assert clean.returncode == 0, clean.stderr
     assert "4 fresh, 0 stale, 0 missing" in clean.stdout
+    assert json.loads(_cli("status", "--lock", str(lock), "-d", path, "--json").stdout)[0]["update"] is None
 
     data["layer_0"][0] *= 2
     save_layers(tmp_path / "d", data)
@@ -495,6 +496,9 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     slots = json.loads(changed.stdout)[0]["slots"]
     assert {(s["layer"], s["featurizer"], s["reason"]) for s in slots if s["state"] != "fresh"} == {
         ("layer_0", "stats", "input bytes changed"), ("layer_0", "svd:k=2", "input bytes changed")}
+    assert json.loads(changed.stdout)[0]["update"] == (  # the command that brings it up to date, for scripts
+        f"featstore build --dataset {path} --featurizer stats --featurizer svd:k=2 && featstore lock --dataset {path} "
+        f"--featurizer stats --featurizer svd:k=2 -o {lock}")
     only = _cli("status", "--lock", str(lock), "-d", path, "--layers", "layer_1")  # layer_0 was "gone" here
     assert only.returncode == 0 and only.stdout.endswith(": 2 fresh, 0 stale, 0 missing\n"), only.stdout
     save_layers(tmp_path / "d", {"layer_1": data["layer_1"]})

@@ -465,7 +465,9 @@ def verify(sample, recompute, repair, seed, store, as_json, progress):
                    f"recomputed {report.recomputed}: {len(report.corrupt)} corrupt, {len(report.mismatched)} "
                    f"mismatched" + (f", {len(report.repaired)} dropped" if report.repaired else "")
                    + (f", {len(report.skipped)} skipped (stale or not loadable)" if report.skipped else "")
-                   + (f", {_count(len(report.damaged_catalogs), 'damaged catalog')}" if report.damaged_catalogs else ""))
+                   + (f", {_count(len(report.damaged_catalogs), 'damaged catalog')}" if report.damaged_catalogs else "")
+                   + (f"; {_count(report.removed, 'catalogued entry')} removed by gc or verify --repair (featstore "
+                      f"build computes {'it' if report.removed == 1 else 'them'} again)" if report.removed else ""))
     sys.exit(0 if report.ok else 1)
 
 

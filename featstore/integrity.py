@@ -34,6 +34,7 @@ class VerifyReport:
     mismatched: dict[str, str] = field(default_factory=dict)  # key -> how far off
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it could not be recomputed
     damaged_catalogs: dict[str, str] = field(default_factory=dict)  # catalog file -> what is wrong
+    removed: int = 0  # catalogued entries the store no longer holds (gc --max-size, --repair): not a fault
 
     @property
     def ok(self) -> bool:
@@ -43,7 +44,7 @@ class VerifyReport:
         return {"ok": self.ok, "checked": self.checked, "bytes_read": self.bytes_read,
                 "seconds": round(self.seconds, 4), "corrupt": self.corrupt, "repaired": self.repaired,
                 "recomputed": self.recomputed, "mismatched": self.mismatched, "skipped": self.skipped,
-                "damaged_catalogs": self.damaged_catalogs}
+                "damaged_catalogs": self.damaged_catalogs, "removed": self.removed}
 
 
 def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bool = False,
@@ -71,6 +72,7 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
         except StoreError as e:
             report.damaged_catalogs[path] = str(e)
     uses = entry_uses(catalogs)
+    report.removed = len(set(uses) - set(keys))
     for key, problem in report.corrupt.items():
         report.corrupt[key] = f"{problem}: {uses[key]}" if key in uses else f"{problem} (no catalog uses it)"
     if recompute:

@@ -88,6 +88,10 @@ def test_ls_lists_each_splits_labels_as_the_entries_status_and_verify_count(run,
     table = run("ls", "--featurizer", "labels").output.splitlines()
     assert table[1].split()[6:8] == ["removed", test_labels["key"][:12]]
     assert table[-1].startswith("1 entry, 2.0 KB; 1 entry removed")
+    checked = run("verify").output  # not a fault, but said, as ls says it
+    assert checked.startswith("checked 3 entries") and checked.endswith(
+        ": 0 corrupt, 0 mismatched; 1 catalogued entry removed by gc or verify --repair (featstore build computes "
+        "it again)\n"), checked
 
 
 def test_build_json_and_ls_json(run, sanity_dir):

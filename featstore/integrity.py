@@ -71,12 +71,13 @@ def verify(store: Store, sample: float = 1.0, recompute: float = 0.0, repair: bo
             catalogs.append(store.catalog_at(path))
         except StoreError as e:
             report.damaged_catalogs[path] = str(e)
-    uses = entry_uses(catalogs)
-    report.removed = len(set(uses) - set(keys))
+    uses, stored = entry_uses(catalogs), set(keys)
+    report.removed = len(set(uses) - stored)
     for key, problem in report.corrupt.items():
         report.corrupt[key] = f"{problem}: {uses[key]}" if key in uses else f"{problem} (no catalog uses it)"
     if recompute:
-        rows = [(c, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows if r.key not in report.corrupt]
+        rows = [(c, r) for c in sorted(catalogs, key=lambda c: c.dataset) for r in c.rows  # removed ones: counted
+                if r.key in stored and r.key not in report.corrupt]
         chosen = sorted(rng.sample(rows, _how_many(len(rows), recompute)), key=lambda x: x[1].slot)
         for catalog, row in counted(chosen, "recompute", "feature", progress):
             _recompute(store, catalog.dataset, row, report, catalog.modules.get(row.featurizer.partition(":")[0]))

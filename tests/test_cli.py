@@ -92,6 +92,10 @@ def test_ls_lists_each_splits_labels_as_the_entries_status_and_verify_count(run,
     assert checked.startswith("checked 3 entries") and checked.endswith(
         ": 0 corrupt, 0 mismatched; 1 catalogued entry removed by gc or verify --repair (featstore build computes "
         "it again)\n"), checked
+    with featstore.open("sanity", store=store_dir) as fs:
+        Store.open(store_dir).delete_entry(fs.row("layer_000", "stats", "train").key)
+    recomputed = run("verify", "--recompute", "1").output  # what was removed has nothing to compare with
+    assert "recomputed 1: 0 corrupt, 0 mismatched; 2 catalogued entries removed" in recomputed, recomputed
 
 
 def test_build_json_and_ls_json(run, sanity_dir):

@@ -500,8 +500,8 @@ def gc(dry_run, max_size, keep_days, store, as_json):
     for key, size, why in report.removed:
         click.echo(f"{verb} {key}  {_size(size)}  {why}")
     click.echo(f"{verb} {_count(len(report.removed), 'entry')}, freeing {_size(report.freed)} of {_size(report.size_before)}"
-               f"; kept {report.held} leased by open readers; {len(report.leftovers)} leftovers of crashed builds, "
-               f"{len(report.stale_leases)} stale leases")
+               f"; kept {report.held} leased by open readers; {_count(len(report.leftovers), 'leftover')} of crashed "
+               f"builds, {_count(len(report.stale_leases), 'stale lease')}")
 
 
 @main.command()

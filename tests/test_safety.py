@@ -306,6 +306,9 @@ def test_gc_removes_the_unreferenced_keeps_what_readers_lease_and_recovers_stale
     reader.wait()
     dry = featstore.gc(store_dir, dry_run=True)
     assert {k for k, _, _ in dry.removed} == old_keys and set(Store.open(store_dir).entry_keys()) >= old_keys
+    said = _cli("gc", "--dry-run", "--store", store_dir).stdout.splitlines()[-1]
+    assert said.startswith(f"would remove {len(old_keys)} entries, freeing ") and said.endswith(
+        "; kept 0 leased by open readers; 0 leftovers of crashed builds, 1 stale lease"), said
     report = featstore.gc(store_dir)
     assert {k for k, _, why in report.removed if why == "unreferenced"} == old_keys
     assert len(report.stale_leases) == 1 and report.freed > 0

@@ -553,20 +553,22 @@ def featurizers_cmd(specs, as_json):
     takes dtype=float32|float16|bfloat16. Add your own with @featstore.featurizer("name").
       featstore featurizers feats:mine        # is it found, what does it take, what is its version
     """
-    from featstore.featurizers import available, parse_spec
+    from featstore.featurizers import BoundFeaturizer, available, parse_spec
 
-    found = {b.name: b.featurizer for b in map(parse_spec, specs)} if specs else available()
-    versions = {name: f.versioned() for name, f in found.items()}
+    # with SPECs, each as given, its parameters as set (`svd:k=3` shows k=3); else every featurizer
+    bound = [parse_spec(spec) for spec in specs] or [BoundFeaturizer(f, dict(f.params)) for f in available().values()]
+    versions = {b.name: b.featurizer.versioned() for b in bound}
     if as_json:
-        click.echo(json.dumps([{"name": f.name, "params": f.params, "version": versions[f.name][0],
-                                "code": versions[f.name][1], "per_row": f.per_row, "doc": f.doc}
-                               for f in found.values()], indent=1))
+        click.echo(json.dumps([{"name": b.name, "spec": b.spec, "params": b.params, "dtype": b.dtype,
+                                "version": versions[b.name][0], "code": versions[b.name][1],
+                                "per_row": b.featurizer.per_row, "doc": b.featurizer.doc} for b in bound], indent=1))
         return
-    for f in found.values():
-        params = ", ".join(f"{k}={v}" for k, v in f.params.items()) or "no parameters"
-        version, code = versions[f.name]
-        click.echo(f"{f.name}  ({params}; version {version})")
-        for line in f.doc.splitlines():
+    for b in bound:
+        params = ", ".join(f"{k}={v}" for k, v in b.params.items()) or "no parameters"
+        stored = f"; stored as {b.dtype}" if b.dtype != "float32" else ""
+        version, code = versions[b.name]
+        click.echo(f"{b.spec}  ({params}{stored}; version {version})")
+        for line in b.featurizer.doc.splitlines():
             click.echo(f"    {line}")
         if code and specs:  # what its identity follows: a helper missing here is not tracked
             click.echo(f"    version hashed from: {', '.join(path.partition(':')[2] or path for path in code)}")

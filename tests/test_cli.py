@@ -301,6 +301,15 @@ def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeyp
     assert {"raw", "stats", "svd", "spectral", "randproj", "norms"} <= {f["name"] for f in listed}
 
 
+def test_featurizers_shows_a_spec_with_its_parameters_as_set(run):
+    out = [line for line in run("featurizers", "svd:k=3,dtype=bfloat16", "svd").output.splitlines() if "  (" in line]
+    assert out == ["svd:k=3,dtype=bfloat16  (k=3, normalize=False; stored as bfloat16; version 1)",
+                   "svd  (k=16, normalize=False; version 1)"]  # both: one name, two specs
+    given, default = json.loads(run("featurizers", "--json", "randproj:dim=8", "randproj").output)
+    assert (given["spec"], given["params"], default["params"]) == ("randproj:dim=8", {"dim": 8, "seed": 0},
+                                                                   {"dim": 256, "seed": 0})
+
+
 def _on_a_terminal(*args) -> tuple[int, str, str]:
     """Run `featstore ARGS` with stderr on a pseudo-terminal (120 columns: on 0, tqdm draws
     nothing): (exit status, stdout, what the terminal showed)."""

@@ -130,7 +130,8 @@ class BuildReport:
     labels: list[str] = field(default_factory=list)  # splits whose labels this build catalogued anew
 
     def __repr__(self) -> str:  # a notebook shows this, not every entry
-        return (f"BuildReport({self.dataset!r} on {self.device}: {self.computed} computed, {self.reused} reused, "
+        where = f" on {self.device}" if self.computed else ""  # a no-op resolves no device
+        return (f"BuildReport({self.dataset!r}{where}: {self.computed} computed, {self.reused} reused, "
                 f"{self.bytes_written} bytes written in {self.seconds['total']:.2f} s)")
 
     @property

@@ -318,6 +318,8 @@ def test_reports_show_a_summary_in_a_notebook_not_every_slot(sanity_dir, store_d
     built = featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir, progress=False, device="cpu")
     assert re.fullmatch(r"BuildReport\('sanity' on cpu: 4 computed, 0 reused, \d+ bytes written in [\d.]+ s\)",
                         repr(built)), repr(built)
+    again = featstore.build("sanity", ["stats"], layers="layer_00[01]", store=store_dir, progress=False)
+    assert re.fullmatch(r"BuildReport\('sanity': 0 computed, 4 reused, 0 bytes written in [\d.]+ s\)", repr(again))
     assert repr(featstore.status("sanity", ["stats", "svd"], layers="layer_00[01]", store=store_dir)) == \
         "StatusReport('sanity': 6 fresh, 0 stale, 4 missing)"
     assert re.fullmatch(r"GcReport\(dry run: 6 entries removed, (\d+) of \1 bytes freed\)",

@@ -60,8 +60,9 @@ class StatusReport:
         return f"StatusReport({self.dataset!r}: {c['fresh']} fresh, {c['stale']} stale, {c['missing']} missing)"
 
     @property
-    def counts(self) -> Counter:
-        return Counter(s.state for s in self.slots)
+    def counts(self) -> dict[str, int]:
+        """{"fresh": n, "stale": n, "missing": n}: every state, 0 included (a CI script reads them)."""
+        return {"fresh": 0, "stale": 0, "missing": 0} | Counter(s.state for s in self.slots)
 
     @property
     def fresh(self) -> bool:
@@ -79,7 +80,7 @@ class StatusReport:
                 "reused": len(todo) - len(compute), "dropped": sum(not s.key for s in self.slots)}
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "fresh": self.fresh, "counts": dict(self.counts), "work": self.work(),
+        return {"dataset": self.dataset, "fresh": self.fresh, "counts": self.counts, "work": self.work(),
                 "seconds": round(self.seconds, 4), "slots": [asdict(s) for s in self.slots]}
 
 

@@ -446,7 +446,7 @@ def test_every_command_takes_a_layer_with_glob_characters_in_its_name_by_that_na
     with featstore.open(path, store=store_dir) as fs:
         assert list(fs.load_many("w[0]", "stats")) == ["w[0]"]
     assert "forgot 1 feature of " in run("forget", "-d", path, "--layers", "w[0]").output
-    assert featstore.status(path, ["stats"], layers="w[0]", store=store_dir).counts == {"missing": 1}
+    assert featstore.status(path, ["stats"], layers="w[0]", store=store_dir).counts == {"fresh": 0, "stale": 0, "missing": 1}
 
 
 def test_status_names_the_build_that_would_bring_the_features_up_to_date(run, sanity_dir, store_dir, tmp_path,

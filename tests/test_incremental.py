@@ -487,7 +487,8 @@ def test_lockfile_names_what_a_change_invalidates_without_a_store(tmp_path, stor
     clean = _cli("status", "--lock", str(lock), "-d", path)
     assert clean.returncode == 0, clean.stderr
     assert "4 fresh, 0 stale, 0 missing" in clean.stdout
-    assert json.loads(_cli("status", "--lock", str(lock), "-d", path, "--json").stdout)[0]["update"] is None
+    fresh = json.loads(_cli("status", "--lock", str(lock), "-d", path, "--json").stdout)[0]
+    assert fresh["update"] is None and fresh["counts"] == {"fresh": 4, "stale": 0, "missing": 0}  # zeros too
 
     data["layer_0"][0] *= 2
     save_layers(tmp_path / "d", data)

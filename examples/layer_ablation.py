@@ -120,6 +120,10 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store location (default: FEATSTORE_STORE or ~/.cache)")
     parser.add_argument("--device", default="auto", help="for features and probes: auto, cpu, cuda")
     args = parser.parse_args()
+    try:  # now, not after the training: a run's results must have somewhere to go
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--output-dir {args.output_dir}: {e.strerror} (name a directory, new or existing)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     if device.startswith("cuda"):

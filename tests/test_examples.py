@@ -39,6 +39,15 @@ def test_layer_ablation_finds_the_signal_layers_and_computes_nothing_the_second_
     assert timeline["total"] >= timeline["training"] > 0 and timeline["build_compute"] == 0
 
 
+def test_layer_ablation_refuses_an_output_dir_it_cannot_make_before_building_anything(sanity_dir, tmp_path):
+    (tmp_path / "out").write_text("a file of the user's")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "layer_ablation.py"), "--dataset", "sanity", "--num-runs", "1",
+                           "--output-dir", str(tmp_path / "out"), "--store", str(tmp_path / "store"), "--device", "cpu"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and f"--output-dir {tmp_path / 'out'}: File exists" in done.stderr, done.stderr
+    assert not (tmp_path / "store").exists() and (tmp_path / "out").read_text() == "a file of the user's"
+
+
 def test_layer_ablation_holds_rows_out_of_a_single_split_and_takes_only_the_layers_asked_for(sanity_dir, tmp_path):
     """A researcher's dataset: one split, and a column besides the layers that no featurizer takes."""
     import datasets

@@ -204,4 +204,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except featstore.FeatstoreError as e:  # what to do is in the message: no traceback
+        raise SystemExit(f"error: {e}") from None

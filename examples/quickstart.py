@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store location (default: FEATSTORE_STORE or ~/.cache)")
     parser.add_argument("--featurizer", default="svd")
     args = parser.parse_args()
+    torch.manual_seed(0)  # the probes' initial weights: the same accuracies every run
 
     fs = featstore.open(args.dataset, store=args.store)
     print(fs)
@@ -54,10 +55,13 @@ def main() -> None:
         x_train, x_test = fs.load(layer, args.featurizer, "train"), fs.load(layer, args.featurizer, "test")
         loaded = time.perf_counter() - start
         accuracy = probe_accuracy(x_train, y_train, x_test, y_test, classes)
-        kind = "signal" if i in signal else "no signal"
-        print(f"{layer} ({kind:9}): probe accuracy {accuracy:.2f}  (features {tuple(x_train.shape)} "
+        kind = "(signal):" if i in signal else "(no signal):"
+        print(f"{layer} {kind:12} probe accuracy {accuracy:.2f}  (features {tuple(x_train.shape)} "
               f"loaded in {loaded * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except featstore.FeatstoreError as e:  # what to do is in the message: no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import featstore
 from featstore import presets
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -37,6 +38,26 @@ def test_layer_ablation_finds_the_signal_layers_and_computes_nothing_the_second_
     assert (tmp_path / "out" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     timeline = results["timeline"]
     assert timeline["total"] >= timeline["training"] > 0 and timeline["build_compute"] == 0
+
+
+def test_quickstart_probes_the_stores_features_and_finds_the_signal_layers(sanity_dir, tmp_path):
+    store = str(tmp_path / "store")
+    command = [sys.executable, str(EXAMPLES / "quickstart.py"), "--dataset", "sanity", "--store", store]
+    unbuilt = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert unbuilt.returncode == 1 and unbuilt.stderr.startswith(f"error: no featstore at {store}; build one first")
+    assert "Traceback" not in unbuilt.stderr
+    featstore.build("sanity", ["svd"], store=store, progress=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    accuracy = {line.split()[0]: float(line.partition("probe accuracy ")[2].split()[0])
+                for line in done.stdout.splitlines() if "probe accuracy" in line}
+    signal = {presets.layer_name(i) for i in presets.signal_layers(8)}
+    assert set(accuracy) == {"layer_000", "layer_007"} | signal, done.stdout  # the first, last and signal layers
+    # 10 classes: chance is 0.1, and the signal layers' 16 singular values give a 256-row probe 0.5-0.7
+    assert min(accuracy[s] for s in signal) > 0.45 > 0.25 > max(accuracy["layer_000"], accuracy["layer_007"]), accuracy
+    again = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+    assert [line.partition("  (")[0] for line in again.splitlines()] == \
+        [line.partition("  (")[0] for line in done.stdout.splitlines()]  # seeded: the same accuracies every run
 
 
 def test_layer_ablation_refuses_an_output_dir_it_cannot_make_before_building_anything(sanity_dir, tmp_path):

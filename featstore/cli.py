@@ -310,17 +310,25 @@ def status(dataset, featurizers, dtype, layers, lock_path, store, show_all, as_j
         else:
             from featstore.sources import OBJECT_PREFIX
 
-            reports = []
-            for name in [c.dataset for c in Store.open(store or default_store()).catalogs()]:
+            reports, skipped = [], []
+            opened = Store.open(store or default_store())
+            for name in [c.dataset for c in opened.catalogs()]:
                 if name.startswith(OBJECT_PREFIX):  # no name opens it: not an error of this status
                     click.echo(f"note: skipped {_short_dataset(name)}, a datasets.Dataset built from Python: check it "
                                "there (featstore.status(ds))", err=True)
+                    skipped.append(name)
                     continue
                 try:
                     reports.append(api.status(name, featurizers, layers=layers, store=store, dtype=dtype or "float32",
                                               progress=progress))
                 except FeatstoreError as e:
                     errors[name] = str(e)
+            if skipped and not reports and not errors:  # a CI gate must not pass on a store it could not check
+                raise FeatstoreError(f"status checked no dataset: the store at {opened.location} catalogues only "
+                                     "datasets.Dataset objects built from Python, which no name opens. Check them "
+                                     "there: featstore.status(ds)")
+            if not skipped and not reports and not errors and not as_json:
+                click.echo(f"the store at {opened.location} catalogues no dataset: nothing to check")
 
     def update(r) -> str | None:  # the command that brings r's features up to date
         if r.fresh:

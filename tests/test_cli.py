@@ -420,6 +420,24 @@ def test_status_skips_a_dataset_passed_from_python_and_says_so(tmp_path, store_d
     assert featstore.status(ds, store=store_dir).fresh  # from Python, with the object
 
 
+def test_status_of_every_dataset_fails_where_it_could_check_none(store_dir):
+    """A store holding only a datasets.Dataset built from Python: status skipped it and exited 0,
+    so a CI gate passed without checking anything. A store that catalogues nothing passes, saying so."""
+    ds = datasets.Dataset.from_dict({"w": np.zeros((6, 2, 2), np.float32)})
+    featstore.build(ds, ["stats"], store=store_dir, device="cpu")
+    env = dict(os.environ, FEATSTORE_STORE=store_dir)
+    for args in [(), ("--json",)]:
+        blind = _featstore("status", *args, env=env)
+        assert (blind.returncode, blind.stdout) == (2, ""), blind
+        assert f"Error: status checked no dataset: the store at {store_dir} catalogues only datasets.Dataset" \
+               in blind.stderr
+    assert _featstore("forget", "-d", f"fingerprint:{ds._fingerprint}", env=env).returncode == 0
+    empty = _featstore("status", env=env)
+    assert empty.returncode == 0, empty
+    assert empty.stdout == f"the store at {store_dir} catalogues no dataset: nothing to check\n"
+    assert json.loads(_featstore("status", "--json", env=env).stdout) == []
+
+
 def test_ls_says_when_its_filters_match_nothing_the_store_holds(run, sanity_dir, store_dir):
     run("build", "--dataset", "sanity", "-f", "stats", "--layers", "layer_000", "--no-progress")
     out = run("ls", "--dataset", "sanity", "--layer", "layer_9*").output

@@ -151,7 +151,7 @@ class BuildReport:
         return {
             "dataset": self.dataset,
             "store": self.store,
-            "device": self.device,
+            "device": self.device if self.computed else None,  # as the repr: a no-op resolves no device
             "computed": self.computed,
             "reused": self.reused,
             "reasons": dict(self.reasons),

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import featstore
 from featstore.cli import main
+from featstore.device import resolve
 from featstore.store import Store
 
 
@@ -100,10 +101,10 @@ def test_ls_lists_each_splits_labels_as_the_entries_status_and_verify_count(run,
 
 def test_build_json_and_ls_json(run, sanity_dir):
     first = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
-    assert (first["computed"], first["reused"]) == (16, 0)
+    assert (first["computed"], first["reused"], first["device"]) == (16, 0, resolve("auto"))
     assert set(first["seconds"]) == {"plan", "hash", "read", "compute", "write", "total"}
     second = json.loads(run("build", "-d", "sanity", "-f", "stats", "--json", "--no-progress").output)
-    assert (second["computed"], second["reused"], second["bytes_written"]) == (0, 16, 0)
+    assert (second["computed"], second["reused"], second["bytes_written"], second["device"]) == (0, 16, 0, None)
     rows = json.loads(run("ls", "--json", "--layer", "layer_007", "--split", "test").output)
     assert rows == [{"dataset": "sanity", "split": "test", "layer": "layer_007", "featurizer": "stats",
                      "shape": [64, 4], "dtype": "float32", "nbytes": 1024, "key": rows[0]["key"],

@@ -272,9 +272,9 @@ def load_source(
     first = next(iter(splits.values()))
     if explicit_label and label_column not in first.column_names:
         raise DatasetError(
-            f"label column {label_column!r} not in dataset {dataset!r}; columns: {brief(first.column_names)}"
+            f"label column {label_column!r} not in dataset {str(named)!r}; columns: {brief(first.column_names)}"
         )
-    chosen = _choose_layers(first.schema, layers, label_column, str(dataset))
+    chosen = _choose_layers(first.schema, layers, label_column, str(named))  # an object's repr spans lines
     has_label = label_column in first.column_names
     if has_label and is_text(first.schema.field(label_column).type):
         _encode_text_labels(splits, label_column)

@@ -141,6 +141,11 @@ def test_no_layer_columns(tmp_path):
     datasets.Dataset.from_dict({"t": ["a"], "v": [1.0]}).save_to_disk(str(tmp_path / "flat"))
     with pytest.raises(DatasetError, match=r"no layer columns found.*Choose some with --layers"):
         load_source(str(tmp_path / "flat"))
+    flat = datasets.Dataset.from_dict({"t": ["a"], "v": [1.0]})  # named by its fingerprint, not its repr's lines
+    with pytest.raises(DatasetError, match=rf"^no layer columns found in 'fingerprint:{flat._fingerprint}' "):
+        load_source(flat)
+    with pytest.raises(DatasetError, match=rf"^label column 'cls' not in dataset 'fingerprint:{flat._fingerprint}';"):
+        load_source(flat, label_column="cls")
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch):

@@ -293,7 +293,8 @@ def io_errors(path: Path):
         if e.errno in _READ_ONLY:
             raise ReadOnlyStore(f"cannot write {path}: {e.strerror or e}; use a store you can write to (--store, "
                                 "FEATSTORE_STORE)") from e
-        hint = "; free some space and run it again: a build computes only what the store lacks" \
+        hint = "; free some space and run it again: what the store holds is intact, and a build computes " \
+            "only what it lacks" \
             if e.errno == errno.ENOSPC else ""
         raise StoreError(f"cannot write {path}: {e.strerror or e}{hint}") from e
 

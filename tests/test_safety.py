@@ -98,6 +98,25 @@ def test_an_io_error_names_the_file_and_leaves_the_store_as_it_was(tmp_path, sma
     assert featstore.verify(store_dir).ok
     assert set(Store.open(store_dir).entry_keys()) >= keys
     assert os.listdir(os.path.join(store_dir, "staging")) == []  # the failed entry's files are gone
+
+
+def test_a_full_disk_while_forgetting_leaves_the_catalog_as_it_was(tmp_path, small, monkeypatch):
+    store_dir = str(tmp_path / "store")
+    featstore.build(small, ["raw", "stats"], store=store_dir)
+    before = _contents(store_dir, small)
+
+    def full(path, mode="r", *args, **kwargs):
+        if "x" in mode or "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(storage_module, "open", full, raising=False)
+    with pytest.raises(StoreError, match=r"cannot write .*/catalog/.*: No space left on device; free some space "
+                                         r"and run it again: what the store holds is intact"):
+        featstore.forget(small, store=store_dir, featurizers="stats")
+    monkeypatch.undo()
+    assert _contents(store_dir, small) == before
+    assert {r.featurizer for r in featstore.forget(small, store=store_dir, featurizers="stats").rows} == {"stats"}
     assert featstore.build(small, ["raw", "stats"], store=store_dir).reused >= 4
 
 

@@ -593,7 +593,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
                                   first=start)
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
-                reason = f"{unit.layout.rows - start} rows appended ({start} reused)"
+                reason = f"{unit.layout.rows - start} rows appended to {start}"
             created[key] = now()
             write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"

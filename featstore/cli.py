@@ -157,7 +157,8 @@ def build(dataset, featurizers, layers, label_column, device, devices, dtype, st
     s = report.seconds
     where = f" on {report.device}" if report.computed else ""
     click.echo(f"built {report.dataset} in {report.store}{where}")
-    why = ", ".join(f"{n} {reason}" for reason, n in sorted(report.reasons.items()))
+    why = ", ".join(f"{n}{' with' * reason[:1].isdigit()} {reason}"  # 8 with 64 rows appended to 256
+                    for reason, n in sorted(report.reasons.items()))
     click.echo(f"  entries  {report.computed} computed{f' ({why})' if why else ''}, {report.reused} reused")
     click.echo(f"  written  {_size(report.bytes_written)}")
     if report.labels:

@@ -155,7 +155,7 @@ def status(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: Stor
                 elif (not stored and extends(old, f, rows) and store.has_entry(old.key)
                       and prefixes.get((split, layer), {}).get(old.shape[0]) == old.input_digest):
                     kept = old.shape[0]  # a build computes the new rows only, as it says
-                    state, reason, size = "stale", f"{rows - kept} rows appended ({kept} reused)", (rows - kept) * row_bytes
+                    state, reason, size = "stale", f"{rows - kept} rows appended to {kept}", (rows - kept) * row_bytes
                 elif old.key != key:
                     state, reason = "stale", why_stale(old, digest, f.identity)
                 elif not stored:

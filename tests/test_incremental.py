@@ -398,12 +398,12 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     save_layers(tmp_path / "d", more)
     status = featstore.status(path, ["test_counting", "raw"], store=store_dir)  # says what the build will do
     assert {(s.layer, s.featurizer, s.state, s.reason) for s in status.slots} == {
-        (name, f, "stale", "10 rows appended (100 reused)") for name in data for f in ("test_counting", "raw")}
+        (name, f, "stale", "10 rows appended to 100") for name in data for f in ("test_counting", "raw")}
     assert status.work() == {"entries": 4, "columns": 2, "input_bytes": 2 * 10 * DIM * DIM * 4, "reused": 0,
                              "dropped": 0}
     _CALLS.clear()
     report = featstore.build(path, ["test_counting", "raw"], store=store_dir)
-    assert report.reasons == {"10 rows appended (100 reused)": 4}
+    assert report.reasons == {"10 rows appended to 100": 4}
     assert _CALLS == [10, 10]  # one call per layer, on the new rows only
     fs = featstore.open(path, store=store_dir)
     cold = featstore.build(path, ["test_counting"], store=f"{store_dir}-cold")
@@ -420,6 +420,20 @@ def test_appended_rows_are_the_only_ones_computed(tmp_path, store_dir):
     _CALLS.clear()
     again = featstore.build(path, ["test_counting"], store=store_dir)
     assert again.reasons == {"input bytes changed": 1} and _CALLS == [110]
+
+
+def test_the_build_summary_counts_appended_entries_readably(tmp_path, store_dir):
+    """It said `2 computed (2 10 rows appended (100 reused)), 0 reused`."""
+    from click.testing import CliRunner
+
+    from featstore.cli import main
+
+    data = layers_of(2, rows=100)
+    path = save_layers(tmp_path / "d", data)
+    featstore.build(path, ["stats"], store=store_dir)
+    save_layers(tmp_path / "d", {name: np.concatenate([v, v[:10]]) for name, v in data.items()})
+    shown = CliRunner().invoke(main, ["build", "-d", path, "-f", "stats", "--store", store_dir, "--no-progress"])
+    assert shown.exit_code == 0 and "\n  entries  2 computed (2 with 10 rows appended to 100), 0 reused\n" in shown.output
 
 
 def test_a_failure_in_appended_rows_names_the_rows_of_the_column(tmp_path, store_dir):

@@ -9,6 +9,7 @@ it holds a lease on those entries (see `featstore gc`) for as long as it lives.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -19,6 +20,16 @@ from featstore.api import open as open_store
 from featstore.device import from_stored
 from featstore.errors import StoreError
 from featstore.store import Store
+
+
+def _opened(dataset: Any, store: str | None) -> FeatureSet:
+    """`dataset` itself where it is a FeatureSet (a training script's `featstore.open(...)`, with
+    its store and its lease), else the view `featstore.open(dataset, store)` makes."""
+    if isinstance(dataset, FeatureSet):
+        if store is not None:
+            raise ValueError(f"{dataset!r} already has its store ({dataset.store.location}): drop store=")
+        return dataset
+    return open_store(dataset, store)
 
 
 def _choose(fs: FeatureSet, layers: str | Iterable[str] | None, featurizers: str | Iterable[str] | None,
@@ -41,12 +52,15 @@ class FeatureDataset(Dataset):
 
         ds = FeatureDataset("1k", layers=["layer_032", "layer_033"], featurizers=["svd"], flatten=True)
         loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
+
+    `dataset` is anything `featstore.open` takes, or a FeatureSet it returned: then that view's
+    lease is the one that keeps gc off the entries, for as long as it stays open.
     """
 
     def __init__(self, dataset: Any, layers: str | Iterable[str] | None = None,
                  featurizers: str | Iterable[str] | None = None, split: str = "train", store: str | None = None,
                  flatten: bool = False):
-        self._view = open_store(dataset, store)  # checks every name now; leases the entries
+        self._view = _opened(dataset, store)  # checks every name now; leases the entries
         chosen = _choose(self._view, layers, featurizers, split)
         self.location = self._view.store.location
         self.dataset = self._view.dataset
@@ -96,8 +110,10 @@ class FeatureDataset(Dataset):
 
 def load_split(dataset: Any, layers: str | Iterable[str] | None = None, featurizers: str | Iterable[str] | None = None,
                split: str = "train", store: str | None = None, device=None, dtype=None):
-    """A whole split as tensors: ({(layer, featurizer spec): tensor (n_rows, ...)}, labels or None)."""
-    with open_store(dataset, store) as fs:
+    """A whole split as tensors: ({(layer, featurizer spec): tensor (n_rows, ...)}, labels or None).
+    `dataset` may be an open FeatureSet, which stays open."""
+    fs = _opened(dataset, store)
+    with fs if fs is not dataset else nullcontext():
         chosen = _choose(fs, layers, featurizers, split)
         features = {(layer, row.featurizer): fs.load(layer, row.featurizer, split, device=device, dtype=dtype)
                     for layer, row in chosen}

@@ -128,6 +128,24 @@ def test_load_split_returns_a_whole_split(built):
     assert len(labels) == len(features[("layer_000", "raw")])
 
 
+def test_feature_dataset_and_load_split_take_an_open_feature_set(built):
+    """A training script opens the store once (`featstore.open(..., require_fresh=True)`) and
+    passes the view on: it was refused as 'cannot use a FeatureSet as a dataset'."""
+    fs = featstore.open("sanity", store=built, require_fresh=True)
+    leases = os.listdir(os.path.join(built, "leases"))
+    ds = FeatureDataset(fs, layers="layer_00[12]", featurizers="stats", flatten=True)
+    x, y = next(iter(DataLoader(ds, batch_size=len(ds), num_workers=1)))
+    torch.testing.assert_close(x, torch.cat([fs.load("layer_001", "stats"), fs.load("layer_002", "stats")], 1),
+                               rtol=0, atol=0)
+    assert torch.equal(y, fs.labels("train"))
+    features, labels = load_split(fs, layers="layer_000", featurizers="raw", split="test")
+    assert torch.equal(features[("layer_000", "raw")], fs.load("layer_000", "raw", "test"))
+    assert torch.equal(labels, fs.labels("test"))
+    assert os.listdir(os.path.join(built, "leases")) == leases  # fs's own, still held: load_split left it open
+    with pytest.raises(ValueError, match=r"already has its store .*: drop store="):
+        load_split(fs, store=built)
+
+
 def test_load_many_stacks_reduced_precision_and_row_slices(sanity_dir, store_dir):
     featstore.build("sanity", ["stats:dtype=bfloat16"], store=store_dir)
     fs = featstore.open("sanity", store=store_dir)

@@ -108,13 +108,21 @@ def _returns_a_scalar(x):
     return x.mean()  # over the whole batch, not per row
 
 
+@featstore.featurizer("test_returns_numpy", version="1")
+def _returns_numpy(x):
+    return x.flatten(1).numpy()
+
+
 @pytest.mark.parametrize("spec, got", [("test_returns_a_list", "list"),
-                                       ("test_returns_a_scalar", r"a tensor of shape \[\]")])
+                                       ("test_returns_a_scalar", r"a tensor of shape \[\]"),
+                                       ("test_returns_numpy", "ndarray")])
 def test_a_featurizer_that_does_not_return_a_row_per_row_is_refused_before_building(sanity_dir, store_dir, spec,
                                                                                     got):
     with pytest.raises(SpecError, match=rf"^featurizer {spec} cannot use column 'layer_000' \(split train\): a probe "
                                         rf"batch of 1 row of shape \(16, 16\) returned {got}; a featurizer must "
-                                        r"return a tensor with one row per input row$"):
+                                        r"return a tensor with one row per input row"
+                                        + (r" \(a NumPy array: return torch.from_numpy\(a\).to\(x.device\)\)$"
+                                           if got == "ndarray" else "$")):
         featstore.build("sanity", [spec], store=store_dir, device="cpu")
     assert _entries(store_dir) == []
 

@@ -255,7 +255,9 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
         raise SpecError(f"{probe} failed: {e!r}") from e
     if not isinstance(out, torch.Tensor) or out.ndim < 1 or len(out) != 1:
         got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row")
+        fix = " (a NumPy array: return torch.from_numpy(a).to(x.device))" if hasattr(out, "__array__") \
+            and not isinstance(out, torch.Tensor) else ""
+        raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row{fix}")
     if not out.is_floating_point():  # features are stored as floats: say so before anything is computed
         raise SpecError(f"{probe} returned a {out.dtype} tensor; a featurizer must return a floating one "
                         "(cast it: .float())")

@@ -148,6 +148,9 @@ def _gather(client, futures: list, columns: list[int], interrupted: list, progre
     with progress_bar(sum(columns), f"build {progress}", "column", bool(progress)) as bar:
         while pending:
             if interrupted:
+                with suppress(Exception):  # a worker already gone has nothing left to say
+                    client.run(_quiet_dask_logs)
+                    client.run(_quiet_dask_logs, nanny=True)
                 client.cancel(list(pending))
                 raise KeyboardInterrupt
             with suppress(TimeoutError):
@@ -157,6 +160,17 @@ def _gather(client, futures: list, columns: list[int], interrupted: list, progre
                     future.result()  # raises the task's error
                 bar.update(pending.pop(future))
     return client.gather(futures)
+
+
+def _quiet_dask_logs() -> None:
+    """Silence Dask's loggers in a worker (or nanny) process. After Ctrl-C, what its shutdown logs
+    is no news: warnings per cancelled task, and now and then a worker's heartbeat to the scheduler
+    that closed first, logged as an error with two tracebacks (seen at pyproject's lower bounds)."""
+    import logging
+
+    names = [name for name in logging.root.manager.loggerDict if name.partition(".")[0] == "distributed"]
+    for name in ["distributed", *names]:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _add(report: builder.BuildReport, parts: list[builder.BuildReport]) -> None:

@@ -115,7 +115,7 @@ def test_build_json_and_ls_json(run, sanity_dir):
 def test_errors_are_one_line_and_exit_2(run, tmp_path):
     result = run("build", "-d", "sanity", "-f", "svd:k=x", ok=False)
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["Error: in featurizer spec 'svd:k=x': 'x' is not a valid int"]
+    assert result.output.strip().splitlines() == ["Error: in featurizer spec 'svd:k=x': k takes an int, not 'x'"]
     result = run("ls", ok=False)
     assert result.exit_code == 2 and "no featstore at" in result.output and "Traceback" not in result.output
 

@@ -206,7 +206,7 @@ def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
             accepted = ", ".join(f"{k}={_format(v)}" for k, v in featurizer_.params.items()) or "none"
             raise SpecError(f"bad parameter {item!r} in featurizer spec {spec!r}; {head} accepts: {accepted} "
                             "(and dtype=float32|float16|bfloat16)")
-        params[key] = _coerce(raw, featurizer_.params[key], spec)
+        params[key] = _coerce(key, raw, featurizer_.params[key], spec)
     if stored not in STORED_DTYPES:
         raise SpecError(f"dtype {stored!r} in featurizer spec {spec!r}: use one of {', '.join(STORED_DTYPES)}")
     return BoundFeaturizer(featurizer_, params, stored)
@@ -226,7 +226,7 @@ def _signature_params(fn: Callable[..., Any], name: str) -> dict[str, Any]:
     return params
 
 
-def _coerce(raw: str, default: Any, spec: str) -> Any:
+def _coerce(key: str, raw: str, default: Any, spec: str) -> Any:
     try:
         if isinstance(default, bool):
             if raw.lower() not in {"true", "false", "1", "0"}:
@@ -234,7 +234,9 @@ def _coerce(raw: str, default: Any, spec: str) -> Any:
             return raw.lower() in {"true", "1"}
         return type(default)(raw)
     except ValueError:
-        raise SpecError(f"in featurizer spec {spec!r}: {raw!r} is not a valid {type(default).__name__}") from None
+        kind = "a bool (true or false)" if isinstance(default, bool) else f"an {type(default).__name__}" \
+            if isinstance(default, int) else f"a {type(default).__name__}"
+        raise SpecError(f"in featurizer spec {spec!r}: {key} takes {kind}, not {raw!r}") from None
 
 
 def _format(value: Any) -> str:

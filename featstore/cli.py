@@ -218,9 +218,13 @@ def ls(dataset, split, layers, featurizer, store, summary, as_json):
     if not rows:
         filters = [f"{flag} {value}" for flag, values in (("--split", [split]), ("--layers", layers),
                                                            ("--featurizer", [featurizer])) for value in values if value]
-        some = filters and any(c.rows for c in st.catalogs() if wanted in (None, c.dataset))
+        catalogs = st.catalogs()
+        some = filters and any(c.rows for c in catalogs if wanted in (None, c.dataset))
+        unknown = wanted and all(c.dataset != wanted for c in catalogs)  # a typo, or another store's dataset
         click.echo(f"no features{' of ' + wanted if wanted else ''} in {st.location}"
-                   + (f" match {' '.join(filters)}; `featstore ls --summary` lists what it holds" if some else ""), err=True)
+                   + (f" match {' '.join(filters)}; `featstore ls --summary` lists what it holds" if some else "")
+                   + (f" (it holds: {brief([c.dataset for c in catalogs]) or 'none'})"
+                      if unknown else ""), err=True)
         return
     if summary:
         _print_table([("dataset", "featurizer", "splits", "layers", "entries", "size", "removed", "last built")] + [

@@ -444,7 +444,8 @@ def test_ls_says_when_its_filters_match_nothing_the_store_holds(run, sanity_dir,
     out = run("ls", "--dataset", "sanity", "--layer", "layer_9*").output
     assert out.strip().endswith(f"no features of sanity in {store_dir} match --layers layer_9*; `featstore ls "
                                 "--summary` lists what it holds"), out
-    assert run("ls", "--dataset", "nothere").output.strip().endswith(f"no features of nothere in {store_dir}")
+    assert run("ls", "--dataset", "nothere").output.strip().endswith(f"no features of nothere in {store_dir} "
+                                                                     "(it holds: sanity)")
 
 
 def test_every_command_takes_a_layer_with_glob_characters_in_its_name_by_that_name(run, tmp_path, store_dir):

@@ -234,8 +234,8 @@ def _coerce(key: str, raw: str, default: Any, spec: str) -> Any:
             return raw.lower() in {"true", "1"}
         return type(default)(raw)
     except ValueError:
-        kind = "a bool (true or false)" if isinstance(default, bool) else f"an {type(default).__name__}" \
-            if isinstance(default, int) else f"a {type(default).__name__}"
+        kind = "a bool (true or false)" if isinstance(default, bool) else "an int" if isinstance(default, int) \
+            else "a float"  # a str default takes any value
         raise SpecError(f"in featurizer spec {spec!r}: {key} takes {kind}, not {raw!r}") from None
 
 
@@ -257,8 +257,7 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
         raise SpecError(f"{probe} failed: {e!r}") from e
     if not isinstance(out, torch.Tensor) or out.ndim < 1 or len(out) != 1:
         got = f"a tensor of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        fix = " (a NumPy array: return torch.from_numpy(a).to(x.device))" if hasattr(out, "__array__") \
-            and not isinstance(out, torch.Tensor) else ""
+        fix = " (a NumPy array: return torch.from_numpy(a).to(x.device))" if got == "ndarray" else ""
         raise SpecError(f"{probe} returned {got}; a featurizer must return a tensor with one row per input row{fix}")
     if not out.is_floating_point():  # features are stored as floats: say so before anything is computed
         raise SpecError(f"{probe} returned a {out.dtype} tensor; a featurizer must return a floating one "

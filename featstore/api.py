@@ -242,11 +242,15 @@ class FeatureSet:
     def row(self, layer: str, featurizer: str, split: str = "train") -> CatalogRow:
         """The catalog row for (split, layer, featurizer); errors list what exists."""
         self._check_split(split)
+        if featurizer in self.layers and layer not in self.layers and self._stores(layer):
+            raise NotFoundError(f"{featurizer!r} is a layer of {self.dataset!r} and {layer!r} is not: "
+                                "pass the layer first, then the featurizer")
         spec = self._match_featurizer(featurizer)
         if (split, layer, spec) in self._rows:
             return self._rows[(split, layer, spec)]
         if layer not in self.layers:
-            raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}; layers: {brief(self.layers)}")
+            hint = f" ({layer!r} is a featurizer, not a layer: pass it as the featurizer)" if self._stores(layer) else ""
+            raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}{hint}; layers: {brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them: "
                             f"{self._how_to_build(spec, layer)}")
 
@@ -356,6 +360,12 @@ class FeatureSet:
         words += [w for module in _modules_of(specs) for w in ("--import", module)]
         words += [w for spec in specs for w in ("--featurizer", spec)]
         return shlex.join(words + (["--layers", layer] if layer else []) + ["--store", self.store.location])
+
+    def _stores(self, spec: str) -> bool:
+        try:
+            return bool(self._match_featurizer(spec))
+        except NotFoundError:
+            return False
 
     def _match_featurizer(self, spec: str) -> str:
         """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""

@@ -204,6 +204,13 @@ def test_open_errors_list_what_exists(sanity_dir, store_dir):
         fs.load("layer_001", "no_such")
     with pytest.raises(NotFoundError, match=r"no split 'validation'.*splits: test, train"):
         fs.load("layer_001", "stats", split="validation")
+    # arguments swapped, or a featurizer passed as the layers: said so
+    with pytest.raises(NotFoundError, match=r"^'layer_001' is a layer of 'sanity' and 'stats' is not: pass the layer "
+                                            r"first, then the featurizer$"):
+        fs.load("stats", "layer_001")
+    with pytest.raises(NotFoundError, match=r"^no layer 'stats' in 'sanity' \('stats' is a featurizer, not a layer: "
+                                            r"pass it as the featurizer\); layers: layer_001, layer_002$"):
+        fs.load_many("stats", "stats")
     with pytest.raises(NotFoundError, match=r"holds no features of '1k' \(it holds: sanity\); build them first: featstore build --dataset 1k"):
         featstore.open("1k", store=store_dir)
     featstore.build("sanity", ["svd:k=4"], layers=["layer_001"], store=store_dir)  # of one layer of the two

@@ -187,6 +187,8 @@ class FeatureSet:
         self.catalog = catalog
         self._rows = {r.slot: r for r in catalog.rows}
         self._featurizers = sorted({r.featurizer for r in catalog.rows})
+        self._layers = sorted({r.layer for r in catalog.rows}, key=natural_key)  # sorted once: row() asks per call
+        self._known = frozenset(self._layers)
         self._release = weakref.finalize(self, _release, store, lease, os.getpid()) if lease else None
 
     def close(self) -> None:
@@ -216,7 +218,7 @@ class FeatureSet:
     @property
     def layers(self) -> list[str]:
         """The layers, numbers in their names in numeric order (`layers.2.mlp` before `layers.10.mlp`)."""
-        return sorted({r.layer for r in self.catalog.rows}, key=natural_key)
+        return list(self._layers)
 
     @property
     def featurizers(self) -> list[str]:
@@ -229,26 +231,26 @@ class FeatureSet:
     def layer_names(self, layers: str | Iterable[str]) -> list[str]:
         """`layers` with each glob (`*`, `?`, `[...]`, as `--layers` takes them) replaced by the
         layers it matches, in `self.layers`' order; a layer's own name stands for itself."""
-        known, out = self.layers, []
+        out = []
         for name in names(layers):
-            if name in known or not any(c in name for c in "*?["):
+            if name in self._known or not any(c in name for c in "*?["):
                 out.append(name)
-            elif matched := [layer for layer in known if layer_matches(layer, name)]:
+            elif matched := [layer for layer in self._layers if layer_matches(layer, name)]:
                 out += matched
             else:
-                raise NotFoundError(f"no layer of {self.dataset!r} matches {name!r}; layers: {brief(known)}")
+                raise NotFoundError(f"no layer of {self.dataset!r} matches {name!r}; layers: {brief(self._layers)}")
         return out
 
     def row(self, layer: str, featurizer: str, split: str = "train") -> CatalogRow:
         """The catalog row for (split, layer, featurizer); errors list what exists."""
         self._check_split(split)
-        if featurizer in self.layers and layer not in self.layers and self._stores(layer):
+        if featurizer in self._known and layer not in self._known and self._stores(layer):
             raise NotFoundError(f"{featurizer!r} is a layer of {self.dataset!r} and {layer!r} is not: "
                                 "pass the layer first, then the featurizer")
         spec = self._match_featurizer(featurizer)
         if (split, layer, spec) in self._rows:
             return self._rows[(split, layer, spec)]
-        if layer not in self.layers:
+        if layer not in self._known:
             hint = f" ({layer!r} is a featurizer, not a layer: pass it as the featurizer)" if self._stores(layer) else ""
             raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}{hint}; layers: {brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them: "

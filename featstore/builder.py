@@ -294,6 +294,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
 
         writes: deque = deque()
         writing = threading.Lock()  # compute lanes write too
+        counts: Counter = Counter()  # entries finished, by status
 
         def write(info: EntryInfo, out: np.ndarray) -> None:
             # Small entries are bound by per-entry costs (fsync, rename), so several are written at
@@ -307,8 +308,9 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             entries, unit_rows = built.result()
             report.entries.extend(entries)
             rows.extend(unit_rows)
+            counts.update(e.status for e in entries)  # not report.computed: a sum over every entry so far
             if not bar.disable:
-                bar.set_postfix(computed=report.computed, reused=report.reused, refresh=False)
+                bar.set_postfix(computed=counts["computed"], reused=counts["reused"], refresh=False)
             bar.update()
 
         def settle(running_limit: int) -> None:

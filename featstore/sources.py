@@ -56,6 +56,7 @@ class Split:
                  file_tables: list[pa.Table] | None = None, file_rows: list[int] | None = None):
         self._data = data
         self.schema = schema
+        self._names = frozenset(schema.names)  # asked per catalog row: 4,000 in a 1,000-layer dataset
         self.num_rows = num_rows
         self.label_names = label_names  # class names: of a ClassLabel column, or a text one's vocabulary
         self.label_vocabulary: list[str] | None = None  # a text label column's values, sorted: set by load_source
@@ -108,6 +109,9 @@ class Split:
     def column_names(self) -> list[str]:
         return list(self.schema.names)
 
+    def has_column(self, name: str) -> bool:
+        return name in self._names
+
     def _table(self, name: str, files: list[str] | None = None):
         """The table to read column `name` from: of all the split's files, or (parquet) of `files`."""
         if isinstance(self._data, list):
@@ -126,7 +130,7 @@ class Split:
 
     def has_labels(self, column: str | None) -> bool:
         """Whether this split has the label column: a split may have none (an unlabelled test set)."""
-        return column is not None and column in self.column_names
+        return column is not None and self.has_column(column)
 
     def labels(self, column: str) -> np.ndarray:
         """The label column as int64 class ids, one per row: a ClassLabel or integer column, floats
@@ -226,7 +230,7 @@ class Source:
         dataset", "split empty in the dataset", "layer gone from the dataset"), or "" if it has."""
         if split not in self.splits:
             return "split empty in the dataset" if split in self.empty else "split gone from the dataset"
-        return "" if column in self.splits[split].column_names else f"{kind} gone from the dataset"
+        return "" if self.splits[split].has_column(column) else f"{kind} gone from the dataset"
 
     def gone(self, rows) -> dict[tuple[str, str, str], str]:
         """The catalog `rows` (by slot) whose column this dataset no longer has, with why."""

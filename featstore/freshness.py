@@ -260,9 +260,9 @@ def status_against_lock(source: Source, lock: dict, progress: bool = False) -> S
     report = StatusReport(source.name)
     locked_columns, locked_entries = lock["columns"], lock["entries"]
     for split in sorted(set(source.splits) | set(locked_columns)):
-        layers = source.layers if split in source.splits else []
+        layers = set(source.layers) if split in source.splits else set()
         locked = [layer for layer in locked_columns.get(split, {}) if source.wants(layer)]
-        for layer in sorted(set(layers) | set(locked)):
+        for layer in sorted(layers | set(locked)):
             here = layer in layers
             gone = "" if here else source.missing(split, layer)
             if not here and not gone:  # in the data, but not a column this status looks at

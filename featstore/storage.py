@@ -5,8 +5,10 @@ these few primitives (`fsspec_storage.FsspecStorage` does, for any fsspec URL). 
 `LocalStorage`:
 - `write_bytes` replaces a file atomically (temporary name, fsync, rename): readers see the old or
   the new content, never a mix; a crash leaves the old one.
-- `publish` moves a fully written, fsynced staging directory to its final name in one rename, and
-  only if nothing is there yet (create-only): a crash before it leaves nothing visible.
+- `publish` moves a fully written staging directory (its files and the directory itself fsynced)
+  to its final name in one rename, and only if nothing is there yet (create-only), then fsyncs
+  the parent: a crash before the rename leaves nothing visible, a power cut after it no entry
+  that lacks a file.
 - `delete` of a directory first renames it out of sight (under `trash/`), so it vanishes at once.
 - `lock` is an advisory lock (flock) that the kernel releases when its process dies, however it
   dies: a killed build never leaves the store locked.
@@ -178,7 +180,8 @@ class LocalStorage(Storage):
         self.put(f"{staging}/{metadata[0]}", metadata[1])
         src, dst = self._path(staging), self._path(final)
         crash_point()
-        with io_errors(dst):  # the files are fsynced already (`put`)
+        with io_errors(dst):  # the files are fsynced already (`put`); their names, in the directory, next
+            _fsync_dir(src)  # else a power cut could leave the published entry without some of its files
             dst.parent.mkdir(parents=True, exist_ok=True)
             crash_point()
             try:

@@ -59,6 +59,28 @@ def test_entries_roundtrip_and_publish_is_create_only(store_url):
     assert Store.open(store_url).has_entry(key)  # a second handle sees it
 
 
+def test_a_local_entry_is_durable_before_it_is_published(tmp_path, monkeypatch):
+    """Every file of an entry and the directory naming them are fsynced before the rename that
+    publishes it, and the directory it lands in after: what a power cut cannot undo."""
+    import os
+
+    events, fsync, rename = [], os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda src, dst: (events.append(("rename", str(src), str(dst))),
+                                                        rename(src, dst))[1])
+    store = Store.open(str(tmp_path / "store"), create=True)
+    values = np.arange(64, dtype=np.float32).reshape(8, 8)
+    events.clear()
+    assert store.write_entry(entry_info(values, "ab" * 16), values)
+    [(at, (_, staging, final))] = [(i, e) for i, e in enumerate(events) if e[0] == "rename"]
+    synced_before = {path for kind, path in events[:at] if kind == "fsync"}
+    files = sorted(os.listdir(final))
+    assert "zarr.json" in files and len(files) >= 2  # metadata and a chunk
+    assert {f"{staging}/{name}" for name in files} | {staging} <= synced_before
+    assert ("fsync", os.path.dirname(final)) in events[at + 1:]
+
+
 def test_create_only_writes_hold_on_a_filesystem_whose_pipe_file_ignores_mode():
     """fsspec before 2024.12 took pipe_file(..., mode="create") and overwrote the file: a backend
     whose pipe_file has no `mode` gets the exists-then-write fallback, never a silent overwrite."""

@@ -14,6 +14,7 @@ its identity), so `status --lock` can say what a change invalidates on a machine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ import numpy as np
 
 from featstore.builder import LABELS_IDENTITY, check_names, check_output, extends, why_stale
 from featstore.digest_cache import cached_digests, column_digest, known_layouts
-from featstore.errors import FeatstoreError, SpecError
+from featstore.errors import FeatstoreError, SpecError, StoreError
 from featstore.featurizers import BoundFeaturizer, import_modules, is_yours, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
 from featstore.manifest import Catalog, CatalogRow
@@ -184,13 +185,26 @@ def _label_slots(source: Source, catalog: Catalog | None, store: Store) -> list[
     for split_name, split in source.splits.items():
         if not split.has_labels(source.label_column):  # an unlabelled split: a labels slot only if it had some
             continue
-        key, size = labels_key(split, source.label_column)
+        values = split.labels(source.label_column)
+        key, size = entry_key(array_digest(values), LABELS_IDENTITY), values.nbytes
         served, stored = catalog.splits.get(split_name) if catalog else None, store.has_entry(key)
         state, reason = ((("fresh", "") if stored else ("missing", ENTRY_REMOVED)) if served and served.labels == key
-                         else ("stale", "labels changed") if served and served.labels
+                         else ("stale", _labels_change(values, served, store)) if served and served.labels
                          else ("missing", NOT_CATALOGUED if stored else "not built"))
         out.append(SlotStatus(split_name, source.label_column, "labels", state, reason, key, size, stored))
     return out
+
+
+def _labels_change(values: np.ndarray, served, store: Store) -> str:
+    """Why a split's labels are stale: `N rows appended to M` where the catalogued labels (of
+    `served`, M rows) begin the current ones, as appended features are said to; else `labels
+    changed` (edited, or renumbered by a new class)."""
+    old = served.rows
+    if len(values) > old and store.has_entry(served.labels):
+        with contextlib.suppress(StoreError):  # unreadable: say no more than that they changed
+            if np.array_equal(store.read_entry(served.labels), values[:old]):
+                return f"{len(values) - old} rows appended to {old}"
+    return "labels changed"
 
 
 def labels_key(split, column: str) -> tuple[str, int]:

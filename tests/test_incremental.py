@@ -749,3 +749,26 @@ def test_changed_labels_make_the_labels_slot_stale(sanity_dir, store_dir):
     featstore.build("sanity", ["stats"], store=store_dir)
     assert featstore.status("sanity", store=store_dir).fresh
     np.testing.assert_array_equal(featstore.open("sanity", store=store_dir).labels("test").numpy(), test["category_label"])
+
+
+def test_labels_of_appended_rows_are_said_to_be_appended(tmp_path, store_dir):
+    """Not `labels changed`, which reads as if the old rows' labels had: they are as they were."""
+    rng = np.random.default_rng(0)
+    w, y = rng.standard_normal((60, 4, 4)).astype(np.float32), np.arange(60) % 3
+    features = datasets.Features({"w": datasets.Array2D((4, 4), "float32"), "category_label": datasets.ClassLabel(3)})
+
+    def save(rows: int, labels=y):
+        datasets.Dataset.from_dict({"w": w[:rows], "category_label": labels[:rows]}, features=features).save_to_disk(
+            str(tmp_path / "new"))
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        os.rename(tmp_path / "new", tmp_path / "d")
+        return str(tmp_path / "d")
+
+    path = save(50)
+    featstore.build(path, ["stats"], store=store_dir)
+    path = save(60)
+    assert {(s.featurizer, s.reason) for s in featstore.status(path, store=store_dir).slots if s.state != "fresh"} == {
+        ("stats", "10 rows appended to 50"), ("labels", "10 rows appended to 50")}
+    path = save(60, np.where(np.arange(60) == 7, 2, y))  # one old row's label edited
+    assert [s.reason for s in featstore.status(path, store=store_dir).slots if s.featurizer == "labels"] == [
+        "labels changed"]

@@ -554,6 +554,7 @@ def forget(dataset, splits, layers, featurizers, dry_run, store, as_json):
 
 @main.command(name="featurizers")
 @click.argument("specs", nargs=-1, metavar="[SPEC]...")
+@_import_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: name, params, version, code, per_row, doc.")
 def featurizers_cmd(specs, as_json):
     """List the featurizers: built-ins, entry-point plugins, with parameters and docs; or only
@@ -565,6 +566,7 @@ def featurizers_cmd(specs, as_json):
     Spec syntax: NAME[:key=value,...] or module.path:function[:key=value,...]; every spec also
     takes dtype=float32|float16|bfloat16. Add your own with @featstore.featurizer("name").
       featstore featurizers feats:mine        # is it found, what does it take, what is its version
+      featstore featurizers --import feats    # every featurizer, those feats registers by name too
     """
     from featstore.featurizers import BoundFeaturizer, available, parse_spec
 

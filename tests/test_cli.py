@@ -283,6 +283,10 @@ def test_status_of_a_users_featurizer_names_how_to_check_it(sanity_dir, store_di
     lockfile = str(project / "f.lock")
     locked = featstore_in(project, "lock", "-d", "sanity", "--import", "labmod", "-l", "layer_000", "-o", lockfile)
     assert locked.returncode == 0 and json.loads((project / "f.lock").read_text())["modules"] == ["labmod"]
+    # and `featurizers` lists it among the built-ins
+    listed = featstore_in(project, "featurizers", "--import", "labmod")
+    assert listed.returncode == 0 and "\ntest_labtrace  (no parameters; version code:" in listed.stdout, listed.stderr
+    assert "\nsvd  (k=16" in listed.stdout and "test_labtrace" not in featstore_in(project, "featurizers").stdout
 
 
 def test_featurizers_describes_a_users_own_by_module_path(run, tmp_path, monkeypatch):

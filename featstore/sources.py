@@ -10,6 +10,7 @@ so memory stays bounded by one column whatever the file size.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import logging
@@ -392,7 +393,15 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
         # not a Hub id ('name' or 'org/name', no leading dot): a path that is not there
         raise DatasetError(f"--dataset {text!r}: no such file or directory (nor a preset: "
                            f"{', '.join(presets.PRESETS)})")
+    if "/" not in text and (same := [p for p in (*presets.PRESETS, *presets.ALIASES) if p.lower() == text.lower()]):
+        raise DatasetError(f"--dataset {text!r} is no preset: preset names are lower case, did you mean {same[0]!r}?")
     return _open_hub(text, label_column)
+
+
+def _near_preset(name: str) -> str:
+    """' (did you mean the preset X?)' for a name close to a preset's, else ''."""
+    close = difflib.get_close_matches(name.lower(), [*presets.PRESETS, *presets.ALIASES], n=1, cutoff=0.7)
+    return f" (did you mean the preset {close[0]!r}?)" if close else ""
 
 
 def _open_saved(path: Path, label_column: str) -> dict[str, Split | None]:
@@ -525,7 +534,7 @@ def _open_hub(name: str, label_column: str) -> dict[str, Split]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatasetError(
             f"--dataset {name!r} is not a preset ({', '.join(presets.PRESETS)}), nor an existing path, "
-            f"and loading it from the Hugging Face Hub failed: {reason}. Check the name, the network, "
+            f"and loading it from the Hugging Face Hub failed: {reason}. Check the name{_near_preset(name)}, the network, "
             "or HF_HUB_OFFLINE; or pass a local path"
         ) from e
     if isinstance(loaded, datasets.Dataset):

@@ -156,6 +156,19 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetError, match=r"'someone/adapters' is not a preset .* Hugging Face Hub failed"):
         load_source("someone/adapters")
+    with pytest.raises(DatasetError, match=r"Hub failed: .*\. Check the name \(did you mean the preset 'sanity'\?\), "):
+        load_source("santy")  # a Hub id all the same: asked, then the near preset named
+    with pytest.raises(DatasetError, match=r"Hub failed: .*\. Check the name, the network"):
+        load_source("imdb")
+
+
+@pytest.mark.parametrize(("name", "preset"), [("1K", "1k"), ("Sanity", "sanity"), ("SANITY_CHECK_DATASET",
+                                                                                 "sanity_check_dataset")])
+def test_a_preset_name_in_other_case_is_not_looked_up_on_the_hub(name, preset, monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(DatasetError, match=rf"^--dataset '{name}' is no preset: preset names are lower case, did you "
+                                           rf"mean '{preset}'\?$"):
+        load_source(name)
 
 
 @pytest.mark.parametrize("name", ["./adapters_v2", "/no/such/dir", "runs/2026/adapters", "~/no_such_dir", "x.parquet"])

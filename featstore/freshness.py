@@ -186,7 +186,7 @@ def _label_slots(source: Source, catalog: Catalog | None, store: Store) -> list[
         if not split.has_labels(source.label_column):  # an unlabelled split: a labels slot only if it had some
             continue
         values = split.labels(source.label_column)
-        key, size = entry_key(array_digest(values), LABELS_IDENTITY), values.nbytes
+        key, size = labels_key(values)
         served, stored = catalog.splits.get(split_name) if catalog else None, store.has_entry(key)
         state, reason = ((("fresh", "") if stored else ("missing", ENTRY_REMOVED)) if served and served.labels == key
                          else ("stale", _labels_change(values, served, store)) if served and served.labels
@@ -207,9 +207,8 @@ def _labels_change(values: np.ndarray, served, store: Store) -> str:
     return "labels changed"
 
 
-def labels_key(split, column: str) -> tuple[str, int]:
+def labels_key(values: np.ndarray) -> tuple[str, int]:
     """(the entry key of a split's labels, their bytes): the int64 labels keyed like any entry."""
-    values = split.labels(column)
     return entry_key(array_digest(values), LABELS_IDENTITY), values.nbytes
 
 
@@ -237,7 +236,7 @@ def make_lock(source: Source, featurizers: tuple[BoundFeaturizer, ...], store: S
         "columns": {s: {layer: digests[(s, layer)] for layer in source.layers} for s in source.splits},
         "entries": {s: {layer: {f.spec: entry_key(digests[(s, layer)], f.identity) for f in featurizers}
                         for layer in source.layers} for s in source.splits},
-        "labels": {"column": source.label_column, "entries": {s: labels_key(split, source.label_column)[0]
+        "labels": {"column": source.label_column, "entries": {s: labels_key(split.labels(source.label_column))[0]
                                                               for s, split in source.splits.items()
                                                               if split.has_labels(source.label_column)}}
         if source.label_column else None,
@@ -316,7 +315,7 @@ def _locked_label_slots(source: Source, locked: dict | None) -> list[SlotStatus]
             if split in then:
                 out.append(SlotStatus(split, column, "labels", "stale", gone, "", 0))
             continue
-        key, size = labels_key(source.splits[split], column)
+        key, size = labels_key(source.splits[split].labels(column))
         state, reason = (("missing", "not in the lockfile") if split not in then
                          else ("fresh", "") if then[split] == key else ("stale", "labels changed"))
         out.append(SlotStatus(split, column, "labels", state, reason, key, size))

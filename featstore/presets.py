@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -130,6 +131,10 @@ def ensure(name: str, out: Path | None = None, progress: bool = False) -> Path:
     """Path of preset `name` saved on disk, generating it first if it is not there yet."""
     out = Path(out) if out else default_dir(name)
     if not (out / "dataset_dict.json").exists():
+        if progress:  # the first use of a preset takes a while (1k: ~25 s on 2 cores): say why, once
+            preset = get(name)
+            print(f"generating preset {preset.name} ({preset.description}, {_size(preset.nbytes)}) in {out}, once",
+                  file=sys.stderr, flush=True)
         make(name, out, progress=progress)
     return out
 

@@ -217,6 +217,17 @@ def test_real_subprocess_build_ls_and_offline_hub(sanity_dir, store_dir, featsto
     assert "Hugging Face Hub failed" in hub.stderr and "Traceback" not in hub.stderr
 
 
+def test_the_first_use_of_a_preset_says_it_is_generating_it_once(tmp_path, store_dir):
+    home = tmp_path / "fresh-home"
+    env = dict(os.environ, FEATSTORE_STORE=store_dir, FEATSTORE_HOME=str(home), HF_HUB_OFFLINE="1")
+    first = _featstore("build", "-d", "sanity", "-f", "stats", env=env)  # a log, not a terminal: no bar
+    assert first.returncode == 0 and (home / "datasets" / "sanity" / "dataset_dict.json").exists(), first.stderr
+    assert first.stderr.splitlines()[0] == (f"generating preset sanity (320 rows x 8 layers of 16x16 float32, 2.6 MB) "
+                                            f"in {home / 'datasets' / 'sanity'}, once")
+    again = _featstore("status", "-d", "sanity", env=env)
+    assert again.returncode == 0 and "generating" not in again.stderr
+
+
 def test_installed_command_finds_a_featurizer_module_in_the_current_directory(sanity_dir, store_dir, tmp_path,
                                                                               featstore_home):
     (tmp_path / "labfeats.py").write_text("def diag(x):\n    return x.diagonal(dim1=1, dim2=2)\n")

@@ -363,11 +363,9 @@ class FeatureSet:
         words += [w for spec in specs for w in ("--featurizer", spec)]
         return shlex.join(words + (["--layers", layer] if layer else []) + ["--store", self.store.location])
 
-    def _stores(self, spec: str) -> bool:
-        try:
-            return bool(self._match_featurizer(spec))
-        except NotFoundError:
-            return False
+    def _stores(self, name: str) -> bool:
+        """Whether `name` is a catalogued spec or featurizer name (nothing parsed, nothing imported)."""
+        return any(name in (spec, spec.partition(":")[0]) for spec in self._featurizers)
 
     def _match_featurizer(self, spec: str) -> str:
         """An exact catalogued spec; else the canonical form of `spec`; else the one spec of that name."""

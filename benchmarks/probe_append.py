@@ -27,7 +27,7 @@ from bench_incremental import (  # benchmarks/ is on sys.path: the script's fold
 )
 
 import featstore
-from featstore import builder
+from featstore import builder, planning
 from featstore.store import Store
 
 EVENTS: list[tuple[str, str, float, float]] = []  # (thread, phase, start, end)
@@ -105,7 +105,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     builder._timed = _recorded
     builder._build_unit = _span(builder._build_unit, "unit")
-    builder.plan = _span(builder.plan, "plan*")
+    planning.plan = _span(planning.plan, "plan*")
     Store.read_entry = _span(Store.read_entry, "read_old")
     Store.write_entry = _span(Store.write_entry, "write_entry")
     out: list[str] = [f"probe_append: 1k, {os.cpu_count()} cores, featurizers {FEATURIZERS}"]

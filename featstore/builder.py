@@ -1,8 +1,6 @@
-"""Build features: plan (check everything), then execute as a bounded pipeline.
+"""Build features: execute a checked plan (`planning.plan`) as a bounded pipeline.
 
-`plan` checks every chosen column (shape, dtype, nulls, raggedness: offsets and validity bitmaps
-only) and every featurizer's output shape, so a bad column or featurizer fails before the store
-changes. `execute` streams the (split, layer) columns through threads that hash each column
+`execute` streams the (split, layer) columns through threads that hash each column
 straight from its Arrow buffers (unless the digest cache vouches for it: `digest_cache`) and,
 only if the store lacks one of its entries, copy it out (pinned for a GPU); the missing entries
 are computed (`compute`: on a GPU by the main thread; on the CPU by compute lanes, a column per
@@ -27,23 +25,15 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from featstore import device as devices
-from featstore.columns import ColumnLayout, join_parts
+from featstore.columns import join_parts
 from featstore.compute import compute
-from featstore.digest_cache import cached_digests, known_layouts, updated_digests
-from featstore.errors import ColumnError, DatasetError, FeatstoreError, FeaturizerError
-from featstore.featurizers import BoundFeaturizer, is_yours
-from featstore.identity import changed_parts
+from featstore.digest_cache import cached_digests, updated_digests
+from featstore.errors import FeaturizerError
+from featstore.featurizers import is_yours
 from featstore.interrupts import deferred_ctrl_c, waited
-from featstore.keys import (
-    KEY_VERSION,
-    array_digest,
-    check_name,
-    column_digests,
-    dataset_slug,
-    entry_key,
-    featurizer_identity,
-)
+from featstore.keys import array_digest, column_digests, dataset_slug, entry_key
 from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
+from featstore.planning import LABELS_IDENTITY, BuildPlan, Unit, extends, why_stale
 from featstore.progress import progress_bar
 from featstore.sources import Source
 from featstore.store import Store
@@ -51,8 +41,6 @@ from featstore.svdvals import prefetch_triton
 
 log = logging.getLogger(__name__)
 
-# Labels are stored as an entry like any other, keyed by this pseudo-featurizer.
-LABELS_IDENTITY = featurizer_identity("labels", {}, "1")
 PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 COMPUTE_BYTES = 1 << 30  # columns (as float32) being computed at once on the CPU, at most
 # A GPU computes the splits of one layer in one call per featurizer while they fit in this: a
@@ -66,25 +54,6 @@ JOIN_BYTES = 256 << 20
 WRITERS = 0
 LOCK_TIMEOUT = 600  # seconds a build waits for a running gc
 PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One (split, layer) column of the build and what it holds."""
-
-    split: str
-    layer: str
-    layout: ColumnLayout
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    source: Source
-    featurizers: tuple[BoundFeaturizer, ...]
-    units: tuple[Unit, ...]  # layer by layer, each layer's splits together
-    seconds: float  # spent checking
-    labels: dict[str, ColumnLayout] = field(default_factory=dict)  # split -> its label column
-    cache: tuple | None = None  # cached_digests() taken before the plan read any column
 
 
 @dataclass
@@ -163,66 +132,6 @@ class BuildReport:
         }
 
 
-def plan(source: Source, featurizers: tuple[BoundFeaturizer, ...], cache: tuple | None = None,
-         started: float | None = None) -> BuildPlan:
-    """Check every chosen column of every split and every featurizer's output shape for it.
-    Raises (naming the column, row or featurizer) before anything is written; copies no values.
-    `cache` is `cached_digests(store, source)`, taken before any column is read: a column whose
-    split's files it vouches for is not read again (a build checked it), and `execute` keeps it,
-    so that what the build learns is cached with the files' stats from before it read them.
-    `started`: when planning began, if before `cache` was taken (it may hash changed files)."""
-    started = started or time.perf_counter()
-    checked = known_layouts(cache)
-    if not featurizers:
-        raise FeatstoreError("no featurizers requested")
-    check_names(source)
-    units = []
-    for layer in source.layers:
-        for split_name, split in source.splits.items():
-            layout = checked.get((split_name, layer))
-            if layout is None:
-                layout = split.layout(layer)
-                split.release()  # what the check paged in (list offsets, and read-ahead around them)
-            for f in featurizers:
-                check_output(f, layer, split_name, layout.value_shape)
-            units.append(Unit(split_name, layer, layout))
-    labels = {}  # split -> its label column's layout, for the digest cache
-    for split_name, split in source.splits.items():
-        if split.has_labels(source.label_column):
-            layout = checked.get((split_name, source.label_column))
-            if layout is None:
-                try:
-                    split.labels(source.label_column)  # class ids, or an error now: before anything is written
-                except DatasetError as e:
-                    raise DatasetError(f"split {split_name}: {e}") from None
-                # text labels have no tensor layout to cache: every build encodes them again
-                layout = None if split.label_vocabulary else split.layout(source.label_column)
-            if layout is not None:
-                labels[split_name] = layout
-    return BuildPlan(source, tuple(featurizers), tuple(units), time.perf_counter() - started, labels, cache)
-
-
-def check_names(source: Source) -> None:
-    """The error a build stops with where a split or chosen layer has a name the store cannot
-    record (`keys.check_name`): `status` and `lock` stop with it too."""
-    for kind, names in (("split", source.splits), ("layer", source.layers)):
-        for name in names:
-            try:
-                check_name(kind, name)
-            except ValueError as e:
-                other = " (or choose the other layers with --layers GLOB)" if kind == "layer" else ""
-                raise ColumnError(f"{e}{other}") from None
-
-
-def check_output(f: BoundFeaturizer, layer: str, split: str, value_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """`f`'s output shape for rows of `value_shape`, or the error a build stops with, naming the
-    column (`svd` of a vector column, `svd:k=0`)."""
-    try:
-        return f.output_shape(value_shape)
-    except FeatstoreError as e:
-        raise type(e)(f"featurizer {f.spec} cannot use column {layer!r} (split {split}): {e}") from e
-
-
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
             rehash: bool = False, commit: bool = True) -> BuildReport:
     """Compute and publish what the store lacks, then update the dataset's catalog.
@@ -242,13 +151,6 @@ def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress:
             commit_catalog(build_plan, store, report)
     report.seconds["total"] = time.perf_counter() - started + build_plan.seconds
     return report
-
-
-def extends(old: CatalogRow | None, f: BoundFeaturizer, rows: int) -> bool:
-    """Whether a column of `rows` rows may extend the rows catalogued entry `old` was computed
-    from: per-row featurizer, same identity, fewer rows. Whether those rows are a byte-identical
-    prefix is checked while hashing (the prefix digest must be `old.input_digest`)."""
-    return bool(old and old.shape and f.featurizer.per_row and old.identity == f.identity and 0 < old.shape[0] < rows)
 
 
 def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, rehash: bool,
@@ -434,27 +336,6 @@ def commit_finished(build_plan: BuildPlan, store: Store, report: BuildReport) ->
     except Exception as e:  # noqa: BLE001 (the disk may be full: the build's error says so)
         log.warning("could not catalogue the %d entries the build finished (%s); the next build reuses them, "
                     "unless a gc runs before it", len(report.rows), e)
-
-
-def why_stale(old: CatalogRow, input_digest: str, identity: dict) -> str:
-    """Why the catalogued `old` entry is not the one for `input_digest` and `identity`: the changes,
-    joined with "; " (input bytes, featurizer code, params, version, format), or "" if it is."""
-    if old.key == entry_key(input_digest, identity):
-        return ""
-    reasons = []
-    if old.input_digest != input_digest:
-        reasons.append("input bytes changed")
-    then = old.identity
-    if then.get("params") != identity["params"]:
-        reasons.append("params changed")
-    if then.get("version") != identity["version"]:
-        code = str(then.get("version", "")).startswith("code:") and identity["version"].startswith("code:")
-        names = changed_parts(then.get("code"), identity.get("code"))
-        reasons.append(("featurizer code changed" + (f" ({', '.join(names)})" if names else ""))
-                       if code else "version changed")
-    if not reasons:  # the same input and identity under another key: the key scheme itself changed
-        reasons.append(f"format changed (key version {KEY_VERSION})")
-    return "; ".join(reasons)
 
 
 def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, CatalogRow]:

@@ -2,7 +2,7 @@
 `--scheduler tcp://host:8786` (an existing one), or `--devices cuda:0,cuda:1` (a LocalCluster of
 one worker per device, each computing on its own).
 
-The client checks the whole build (`builder.plan`) and commits the catalog; each task builds a
+The client checks the whole build (`planning.plan`) and commits the catalog; each task builds a
 group of layers (every split and featurizer of them; ~4 tasks per worker) on a worker: it reads
 its columns, computes and publishes the entries straight to the shared store (`builder.execute`
 without its commit). Entries are content-addressed and published create-only, so a task that Dask
@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext, suppress
 from typing import Any
 
-from featstore import builder
+from featstore import builder, planning
 from featstore import device as devs
 from featstore.digest_cache import cached_digests
 from featstore.errors import FeatstoreError
@@ -57,7 +57,7 @@ def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | Non
                              "there, or a value the client's script set at run time); install the same code "
                              "where the workers run, and pass run-time values as featurizer parameters")
     source = load_source(dataset, tuple(glob.escape(layer) for layer in layers), label_column)
-    return builder.execute(builder.plan(source, bound), Store.open(location), _worker_device or device,
+    return builder.execute(planning.plan(source, bound), Store.open(location), _worker_device or device,
                            rehash=rehash, commit=False)
 
 
@@ -98,7 +98,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     modules = tuple(sorted(set(filter(None, homes.values()))))
     source = load_source(dataset, layers, label_column, progress=progress, default_label=default_label)
     started = time.perf_counter()
-    build_plan = builder.plan(source, bound)  # every check first, on the client
+    build_plan = planning.plan(source, bound)  # every check first, on the client
     store = Store.open(location, create=True)
     report = builder.BuildReport(source.name, store.location, device)
     report.cache = cached_digests(store, source, rehash)

@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from featstore.builder import LABELS_IDENTITY, check_names, check_output, extends, why_stale
 from featstore.digest_cache import cached_digests, column_digest, known_layouts
 from featstore.errors import FeatstoreError, SpecError, StoreError
 from featstore.featurizers import BoundFeaturizer, import_modules, is_yours, parse_spec
 from featstore.keys import KEY_VERSION, array_digest, canonical_json, entry_key
 from featstore.manifest import Catalog, CatalogRow
+from featstore.planning import LABELS_IDENTITY, check_names, check_output, extends, why_stale
 from featstore.progress import counted
 from featstore.sources import Source
 from featstore.store import Store

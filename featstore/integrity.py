@@ -98,7 +98,7 @@ def _how_many(n: int, fraction: float) -> int:
 def _recompute(store: Store, dataset: str, row, report: VerifyReport, module: str | None) -> None:
     """Compute `row` again from its dataset on the CPU and compare with what the store holds;
     `module`: the one that registered its featurizer, when it is the user's."""
-    from featstore import builder, device
+    from featstore import device, planning
     from featstore.compute import compute
     from featstore.digest_cache import column_digest
     from featstore.featurizers import parse_spec
@@ -114,7 +114,7 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport, module: st
             " (one of yours registered by name: `featstore verify --import` its module)"
         report.skipped[row.key] = f"{what}: cannot load it: {e}{yours}"
         return
-    why = builder.why_stale(row, column_digest(split, row.layer).digest, f.identity)
+    why = planning.why_stale(row, column_digest(split, row.layer).digest, f.identity)
     if why:
         report.skipped[row.key] = f"{what}: stale ({why}), nothing to compare with"
         return

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from featstore.api import FeatureSet, names
 from featstore.api import open as open_store
 from featstore.device import from_stored
 from featstore.errors import StoreError
+from featstore.featureset import FeatureSet, names
 from featstore.store import Store
 
 
@@ -71,7 +71,7 @@ class FeatureDataset(Dataset):
         self._labels = self._view.catalog.splits[split].labels
         self.label_names = self._view.label_names  # class id -> name, or None (labels without names)
         self._rows = self._view.catalog.splits[split].rows
-        self._rebuild = self._view._how_to_build(sorted({spec for _, spec in self.columns}))  # for a missing entry
+        self._rebuild = self._view.how_to_build(sorted({spec for _, spec in self.columns}))  # for a missing entry
         self._data: tuple[list[torch.Tensor], torch.Tensor | None] | None = None
 
     def __getstate__(self) -> dict:  # what a DataLoader worker receives: no handle, no lease, no data

@@ -461,12 +461,12 @@ def test_in_place_rewrite_of_the_same_size_is_detected(tmp_path, store_dir):
 
 @pytest.mark.parametrize("after", ["mapping", "plan"])
 def test_a_file_replaced_while_a_build_runs_is_hashed_again_next_time(tmp_path, store_dir, monkeypatch, after):
-    from featstore import builder, sources
+    from featstore import planning, sources
 
     path = save_layers(tmp_path / "d", layers_of(1))
     new = layers_of(1, seed=1)
     save_layers(tmp_path / "new", new)
-    module, name = (sources, "_read_arrow") if after == "mapping" else (builder, "plan")
+    module, name = (sources, "_read_arrow") if after == "mapping" else (planning, "plan")
     real = getattr(module, name)
 
     def then_replace(*args, **kwargs):  # the dataset is re-saved once the build has mapped / checked it

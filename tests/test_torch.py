@@ -50,7 +50,7 @@ def test_load_to_the_gpu(built, monkeypatch):
     featstore.build("sanity", ["stats:dtype=bfloat16", "stats:dtype=float16"], store=built)
     fs = featstore.open("sanity", store=built)
     for pin in (1 << 40, 0):  # small loads copy from ordinary memory, large ones through pinned memory
-        monkeypatch.setattr(featstore.api, "PIN_BYTES", pin)
+        monkeypatch.setattr(featstore.featureset, "PIN_BYTES", pin)
         on_gpu = fs.load("layer_002", "svd:k=4", device="cuda", rows=slice(3, 30))
         assert on_gpu.is_cuda
         torch.testing.assert_close(on_gpu.cpu(), fs.load("layer_002", "svd:k=4")[3:30], rtol=0, atol=0)

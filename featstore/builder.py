@@ -7,7 +7,7 @@ are computed (`compute`: on a GPU by the main thread; on the CPU by compute lane
 core); writer threads publish them, each atomically; the dataset's
 catalog is written last, with the columns that finished even when a later one fails. A few
 columns are in flight at a time, so memory stays bounded by a few columns: memory-mapped pages
-are released every 64 MB of columns read (sources.RELEASE_BYTES).
+are released every 64 MB of columns read (split.RELEASE_BYTES).
 """
 
 from __future__ import annotations

@@ -387,14 +387,15 @@ def test_gpu_build_computes_tritons_cache_key_once_in_its_prefetch_thread(sanity
 
 def _count_hashing(monkeypatch, per_file=None):
     """Record the columns a build hashes whole; with `per_file`, the (file, column) it hashes alone."""
-    from featstore import builder, sources
+    from featstore import builder
+    from featstore.split import Split
 
     calls = []
     real = builder.column_digests
     monkeypatch.setattr(builder, "column_digests", lambda *a: calls.append(1) or real(*a))
     if per_file is not None:
-        real_file = sources.Split.file_digest
-        monkeypatch.setattr(sources.Split, "file_digest",
+        real_file = Split.file_digest
+        monkeypatch.setattr(Split, "file_digest",
                             lambda self, i, name: per_file.append((i, name)) or real_file(self, i, name))
     return calls
 

@@ -152,7 +152,7 @@ def test_mapped_pages_are_let_go_of_every_release_bytes_and_fault_back_in(tmp_pa
     features = datasets.Features({name: datasets.Array2D((32, 32), "float32") for name in "abc"})
     datasets.Dataset.from_dict(dict.fromkeys("abc", values), features=features).save_to_disk(str(tmp_path / "saved"))
     split = sources.load_source(str(tmp_path / "saved")).splits["train"]
-    monkeypatch.setattr(sources, "RELEASE_BYTES", 3 * values.nbytes)
+    monkeypatch.setattr("featstore.split.RELEASE_BYTES", 3 * values.nbytes)
     assert mapped_ranges(split.files), "a saved dataset is memory-mapped"
     resident = []
     for layer in "abc":

@@ -160,13 +160,14 @@ def test_ctrl_c_while_a_build_compares_changed_files_waits_then_stops_and_again_
     os.utime(touched, (time.time() + 60, time.time() + 60))  # one file of four to compare again
     (tmp_path / "stall.py").write_text(textwrap.dedent("""\
         import time
-        from featstore import cli, sources
+        from featstore import cli
+        from featstore.split import Split
 
         def stalled(*args):
             open("stalled", "w").close()
             time.sleep(300)
 
-        sources.Split.file_digest = stalled
+        Split.file_digest = stalled
         cli.main()
         """))
     proc = _interruptible([sys.executable, "stall.py", "build", "-d", str(data), "-f", "raw", "--store", store_dir,

@@ -15,6 +15,7 @@ import torch
 import featstore
 from featstore import presets
 from featstore.featurizers import register
+from featstore.split import Split
 from featstore.store import Store
 
 ROWS, DIM = 40, 4
@@ -164,14 +165,14 @@ def test_status_and_lock_stop_with_the_builds_error_at_a_column_name_the_store_c
 
 
 def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir, monkeypatch):
-    from featstore import sources
+    from featstore import split as split_module
 
     data = layers_of(2)
     path = save_layers(tmp_path / "d", data)
     featstore.build(path, ["stats"], store=store_dir)
     read = []
-    real = sources.column_parts
-    monkeypatch.setattr(sources, "column_parts", lambda ds, name: read.append(name) or real(ds, name))
+    real = split_module.column_parts
+    monkeypatch.setattr(split_module, "column_parts", lambda ds, name: read.append(name) or real(ds, name))
     report = featstore.status(path, ["stats", "norms"], store=store_dir)
     assert read == []  # not even the list offsets (seconds for 1k from a cold page cache)
     assert report.work() == {"entries": 2, "columns": 2, "input_bytes": 2 * data["layer_0"].nbytes, "reused": 0,
@@ -184,7 +185,7 @@ def test_status_reads_no_column_the_digest_cache_vouches_for(tmp_path, store_dir
 
 
 def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir, monkeypatch):
-    from featstore import builder, digest_cache, sources
+    from featstore import builder, digest_cache
 
     data = layers_of(3)
     path = save_layers(tmp_path / "d", data, num_shards=4)  # 10 rows per file
@@ -193,8 +194,8 @@ def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir
     data["layer_1"][17, 0, 0] += 1.0
     patch_in_place(tmp_path / "d", original, data["layer_1"][17, 0, 0])  # rows 10-19: file 1
     per_file, whole = [], []
-    real_file, real_whole = sources.Split.file_digest, builder.column_digests
-    monkeypatch.setattr(sources.Split, "file_digest", lambda self, i, name: per_file.append((i, name))
+    real_file, real_whole = Split.file_digest, builder.column_digests
+    monkeypatch.setattr(Split, "file_digest", lambda self, i, name: per_file.append((i, name))
                         or real_file(self, i, name))
     for hashing in (builder, digest_cache):  # a build's, status's
         monkeypatch.setattr(hashing, "column_digests", lambda *a: whole.append(a[2]) or real_whole(*a))
@@ -229,8 +230,6 @@ def test_a_rewritten_file_of_a_split_is_hashed_not_the_split(tmp_path, store_dir
 
 
 def test_a_split_mostly_rewritten_is_hashed_whole(tmp_path, store_dir, monkeypatch):
-    from featstore import sources
-
     data = layers_of(2)
     path = save_layers(tmp_path / "d", data, num_shards=4)
     featstore.build(path, ["raw"], store=store_dir)
@@ -238,16 +237,14 @@ def test_a_split_mostly_rewritten_is_hashed_whole(tmp_path, store_dir, monkeypat
         patch_in_place(tmp_path / "d", data["layer_0"][row].copy(), 9.0 + row)
         data["layer_0"][row, 0, 0] = 9.0 + row
     per_file = []
-    real = sources.Split.file_digest
-    monkeypatch.setattr(sources.Split, "file_digest", lambda self, i, name: per_file.append(i) or real(self, i, name))
+    real = Split.file_digest
+    monkeypatch.setattr(Split, "file_digest", lambda self, i, name: per_file.append(i) or real(self, i, name))
     assert computed(featstore.build(path, ["raw"], store=store_dir)) == {("layer_0", "raw")}
     assert per_file == []  # comparing would hash layer_0's changed rows twice, for a quarter saved
     np.testing.assert_array_equal(featstore.open(path, store=store_dir).load("layer_0", "raw").numpy(), data["layer_0"])
 
 
 def test_a_rewritten_parquet_file_is_read_not_the_split(tmp_path, store_dir, monkeypatch):
-    from featstore import sources
-
     data = layers_of(2, rows=30)
     (tmp_path / "pq").mkdir()
 
@@ -262,8 +259,8 @@ def test_a_rewritten_parquet_file_is_read_not_the_split(tmp_path, store_dir, mon
     data["layer_0"][25, 1, 1] += 1.0
     write(2)
     read = []
-    real = sources.Split._table
-    monkeypatch.setattr(sources.Split, "_table", lambda self, name, files=None: read.append((name, files))
+    real = Split._table
+    monkeypatch.setattr(Split, "_table", lambda self, name, files=None: read.append((name, files))
                         or real(self, name, files))
     rebuilt = featstore.build(path, ["raw"], store=store_dir)
     assert computed(rebuilt) == {("layer_0", "raw")}
@@ -461,12 +458,13 @@ def test_in_place_rewrite_of_the_same_size_is_detected(tmp_path, store_dir):
 
 @pytest.mark.parametrize("after", ["mapping", "plan"])
 def test_a_file_replaced_while_a_build_runs_is_hashed_again_next_time(tmp_path, store_dir, monkeypatch, after):
-    from featstore import planning, sources
+    from featstore import planning
+    from featstore import split as split_module
 
     path = save_layers(tmp_path / "d", layers_of(1))
     new = layers_of(1, seed=1)
     save_layers(tmp_path / "new", new)
-    module, name = (sources, "_read_arrow") if after == "mapping" else (planning, "plan")
+    module, name = (split_module, "_read_arrow") if after == "mapping" else (planning, "plan")
     real = getattr(module, name)
 
     def then_replace(*args, **kwargs):  # the dataset is re-saved once the build has mapped / checked it

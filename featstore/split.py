@@ -1,0 +1,257 @@
+"""`Split`: one split of a dataset, read column by column straight from its Arrow or parquet files.
+
+A split checks a column's layout without copying values, hands its zero-copy parts to the
+hasher, digests each data file's rows apart (so a changed file vouches for the rest), reads its
+labels as class ids, and lets go of memory-mapped pages as it goes, so memory stays bounded by a
+few columns. `sources` decides which files make up which split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featstore.columns import (
+    ColumnLayout,
+    column_layout,
+    column_parts,
+    join_parts,
+    mapped_ranges,
+    release_ranges,
+)
+from featstore.errors import DatasetError, brief
+from featstore.keys import parts_digest
+
+RELEASE_BYTES = 64 << 20  # column bytes read between two releases of a split's mapped pages
+
+
+class Split:
+    """One split of a dataset: its Arrow schema, row count and column reads.
+
+    `data` is a `pyarrow.Table` (memory-mapped from `files`), a `datasets.Dataset` (which may carry
+    an indices mapping), or a list of parquet `files` read one column at a time.
+    """
+
+    def __init__(self, data, schema: pa.Schema, num_rows: int, label_names: list[str] | None,
+                 files: list[str] = (), filesystem=None, stats: list[list] | None = None,
+                 file_tables: list[pa.Table] | None = None, file_rows: list[int] | None = None):
+        self._data = data
+        self.schema = schema
+        self._names = frozenset(schema.names)  # asked per catalog row: 4,000 in a 1,000-layer dataset
+        self.num_rows = num_rows
+        self.label_names = label_names  # class names: of a ClassLabel column, or a text one's vocabulary
+        self.label_vocabulary: list[str] | None = None  # a text label column's values, sorted: set by load_source
+        self.files = list(files)
+        self.filesystem = filesystem  # an fsspec filesystem for remote files, None for local ones
+        self._mapped: list[tuple[int, int]] | None = None
+        self._checked: dict[str, tuple[ColumnLayout, list[np.ndarray]]] = {}
+        self._stats = stats  # the files' stats from before they were mapped, if taken then
+        self._file_tables = file_tables  # local Arrow files: each file's table, in `data`'s row order
+        # Rows per local file, for the digest of each file's rows (see file_digest); not for one
+        # file, whose change is the split's
+        file_rows = file_rows or ([t.num_rows for t in file_tables] if file_tables else None)
+        self.file_rows = file_rows if file_rows and len(file_rows) > 1 else None
+        self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
+        self._releasing = threading.Lock()
+
+    @classmethod
+    def from_dataset(cls, ds, label_column: str | None) -> Split:
+        feature = ds.features.get(label_column) if label_column else None
+        files = [f["filename"] for f in ds.cache_files]
+        return cls(ds, ds.data.schema, len(ds), getattr(feature, "names", None), files)
+
+    @classmethod
+    def from_arrow_files(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
+        """Memory-map Arrow IPC files (stream format, as `datasets` writes them, or file format);
+        remote ones (on `filesystem`) are read into memory, never copied to local disk."""
+        stats = None if filesystem else _stats(files)  # before mapping: what is read is never older
+        tables = [_read_arrow(f, filesystem) for f in files]
+        table = pa.concat_tables(tables)
+        return cls(table, table.schema, table.num_rows, _label_names(table.schema, label_column), files, filesystem,
+                   stats, None if filesystem else tables)
+
+    @classmethod
+    def from_parquet(cls, files: list[str], label_column: str | None, filesystem=None) -> Split:
+        """Parquet files, read one column at a time (from object storage too: only that column's bytes)."""
+        import pyarrow.parquet as pq
+
+        arrow_fs = _arrow_filesystem(filesystem)
+        rows = []
+        for f in files:
+            try:
+                rows.append(pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows)
+            except (OSError, pa.ArrowException) as e:
+                raise _unreadable(f, e) from e
+        schema = pq.read_schema(files[0], filesystem=arrow_fs)
+        return cls(files, schema, sum(rows), _label_names(schema, label_column), files, filesystem,
+                   file_rows=None if filesystem else rows)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+    def has_column(self, name: str) -> bool:
+        return name in self._names
+
+    def _table(self, name: str, files: list[str] | None = None):
+        """The table to read column `name` from: of all the split's files, or (parquet) of `files`."""
+        if isinstance(self._data, list):
+            import pyarrow.parquet as pq
+
+            files = files or self._data
+            try:
+                return pq.read_table(files, columns=[name], memory_map=self.filesystem is None,
+                                     filesystem=_arrow_filesystem(self.filesystem))
+            except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
+                raise _unreadable(f"column {name!r} of {brief(files, 3)}", e) from e
+        return self._data
+
+    def read(self, name: str) -> np.ndarray:
+        return join_parts(*self.parts(name))
+
+    def has_labels(self, column: str | None) -> bool:
+        """Whether this split has the label column: a split may have none (an unlabelled test set)."""
+        return column is not None and self.has_column(column)
+
+    def labels(self, column: str) -> np.ndarray:
+        """The label column as int64 class ids, one per row: a ClassLabel or integer column, floats
+        that are whole numbers (never truncated), or text, each value's index in the sorted values
+        of every split (`label_vocabulary`); else a DatasetError saying what to do."""
+        kind = self.schema.field(column).type
+        how = (f"labels must be class ids or names, one per row: encode them with ds.class_encode_column({column!r}), "
+               "or name another column with --label-column")
+        if is_text(kind) and self.label_vocabulary is not None:
+            ids = pc.index_in(self.text(column), value_set=pa.array(self.label_vocabulary, pa.string()))
+            return ids.to_numpy().astype(np.int64)
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise DatasetError(f"label column {column!r} holds {kind} values; {how}")
+        values = self.read(column)
+        if values.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+            if len(bad):
+                raise DatasetError(f"label column {column!r} holds {values[bad[0]]} at row {bad[0]}; {how}")
+        return values.astype(np.int64, copy=False)
+
+    def text(self, column: str) -> pa.ChunkedArray:
+        """A text column's values as Arrow strings; a DatasetError at its first missing value."""
+        if isinstance(self._data, (list, pa.Table)):
+            values = self._table(column).column(column)
+        else:  # a datasets.Dataset, maybe with an indices mapping: one label per row is small
+            values = pa.chunked_array([pa.array(self._data[column], pa.string())])
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            raise DatasetError(f"label column {column!r} has no value at row {row}; give every row a label, or "
+                               "name another column with --label-column")
+        return values.cast(pa.string())
+
+    def layout(self, name: str) -> ColumnLayout:
+        """Check the column (see columns.column_layout). For Arrow-backed splits the zero-copy parts
+        are kept for the next `parts(name)`, so a build walks each column's chunks once."""
+        if isinstance(self._data, list):  # parquet: parts would hold the decoded column
+            return column_layout(self._table(name), name)
+        self._checked[name] = column_parts(self._data, name)
+        return self._checked[name][0]
+
+    def parts(self, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
+        checked = self._checked.pop(name, None)
+        return checked if checked is not None else column_parts(self._table(name), name)
+
+    def file_digest(self, index: int, name: str) -> str:
+        """The digest of the rows that file `index` holds of column `name` (checked like `layout`),
+        for splits with `file_rows`: what a build compares with the digests it took of each file's
+        rows, so that a changed file vouches for the columns it did not change."""
+        table = self._table(name, [self._data[index]]) if isinstance(self._data, list) else self._file_tables[index]
+        layout, parts = column_parts(table, name)
+        try:
+            return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
+        finally:
+            self.release(parts)
+
+    def file_stats(self) -> list[list] | None:
+        """(path, inode, size, mtime_ns, ctime_ns) of each file the split reads, or None when it is not
+        read from files (an in-memory or indices-mapped Dataset): what the digest cache trusts.
+        Arrow files are stat'ed before they are mapped: a file replaced since is hashed next time."""
+        if not self.files or self.filesystem is not None or getattr(self._data, "_indices", None) is not None:
+            return None
+        return self._stats or _stats(self.files)
+
+    def release(self, parts: list[np.ndarray] | None = None) -> None:
+        """Let go of every memory-mapped page of the split's files (they stay in the page cache;
+        see columns.release_ranges): now, or, given `parts` (a column just read, from any
+        thread), once RELEASE_BYTES of columns were read since the last time. One madvise per
+        file every 64 MB, not one per Arrow chunk of every column."""
+        if parts is not None:
+            with self._releasing:
+                self._unreleased += sum(p.nbytes for p in parts)
+                if self._unreleased < RELEASE_BYTES:
+                    return
+                self._unreleased = 0
+        if self._mapped is None:
+            self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
+        release_ranges(self._mapped)
+
+
+def is_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _stats(files: list[str]) -> list[list]:
+    out = []
+    for f in files:
+        s = os.stat(f)
+        # ctime too: a write that keeps the mtime (cp -p, rsync --inplace -t, os.utime) still moves it
+        out.append([os.path.realpath(f), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns])
+    return out
+
+
+def _arrow_filesystem(filesystem):
+    """pyarrow's view of an fsspec filesystem (None: local)."""
+    if filesystem is None:
+        return None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem))
+
+
+def _read_arrow(path: str, filesystem=None) -> pa.Table:
+    try:
+        if filesystem is not None:
+            with filesystem.open(path, "rb") as f:
+                data = pa.py_buffer(f.read())  # in memory: IPC streams interleave every column
+            return _read_ipc(pa.BufferReader(data), path)
+        return _read_ipc(pa.memory_map(path), path)
+    except OSError as e:  # unreadable, or cut short ("Expected to be able to read N bytes ...")
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(what: str, e: Exception) -> DatasetError:
+    return DatasetError(f"cannot read {what}: {getattr(e, 'strerror', None) or e}; the file is unreadable, "
+                        "truncated or not what its name says (fix its permissions, or save the dataset again)")
+
+
+def _read_ipc(source, path: str) -> pa.Table:
+    try:
+        return pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        source.seek(0)
+    try:
+        return pa.ipc.open_file(source).read_all()
+    except pa.ArrowInvalid as e:
+        raise DatasetError(f"{path} is not an Arrow IPC stream or file: {e}") from e
+
+
+def _label_names(schema: pa.Schema, label_column: str | None) -> list[str] | None:
+    """Class names of a ClassLabel column, from the features `datasets` keeps in the schema metadata."""
+    try:
+        info = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        feature = info.get("info", {}).get("features", {}).get(label_column) or {}
+    except (ValueError, AttributeError):
+        return None
+    return list(feature["names"]) if feature.get("_type") == "ClassLabel" and "names" in feature else None

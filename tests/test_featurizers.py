@@ -2,6 +2,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import datasets
 import numpy as np
@@ -228,6 +229,38 @@ def test_undecorated_function_by_module_path(tmp_path, monkeypatch):
     assert bound.identity["version"].startswith("code:")
     with pytest.raises(SpecError, match=r"cannot load featurizer 'labfeats:nothing'"):
         parse_spec("labfeats:nothing")
+
+
+def test_a_featurizer_whose_code_cannot_be_hashed_needs_a_pinned_version(tmp_path, monkeypatch):
+    """A partial, a callable object or a builtin has no source to hash: its identity would not
+    follow its changes (a partial's arguments), so it is refused unless its version is pinned."""
+    (tmp_path / "oddfeats.py").write_text(textwrap.dedent("""\
+        import functools
+
+        def _scaled(x, factor):
+            \"\"\"Scaled first columns.\"\"\"
+            return x.flatten(1)[:, :4] * factor
+
+        class Projector:
+            def __call__(self, x):
+                return x.flatten(1)[:, :2]
+
+        scaled = functools.partial(_scaled, factor=2.0)
+        projector = Projector()
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, what in (("oddfeats:scaled", "a functools.partial of '_scaled'"), ("oddfeats:projector",
+                       "a Projector object"), ("oddfeats:Projector", "a class (Projector)"), ("torch:abs", "a builtin (abs)")):
+        with pytest.raises(SpecError, match=rf"featurizer '{spec}' is {re.escape(what)}, not a function: .* version="):
+            parse_spec(spec)
+    assert "oddfeats:scaled" not in available()
+    import oddfeats
+
+    pinned = register(oddfeats.scaled, "test_pinned_partial", version="3")
+    bound = parse_spec("test_pinned_partial")
+    assert bound.identity["version"] == "3" and bound.module == "oddfeats"  # not functools, a partial's own module
+    assert pinned.doc == "Scaled first columns."
+    torch.testing.assert_close(bound(torch.ones(2, 3, 3)), torch.full((2, 4), 2.0))
 
 
 def test_module_path_found_in_the_current_directory(tmp_path, monkeypatch):

@@ -129,11 +129,13 @@ def featurizer(name: str | None = None, *, version: str | None = None,
 
     Without `version`, the identity hashes the function's normalised source and that of the
     project-local helpers it calls, so editing the code makes new entries and editing comments,
-    blank lines or docstrings does not. With `version`, only that string counts.
+    blank lines or docstrings does not. With `version`, only that string counts; without it, `fn`
+    must be a function (def or lambda): a partial, an object with __call__ or a builtin has no code
+    to hash, and is refused.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        register(fn, name or fn.__name__, version=version, output_shape=output_shape, per_row=per_row)
+        register(fn, name or getattr(fn, "__name__", ""), version=version, output_shape=output_shape, per_row=per_row)
         return fn
 
     return decorate
@@ -143,9 +145,11 @@ def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
              output_shape: Callable[..., tuple[int, ...]] | None = None, per_row: bool = True) -> Featurizer:
     from featstore.identity import code_parts
 
+    if version is None:
+        _check_hashable(fn, name)
     if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
         raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
-    module = getattr(fn, "__module__", None) or ""
+    module = _module_of(fn) or ""
     if name in BUILTINS and not module.startswith(__name__ + "."):
         raise SpecError(f"featurizer name {name!r} is featstore's built-in {name}; register "
                         f"{module}.{getattr(fn, '__qualname__', fn)} under another name")
@@ -155,9 +159,29 @@ def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
                         "give one of them another name")
     params = _signature_params(fn, name)
     pinned = str(version) if version is not None else code_parts(fn)
-    entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(fn) or "")
+    entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(_defining(fn)) or "")
     _REGISTRY[name] = entry
     return entry
+
+
+def _check_hashable(fn, name: str) -> None:
+    """The error for a featurizer whose code cannot be hashed, so that no identity would follow its
+    changes: anything but a function defined with def or lambda (a functools.partial, an instance
+    with __call__, a class, a builtin), unless its version is pinned."""
+    if inspect.isfunction(inspect.unwrap(fn)):
+        return
+    if isinstance(fn, functools.partial):
+        what = f"a functools.partial of {getattr(fn.func, '__name__', fn.func)!r}"
+        instead = ("give that function its arguments as parameters with defaults and set them in the spec "
+                   "(module.path:function:factor=2.0), or write a function that calls it")
+    else:
+        kind = "class" if inspect.isclass(fn) else "builtin" if inspect.isbuiltin(fn) else f"{type(fn).__name__} object"
+        what = f"a {kind}" + (f" ({fn.__name__})" if hasattr(fn, "__name__") else "")
+        instead = "write a function (def) that calls it"
+    label = f"featurizer {name!r}" if name else "this featurizer"
+    raise SpecError(f"{label} is {what}, not a function: featstore hashes a featurizer's code to know when it changes, "
+                    f"and only a function's can be; {instead}, or pin its identity with an explicit version "
+                    "(@featstore.featurizer(name, version=\"1\"), bumped by hand when it changes)")
 
 
 def available() -> dict[str, Featurizer]:
@@ -275,14 +299,23 @@ def _module_of(fn) -> str | None:
     """The module that defines `fn`, as another process imports it: for a script run as
     `__main__` (or re-run as `__mp_main__` in a multiprocessing child, as Dask's local workers
     are), the name of its file (`_script_module`), else `__main__` (a notebook)."""
+    fn = _defining(fn)
     module = getattr(fn, "__module__", None)
     return (_script_module(fn) or "__main__") if module in ("__main__", "__mp_main__") else module
+
+
+def _defining(fn):
+    """What defines `fn`'s module, name and docs: for a partial (pinned by a version), its function
+    (a partial's own `__module__` is functools, its doc functools.partial's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
 
 
 def _origin(fn) -> str:
     """module.qualname of `fn` (module as `_module_of`): two registrations of one name from the
     same origin are one function, edited or reloaded; from two origins, a clash."""
-    return f"{_module_of(fn)}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return f"{_module_of(fn)}.{getattr(_defining(fn), '__qualname__', type(fn).__name__)}"
 
 
 def _script_module(fn) -> str | None:

@@ -6,8 +6,9 @@ only if the store lacks one of its entries, copy it out (pinned for a GPU); the 
 are computed (`compute`: on a GPU by the main thread; on the CPU by compute lanes, a column per
 core); writer threads publish them, each atomically; the dataset's
 catalog is written last, with the columns that finished even when a later one fails. A few
-columns are in flight at a time, so memory stays bounded by a few columns: memory-mapped pages
-are released every 64 MB of columns read (split.RELEASE_BYTES).
+columns are in flight at a time (those read ahead within READ_AHEAD_BYTES), so memory stays
+bounded by a few columns: memory-mapped pages are released every 64 MB of columns read
+(split.RELEASE_BYTES).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ from featstore.svdvals import prefetch_triton
 log = logging.getLogger(__name__)
 
 PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
+# Columns read ahead of the one being computed, at most (but always one): each is a copy in
+# memory. Six 1.26 GB columns (300 rows of 1024x1024 float32) were all in memory at once, 7.5 GB,
+# when only the count of columns ahead was bounded; the 1k and 10k presets' columns (8 and 160 MB)
+# stay as many ahead as there are readers.
+READ_AHEAD_BYTES = 1 << 30
 COMPUTE_BYTES = 1 << 30  # columns (as float32) being computed at once on the CPU, at most
 # A GPU computes the splits of one layer in one call per featurizer while they fit in this: a
 # small column leaves most of it idle. 1k svd on an H200, all 128 layers: the Jacobi kernel took
@@ -177,22 +183,25 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
         pools = (readers, computers, writers)  # a second Ctrl-C in a script stops what they have queued
-        prepared: deque = deque()  # (unit, the future of its _Prepared), in build order
-        upcoming = iter(build_plan.units)
+        prepared: deque = deque()  # (unit, the future of its _Prepared, bytes it may copy), in build order
+        upcoming = deque(build_plan.units)
 
         def read_ahead() -> None:
-            unit = next(upcoming, None)
-            if unit is not None:
+            """Start reading the next columns: as many as there are readers, and one more, within
+            READ_AHEAD_BYTES (but always one)."""
+            while upcoming and len(prepared) <= workers and (
+                    not prepared or sum(p[2] for p in prepared) + upcoming[0].layout.nbytes <= READ_AHEAD_BYTES):
+                unit = upcoming.popleft()
                 known = trusted.get(unit.split, {}).get(unit.layer)
                 extends = _extendable(build_plan, unit, before)
                 keys = {f.spec: entry_key(known, f.identity) for f in build_plan.featurizers} if known else {}
                 if keys and not extends and all(map(store.has_entry, keys.values())):  # nothing to read
                     done: Future = Future()
                     done.set_result(_Prepared(unit, known, keys, set()))
-                    prepared.append((unit, done))
+                    prepared.append((unit, done, 0))
                 else:
                     prepared.append((unit, readers.submit(_prepare, build_plan, unit, store, report, device, known,
-                                                          extends)))
+                                                          extends), unit.layout.nbytes))
 
         writes: deque = deque()
         writing = threading.Lock()  # compute lanes write too
@@ -236,7 +245,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                 waited(running, interrupted, FIRST_COMPLETED, pools)
 
         def take() -> _Prepared:
-            read = prepared.popleft()[1]
+            read = prepared.popleft()[1]  # its bytes: the compute's now (bounded by the lanes)
             waited([read], interrupted, pools=pools)
             ready = read.result()
             seen[(ready.unit.split, ready.unit.layer)] = ready.digest
@@ -245,8 +254,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             read_ahead()
             return ready
 
-        for _ in range(workers + 1):
-            read_ahead()
+        read_ahead()
         lanes, computing = 0, deque()  # columns computed at once; those in flight, in build order
         while prepared and not interrupted:
             ready = take()
@@ -257,7 +265,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     lanes = _cpu_lanes(build_plan)
                     devices.intra_op_threads(1 if lanes > 1 else devices.cpu_count())
             group = [ready]
-            while lanes == 1 and _joins(report.device) and prepared and _joinable(build_plan, group, *prepared[0]):
+            while lanes == 1 and _joins(report.device) and prepared and _joinable(build_plan, group, *prepared[0][:2]):
                 group.append(take())
             settle(max(lanes, 1))
             joined = _compute_joined(build_plan, group, report) if len(group) > 1 else [{}]
@@ -271,7 +279,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     built = Future()
                     built.set_result(_build_unit(*args))
                 computing.append(built)
-        for _, read in prepared:  # left by Ctrl-C
+        for _, read, _ in prepared:  # left by Ctrl-C
             read.cancel()
         settle(1)
         while writes:

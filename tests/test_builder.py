@@ -489,6 +489,40 @@ def test_columns_too_large_to_compute_side_by_side_get_torchs_threads_instead(sa
     assert {(name, threads, running) for name, threads, running in _lanes_seen} == {("MainThread", 3, 1)}
 
 
+_reads_done: list[int] = []
+_read_ahead: list[int] = []  # at each column's compute: the columns read so far, less those computed before
+
+
+@featstore.featurizer("test_records_reads_ahead", version="1", per_row=False, output_shape=lambda shape: shape[:1])
+def _records_reads_ahead(x):
+    time.sleep(0.05)  # long enough for the readers to get as far ahead as they may
+    _read_ahead.append(len(_reads_done) - len(_read_ahead))
+    return x.mean(2)
+
+
+def test_columns_are_read_ahead_of_the_compute_within_a_byte_budget(sanity_dir, store_dir, monkeypatch):
+    """Each column read ahead is a copy in memory: a build of large columns (a full-rank delta per
+    row) must not hold several besides the one it computes, whatever the number of readers."""
+    from featstore import builder
+
+    real = builder._prepare
+
+    def prepare(*args):
+        ready = real(*args)
+        _reads_done.append(1)
+        return ready
+
+    monkeypatch.setattr(builder, "_prepare", prepare)
+    monkeypatch.setattr("featstore.builder.COMPUTE_BYTES", 1)  # one column computed at a time
+    monkeypatch.setattr("featstore.builder.READ_AHEAD_BYTES", 1)  # less than any column: one ahead, no more
+    _reads_done.clear()
+    _read_ahead.clear()
+    featstore.build("sanity", ["test_records_reads_ahead"], store=store_dir, device="cpu", progress=False)
+    assert len(_read_ahead) == 16 and max(_read_ahead) == 2  # this column and the next: still overlapped
+    entry = featstore.open("sanity", store=store_dir).load("layer_007", "test_records_reads_ahead", split="test")
+    assert entry.shape == (64, 16)
+
+
 @featstore.featurizer("test_fails_slowly_on_train", version="1", output_shape=lambda shape: shape[:1])
 def _fails_slowly_on_train(x):
     if len(x) == 256:  # the sanity preset's train split; its test split has 64 rows

@@ -85,6 +85,14 @@ def test_spec_parsing_binds_every_parameter():
         ("raw:k=1", r"raw accepts: none"),
         ("svd:k=2,normalize=true,k=3", r"^parameter 'k' is given twice in featurizer spec 'svd:k=2,normalize=true,k=3'$"),
         ("svd:dtype=float16,dtype=float32", r"^parameter 'dtype' is given twice"),
+        ("SVD", r"^unknown featurizer 'SVD' \(did you mean 'svd'\?\); available: "),
+        ("spectrum", r"^unknown featurizer 'spectrum' \(did you mean 'spectral'\?\)"),
+        ("stats,svd", (r"^featurizer spec 'stats,svd' names several featurizers: give each its own --featurizer "
+                      r"\(--featurizer stats --featurizer svd; in Python, a list\)")),
+        ("svd:k=8,stats", r"\(--featurizer svd:k=8 --featurizer stats; "),
+        ("stats, svd:k=4", r"\(--featurizer stats --featurizer svd:k=4; "),
+        ("svd:k=8,foo", (r"^bad parameter 'foo' in featurizer spec 'svd:k=8,foo'; svd accepts: k=16, normalize=false "
+                        r"\(and dtype=float32\|float16\|bfloat16\)$")),
     ],
 )
 def test_bad_specs_say_what_is_accepted(spec, message):

@@ -16,6 +16,7 @@ functions named on the command line as `module.path:function`. Every spec also t
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
@@ -201,9 +202,26 @@ def get(name: str) -> Featurizer:
         return _REGISTRY[name]
     except KeyError:
         broken = "".join(f"; {why}" for why in _BROKEN.values())  # it may be what registers `name`
-        raise UnknownFeaturizer(f"unknown featurizer {name!r}; available: {', '.join(sorted(_REGISTRY))} "
+        raise UnknownFeaturizer(f"unknown featurizer {name!r}{_near_name(name)}; available: "
+                                f"{', '.join(sorted(_REGISTRY))} "
                                 f"(or name your own as module.path:function, or import the module that registers it: "
                                 f"--import MODULE){broken}", broken) from None
+
+
+def _near_name(name: str) -> str:
+    """' (did you mean X?)' for an unknown featurizer name close to a known one (`SVD`, `spectrum`), else ''."""
+    close = difflib.get_close_matches(name.lower(), _REGISTRY, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_several(text: str, spec: str) -> None:
+    """The error for one spec that names several featurizers (`stats,svd`, `svd:k=8,stats`): each
+    part between its commas starts with a known featurizer's name."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and all(p.partition(":")[0] in _REGISTRY for p in parts):
+        raise SpecError(f"featurizer spec {spec!r} names several featurizers: give each its own --featurizer "
+                        f"(--featurizer {' --featurizer '.join(parts)}; in Python, a list); within a spec, commas "
+                        "separate its parameters (svd:k=8,normalize=true)")
 
 
 def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
@@ -212,6 +230,8 @@ def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
     _load_builtins()
     text = spec.strip()
     head, _, rest = text.partition(":")
+    if "," in head:
+        _check_several(text, spec)
     function, _, after = rest.partition(":")
     if head not in _REGISTRY and function.isidentifier():  # module.path:function[:params]
         head, rest = f"{head}:{function}", after
@@ -228,6 +248,8 @@ def parse_spec(spec: str, dtype: str | None = None) -> BoundFeaturizer:
             continue
         if not eq or key not in featurizer_.params:
             accepted = ", ".join(f"{k}={_format(v)}" for k, v in featurizer_.params.items()) or "none"
+            if not eq:
+                _check_several(text, spec)
             raise SpecError(f"bad parameter {item!r} in featurizer spec {spec!r}; {head} accepts: {accepted} "
                             "(and dtype=float32|float16|bfloat16)")
         params[key] = _coerce(key, raw, featurizer_.params[key], spec)

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-from featstore import builder, planning
+from featstore import builder, planning, presets
 from featstore.config import default_store
 from featstore.device import check_device
 from featstore.digest_cache import cached_digests
@@ -232,7 +232,8 @@ def status(dataset: Any, featurizers: str | Iterable[str] = (), *, layers: str |
         source = load_source(dataset, names(layers), default_label=_catalogued_label(st, dataset))
     except DatasetError as e:  # deleted data whose features the store still catalogues: say what to do
         path = os.path.expanduser(str(dataset)) if isinstance(dataset, (str, os.PathLike)) else "://"
-        name = catalogued_name(st, dataset) if "://" not in path and not os.path.exists(path) else ""
+        gone = "://" not in path and not os.path.exists(path) and presets.get(path) is None  # a preset is made anew
+        name = catalogued_name(st, dataset) if gone else ""
         if not name or not st.storage.exists(st.catalog_path(name)):
             raise
         raise DatasetError(f"{e}; the store {st.location} still holds its features: if the data is gone for good, "

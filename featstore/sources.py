@@ -163,7 +163,8 @@ def _choose_layers(schema: pa.Schema, patterns, label_column: str, dataset: str)
             raise DatasetError(f"--layers {pattern!r} matches only {label_column!r}, the label column: it is "
                                "stored as the split's labels, not as a layer (--label-column names another)")
         if not matched:
-            raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}; columns: {brief(names)}")
+            raise DatasetError(f"--layers {pattern!r} matches no column of {dataset!r}{_near_layers(pattern, names)}; "
+                               f"columns: {brief(names)}")
         if pattern not in names:  # a glob picks among the layer columns: '*' is every layer, not a text column too
             tensors = [m for m in matched if is_layer_type(schema.field(m).type)]
             if not tensors:
@@ -213,6 +214,16 @@ def _open_splits(dataset: Any, label_column: str, progress: bool) -> dict[str, S
     if "/" not in text and (same := [p for p in (*presets.PRESETS, *presets.ALIASES) if p.lower() == text.lower()]):
         raise DatasetError(f"--dataset {text!r} is no preset: preset names are lower case, did you mean {same[0]!r}?")
     return _open_hub(text, label_column)
+
+
+def _near_layers(pattern: str, names: list[str]) -> str:
+    """For a --layers glob that matches nothing: how to give several (`layer_001,layer_002`), or the
+    column a name without wildcards is close to (`Layer_001`); else ''."""
+    parts = [p.strip() for p in pattern.split(",")]
+    if len(parts) > 1 and all(any(layer_matches(name, p) for name in names) for p in parts):
+        return f" (several globs are separate options: --layers {' --layers '.join(parts)}; in Python, a list)"
+    close = [] if glob.has_magic(pattern) else difflib.get_close_matches(pattern, names, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _near_preset(name: str) -> str:

@@ -456,6 +456,16 @@ def test_features_outlive_their_deleted_dataset_until_forgotten(tmp_path, small)
     assert Store.open(store_dir).catalogs() == [] and len(featstore.gc(store_dir).removed) == 4
 
 
+def test_status_with_a_mistyped_glob_does_not_offer_to_forget_the_data(tmp_path, sanity_dir):
+    """The hint to forget a dataset whose data is gone is for data that is gone: a preset's never
+    is (it is generated anew), and a glob that matches nothing is the error to fix."""
+    store_dir = str(tmp_path / "store")
+    featstore.build("sanity", ["stats"], store=store_dir, device="cpu", layers="layer_000")
+    mistyped = _cli("status", "-d", "sanity", "-l", "layer_9*", "--store", store_dir, cwd=tmp_path)
+    assert mistyped.returncode == 2 and "--layers 'layer_9*' matches no column of 'sanity'" in mistyped.stderr
+    assert "forget" not in mistyped.stderr
+
+
 def test_a_killed_build_never_leaves_the_store_locked(tmp_path, small):
     store_dir = str(tmp_path / "store")
     featstore.build(small, ["raw"], store=store_dir)

@@ -105,8 +105,13 @@ def test_layers_globs_choose_and_complain(tmp_path):
     ds, _, _ = _two_layer_dataset()
     ds.save_to_disk(str(tmp_path / "one"))
     assert load_source(str(tmp_path / "one"), layers=["*_b", "layer_*"]).layers == ["layer_b", "layer_a"]
-    with pytest.raises(DatasetError, match=r"--layers 'attn\*' matches no column.*layer_a, layer_b"):
+    with pytest.raises(DatasetError, match=r"--layers 'attn\*' matches no column of '.*'; columns: layer_a, layer_b"):
         load_source(str(tmp_path / "one"), layers=["attn*"])
+    with pytest.raises(DatasetError, match=r"--layers 'layer_a, layer_b' matches no column of '.*' \(several globs are "
+                                           r"separate options: --layers layer_a --layers layer_b; in Python, a list\)"):
+        load_source(str(tmp_path / "one"), layers=["layer_a, layer_b"])
+    with pytest.raises(DatasetError, match=r"--layers 'Layer_a' matches no column of '.*' \(did you mean 'layer_a'\?\)"):
+        load_source(str(tmp_path / "one"), layers=["Layer_a"])
     with pytest.raises(DatasetError, match=r"label column 'cls' not in dataset"):
         load_source(str(tmp_path / "one"), label_column="cls")
     with pytest.raises(DatasetError, match=r"'category\*' matches only 'category_label', the label column"):

@@ -307,7 +307,7 @@ def test_entry_point_plugins_register(tmp_path, monkeypatch, caplog):
     assert parse_spec("trace")(torch.eye(3).repeat(2, 1, 1)).tolist() == [[3.0], [3.0]]
     with pytest.raises(SpecError, match=f"^{why}$"):
         parse_spec("broken")
-    with pytest.raises(UnknownFeaturizer, match=rf"unknown featurizer 'trcae'; .*--import MODULE\); {why}$"):
+    with pytest.raises(UnknownFeaturizer, match=rf"unknown featurizer 'trcae' \(did you mean 'trace'\?\); .*--import MODULE\); {why}$"):
         parse_spec("trcae")
     listed = subprocess.run([sys.executable, "-m", "featstore.cli", "featurizers"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(site)}, timeout=120, check=False)

@@ -1,0 +1,3 @@
+from featstore.cli import main
+
+main()

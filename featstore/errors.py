@@ -4,12 +4,23 @@ Every error is a `FeatstoreError`; each subclass also mixes in the builtin it re
 can catch either. Messages name the dataset / column / row / file involved and say what to do.
 """
 
+import difflib
+
 
 def brief(names, limit: int = 12) -> str:
     """`names` for an error message: the first `limit`, then how many in all (a 1k dataset has 129
     columns)."""
     names = list(names)
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def did_you_mean(name: str, options, cutoff: float = 0.6, what: str = "") -> str:
+    """' (did you mean {what}'X'?)' where `name` is close to one of `options` (a typo, another
+    case: `SVD`, `Layer_001`), else ''."""
+    options = list(options)
+    close = difflib.get_close_matches(name, options, n=1, cutoff=cutoff) or \
+        difflib.get_close_matches(name.lower(), options, n=1, cutoff=cutoff)
+    return f" (did you mean {what}{close[0]!r}?)" if close else ""
 
 
 class FeatstoreError(Exception):

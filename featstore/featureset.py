@@ -18,9 +18,9 @@ from typing import Self
 import numpy as np
 
 from featstore.device import from_stored, load_target, stored_view
-from featstore.errors import FeatstoreError, NotFoundError, StoreError, brief
+from featstore.errors import FeatstoreError, NotFoundError, StoreError, brief, did_you_mean
 from featstore.featurizers import is_yours, parse_spec
-from featstore.manifest import Catalog, CatalogRow, layer_matches, natural_key
+from featstore.manifest import Catalog, CatalogRow, layer_matches, meant_layer, natural_key
 from featstore.sources import OBJECT_PREFIX
 from featstore.store import Store
 
@@ -102,7 +102,8 @@ class FeatureSet:
         if (split, layer, spec) in self._rows:
             return self._rows[(split, layer, spec)]
         if layer not in self._known:
-            hint = f" ({layer!r} is a featurizer, not a layer: pass it as the featurizer)" if self._stores(layer) else ""
+            hint = (f" ({layer!r} is a featurizer, not a layer: pass it as the featurizer)" if self._stores(layer)
+                    else meant_layer(layer, self._layers))
             raise NotFoundError(f"no layer {layer!r} in {self.dataset!r}{hint}; layers: {brief(self.layers)}")
         raise NotFoundError(f"no {spec} features of {layer!r} (split {split}) in {self.dataset!r}; build them: "
                             f"{self.how_to_build(spec, layer)}")
@@ -238,8 +239,9 @@ class FeatureSet:
                                 f"or build this one: {self.how_to_build(canonical)}")
         hint = "ambiguous, pass one of" if same_name else "available"
         build = f"; or build it: {self.how_to_build(canonical)}" if canonical and not same_name else ""
-        raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}; {hint}: {', '.join(same_name or available)}"
-                            f"{build}")
+        near = "" if canonical or same_name else did_you_mean(spec, available)
+        raise NotFoundError(f"no featurizer {spec!r} in {self.dataset!r}{near}; {hint}: "
+                            f"{', '.join(same_name or available)}{build}")
 
 
 def _modules_of(specs: Iterable[str]) -> list[str]:

@@ -26,6 +26,18 @@ def natural_key(name: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))), name
 
 
+def meant_layer(name: str, layers: Iterable[str]) -> str:
+    """' (did you mean X?)' where `name` is one of `layers` but for case, separators or zero padding
+    (`Layer_001`, `layer-1` and `layer_0001` for `layer_001`), else ''. Names that differ in a
+    number (`layer_009`) are other layers, not typos."""
+    def loose(n: str) -> tuple:
+        return tuple(int(part) if i % 2 else re.sub(r"[^a-z]", "", part.lower())
+                     for i, part in enumerate(re.split(r"(\d+)", n)))
+
+    meant = [layer for layer in layers if loose(layer) == loose(name)]
+    return f" (did you mean {meant[0]!r}?)" if len(meant) == 1 else ""
+
+
 def layer_matches(layer: str, pattern: str) -> bool:
     """Whether a `--layers` pattern selects `layer`: its own name (a column may be called `w[0]` or
     `a*b`), or a glob (`*`, `?`, `[...]`) that matches it, case-sensitively on every platform."""

@@ -10,7 +10,6 @@ so memory stays bounded by one column whatever the file size.
 
 from __future__ import annotations
 
-import difflib
 import glob
 import json
 import logging
@@ -23,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from featstore import presets
-from featstore.errors import DatasetError, brief
-from featstore.manifest import layer_matches, natural_key
+from featstore.errors import DatasetError, brief, did_you_mean
+from featstore.manifest import layer_matches, meant_layer, natural_key
 from featstore.split import Split, is_text
 
 log = logging.getLogger(__name__)
@@ -222,14 +221,12 @@ def _near_layers(pattern: str, names: list[str]) -> str:
     parts = [p.strip() for p in pattern.split(",")]
     if len(parts) > 1 and all(any(layer_matches(name, p) for name in names) for p in parts):
         return f" (several globs are separate options: --layers {' --layers '.join(parts)}; in Python, a list)"
-    close = [] if glob.has_magic(pattern) else difflib.get_close_matches(pattern, names, n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return "" if glob.has_magic(pattern) else meant_layer(pattern, names)
 
 
 def _near_preset(name: str) -> str:
     """' (did you mean the preset X?)' for a name close to a preset's, else ''."""
-    close = difflib.get_close_matches(name.lower(), [*presets.PRESETS, *presets.ALIASES], n=1, cutoff=0.7)
-    return f" (did you mean the preset {close[0]!r}?)" if close else ""
+    return did_you_mean(name, [*presets.PRESETS, *presets.ALIASES], cutoff=0.7, what="the preset ")
 
 
 def _open_saved(path: Path, label_column: str) -> dict[str, Split | None]:

@@ -195,8 +195,14 @@ def test_plain_dataset_object_is_split_train(store_dir):
 def test_open_errors_list_what_exists(sanity_dir, store_dir):
     featstore.build("sanity", ["stats"], layers=["layer_00[12]"], store=store_dir)
     fs = featstore.open("sanity", store=store_dir)
-    with pytest.raises(NotFoundError, match=r"no layer 'layer_009'.*layers: layer_001, layer_002"):
-        fs.load("layer_009", "stats")
+    with pytest.raises(NotFoundError, match=r"^no layer 'layer_009' in 'sanity'; layers: layer_001, layer_002$"):
+        fs.load("layer_009", "stats")  # another layer, not a typo of one: no guess
+    for typo in ("Layer_001", "layer-1", "layer_0001"):  # case, separators, zero padding
+        with pytest.raises(NotFoundError, match=rf"^no layer '{typo}' in 'sanity' \(did you mean 'layer_001'\?\); "):
+            fs.load(typo, "stats")
+    with pytest.raises(NotFoundError, match=r"^no featurizer 'STATS' in 'sanity' \(did you mean 'stats'\?\); "
+                                            r"available: stats$"):
+        fs.load("layer_001", "STATS")
     with pytest.raises(NotFoundError, match=rf"no featurizer 'svd:k=16'.*available: stats; or build it: featstore build "
                                             rf"--dataset sanity --featurizer svd --store {re.escape(store_dir)}$"):
         fs.load("layer_001", "svd:k=16")

@@ -16,7 +16,6 @@ functions named on the command line as `module.path:function`. Every spec also t
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from featstore.errors import SpecError, UnknownFeaturizer
+from featstore.errors import SpecError, UnknownFeaturizer, did_you_mean
 from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
@@ -202,16 +201,10 @@ def get(name: str) -> Featurizer:
         return _REGISTRY[name]
     except KeyError:
         broken = "".join(f"; {why}" for why in _BROKEN.values())  # it may be what registers `name`
-        raise UnknownFeaturizer(f"unknown featurizer {name!r}{_near_name(name)}; available: "
+        raise UnknownFeaturizer(f"unknown featurizer {name!r}{did_you_mean(name, _REGISTRY)}; available: "
                                 f"{', '.join(sorted(_REGISTRY))} "
                                 f"(or name your own as module.path:function, or import the module that registers it: "
                                 f"--import MODULE){broken}", broken) from None
-
-
-def _near_name(name: str) -> str:
-    """' (did you mean X?)' for an unknown featurizer name close to a known one (`SVD`, `spectrum`), else ''."""
-    close = difflib.get_close_matches(name.lower(), _REGISTRY, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_several(text: str, spec: str) -> None:

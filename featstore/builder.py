@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 # Columns read ahead of the one being computed, at most (but always one): each is a copy in
 # memory. Six 1.26 GB columns (300 rows of 1024x1024 float32) were all in memory at once, 7.5 GB,
-# when only the count of columns ahead was bounded; the 1k and 10k presets' columns (8 and 160 MB)
+# when only the count of columns ahead was bounded; the 1k and 10k presets' columns (13 and 131 MB at most)
 # stay as many ahead as there are readers.
 READ_AHEAD_BYTES = 1 << 30
 COMPUTE_BYTES = 1 << 30  # columns (as float32) being computed at once on the CPU, at most

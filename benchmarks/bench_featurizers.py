@@ -155,7 +155,7 @@ def main() -> None:
                     out = to_stored(svd(x), "float32")
                     compute += time.perf_counter() - start
                     key = f"{abs(hash((layer, id(s)))):032x}"
-                    info = featstore.builder._entry_info(key, "stage", svd.identity, out, "", device)
+                    info = featstore.commit.entry_info(key, "stage", svd.identity, out, "", device)
                     write += timed(lambda o=out, i=info: store.write_entry(i, o), "cpu")
             stages = read + compute + write
             lines += [f"  featstore.build                {report.seconds['total']:8.2f} s",

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import featstore
-from featstore import builder
+from featstore import commit
 from featstore.columns import join_parts
 from featstore.compute import compute
 from featstore.device import host_tensor, resolve
@@ -76,7 +76,7 @@ def stages(device: str) -> dict[str, float]:
                 out = compute(svd, x, (layout.rows, 16), layer, "s", device)
                 end = time.perf_counter()
                 key = f"{hash((layer, id(split), digest)) & (1 << 64) - 1:032x}"
-                store.write_entry(builder._entry_info(key, digest, svd.identity, out, "", device), out)
+                store.write_entry(commit.entry_info(key, digest, svd.identity, out, "", device), out)
                 seconds["read"] += middle - start
                 seconds["compute"] += end - middle
                 seconds["write"] += time.perf_counter() - end

@@ -31,7 +31,7 @@ from featstore import builder, planning
 from featstore.store import Store
 
 EVENTS: list[tuple[str, str, float, float]] = []  # (thread, phase, start, end)
-_original_timed = builder._timed
+_original_timed = builder.timed
 
 
 @contextmanager
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--nofsync", action="store_true", help="also run with os.fsync a no-op (is it the disk?)")
     args = parser.parse_args()
     datasets.disable_progress_bars()
-    builder._timed = _recorded
+    builder.timed = _recorded
     builder._build_unit = _span(builder._build_unit, "unit")
     planning.plan = _span(planning.plan, "plan*")
     Store.read_entry = _span(Store.read_entry, "read_old")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from featstore import builder, planning, presets
+from featstore.commit import LOCK_TIMEOUT
 from featstore.config import default_store
 from featstore.device import check_device
 from featstore.digest_cache import cached_digests
@@ -28,6 +29,7 @@ from featstore.errors import (
 )
 from featstore.featureset import FeatureSet, names
 from featstore.featurizers import parse_spec
+from featstore.report import BuildReport
 from featstore.sources import DEFAULT_LABEL_COLUMN, dataset_id, load_source
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
@@ -51,7 +53,7 @@ def build(
     workers: int = 0,
     scheduler: str | None = None,
     devices: str | Iterable[str] = (),
-) -> builder.BuildReport:
+) -> BuildReport:
     """Compute the features of `dataset` the store lacks and catalogue them; see `featstore build`.
 
     `dataset` is anything `--dataset` accepts, or a `datasets.Dataset` / `DatasetDict`.
@@ -102,7 +104,7 @@ def open(dataset: Any, store: str | None = None, *, require_fresh: bool = False)
     read_only, lease = False, None
     with ExitStack() as reading:
         try:
-            reading.enter_context(st.storage.lock("store", shared=True, timeout=builder.LOCK_TIMEOUT))  # no gc now
+            reading.enter_context(st.storage.lock("store", shared=True, timeout=LOCK_TIMEOUT))  # no gc now
         except ReadOnlyStore:  # a store shared read-only: no gc runs from here either
             read_only = True
         catalog = st.read_catalog(name)

@@ -5,7 +5,7 @@ straight from its Arrow buffers (unless the digest cache vouches for it: `digest
 only if the store lacks one of its entries, copy it out (pinned for a GPU); the missing entries
 are computed (`compute`: on a GPU by the main thread; on the CPU by compute lanes, a column per
 core); writer threads publish them, each atomically; the dataset's
-catalog is written last, with the columns that finished even when a later one fails. A few
+catalog is written last (`commit`), with the columns that finished even when a later one fails. A few
 columns are in flight at a time (those read ahead within READ_AHEAD_BYTES), so memory stays
 bounded by a few columns: memory-mapped pages are released every 64 MB of columns read
 (split.RELEASE_BYTES).
@@ -13,30 +13,28 @@ bounded by a few columns: memory-mapped pages are released every 64 MB of column
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from featstore import device as devices
 from featstore.columns import join_parts
+from featstore.commit import LOCK_TIMEOUT, commit_catalog, commit_finished, entry_info
 from featstore.compute import compute
-from featstore.digest_cache import cached_digests, updated_digests
+from featstore.digest_cache import cached_digests
 from featstore.errors import FeaturizerError
-from featstore.featurizers import is_yours
 from featstore.interrupts import deferred_ctrl_c, waited
-from featstore.keys import array_digest, column_digests, dataset_slug, entry_key
-from featstore.manifest import Catalog, CatalogRow, EntryInfo, SplitInfo, now
-from featstore.planning import LABELS_IDENTITY, BuildPlan, Unit, extends, why_stale
+from featstore.keys import column_digests, entry_key
+from featstore.manifest import CatalogRow, EntryInfo, now
+from featstore.planning import BuildPlan, Unit, extends, why_stale
 from featstore.progress import progress_bar
-from featstore.sources import Source
+from featstore.report import BuildReport, EntryResult, timed
 from featstore.store import Store
 from featstore.svdvals import prefetch_triton
 
@@ -58,8 +56,6 @@ JOIN_BYTES = 256 << 20
 # faster on 2 cores (small entries are bound by fsync and rename); on an H100 host 1 and 4 writers
 # tie within noise (benchmarks/bench_gpu_build.py).
 WRITERS = 0
-LOCK_TIMEOUT = 600  # seconds a build waits for a running gc
-PHASES = ("plan", "hash", "read", "compute", "write")  # seconds per phase, summed over threads
 
 
 @dataclass
@@ -75,67 +71,6 @@ class _Prepared:
     offset: int = 0
     appends: dict[str, CatalogRow] = field(default_factory=dict)  # spec -> the entry its rows extend
     segments: list[str] | None = None  # the digest of each data file's rows, when the column was hashed
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    split: str
-    layer: str
-    featurizer: str
-    key: str
-    status: str  # "computed" | "reused"
-    reason: str = ""  # why it was computed: why_stale, "new", "removed from the store" (by gc or verify --repair)
-
-
-@dataclass
-class BuildReport:
-    dataset: str
-    store: str
-    device: str
-    entries: list[EntryResult] = field(default_factory=list)
-    bytes_written: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PHASES, "total"), 0.0))
-    rows: list[CatalogRow] = field(default_factory=list, repr=False)  # what `commit` catalogues
-    seen: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (split, layer) -> digest
-    segments: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)  # ... -> per file
-    cache: tuple = field(default=((), {}, {}), repr=False)  # cached_digests() when the build began
-    worker_peak_rss: dict[str, int] = field(default_factory=dict)  # Dask worker -> peak RSS, bytes
-    worker_devices: dict[str, str] = field(default_factory=dict)  # Dask worker -> its device (--devices)
-    dropped: list[tuple[str, str, str]] = field(default_factory=list)  # catalogued slots whose column is gone
-    labels: list[str] = field(default_factory=list)  # splits whose labels this build catalogued anew
-
-    def __repr__(self) -> str:  # a notebook shows this, not every entry
-        where = f" on {self.device}" if self.computed else ""  # a no-op resolves no device
-        return (f"BuildReport({self.dataset!r}{where}: {self.computed} computed, {self.reused} reused, "
-                f"{self.bytes_written} bytes written in {self.seconds['total']:.2f} s)")
-
-    @property
-    def computed(self) -> int:
-        return sum(e.status == "computed" for e in self.entries)
-
-    @property
-    def reused(self) -> int:
-        return sum(e.status == "reused" for e in self.entries)
-
-    @property
-    def reasons(self) -> Counter:
-        """How many entries were computed for each reason."""
-        return Counter(e.reason for e in self.entries if e.status == "computed")
-
-    def to_json(self) -> dict:
-        return {
-            "dataset": self.dataset,
-            "store": self.store,
-            "device": self.device if self.computed else None,  # as the repr: a no-op resolves no device
-            "computed": self.computed,
-            "reused": self.reused,
-            "reasons": dict(self.reasons),
-            "bytes_written": self.bytes_written,
-            "dropped": [list(slot) for slot in self.dropped],
-            "labels": self.labels,
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-            "entries": [asdict(e) for e in self.entries],
-        }
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
@@ -289,63 +224,6 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
         raise KeyboardInterrupt
 
 
-def commit_catalog(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
-    """Catalogue what `report` built (after its entries, as the last step of a build): the
-    labels, the digest cache (with the file stats taken when the build began, so a file changed
-    meanwhile is hashed again next time), then the catalog, merged under the dataset's lock with
-    whatever a concurrent build added meanwhile. Rows of columns the dataset no longer has (a layer
-    or split removed from it) are dropped from the catalog, so that it serves only the dataset as it
-    is; their entries stay until `featstore gc`."""
-    source = build_plan.source
-    rows = [r if r.chunks else replace(r, **dict(zip(("chunk_rows", "chunks"), store.entry_chunks(r.key))))
-            for r in report.rows]  # what loads need to skip each entry's metadata
-    splits = {name: SplitInfo(split.num_rows, _labels(store, source, name, report))
-              for name, split in source.splits.items()}
-    first = next(iter(source.splits.values()))
-    catalog = Catalog(
-        dataset=source.name,
-        splits=splits,
-        rows=tuple(sorted(rows, key=lambda r: r.slot)),
-        label_column=source.label_column,
-        label_names=tuple(first.label_names) if first.label_names else None,
-        updated=now(),
-        modules={f.name: f.module for f in build_plan.featurizers if is_yours(f.module)},
-    )
-    checked = [(u.split, u.layer, u.layout) for u in build_plan.units]
-    checked += [(s, source.label_column, layout) for s, layout in build_plan.labels.items()]
-    digests = updated_digests(report.cache, report.seen, report.segments, checked)
-    if digests and digests != report.cache[0]:
-        store.write_digests(source.name, digests)
-    with store.storage.lock(f"catalog-{dataset_slug(source.name)}", shared=False, timeout=LOCK_TIMEOUT):
-        latest = store.read_catalog(source.name)  # a concurrent build may have added rows since we began
-        merged = latest.merged(catalog) if latest else catalog
-        gone, splits = source.gone(merged.rows), {k: v for k, v in merged.splits.items() if k in source.splits}
-        if gone or splits != merged.splits:
-            merged = replace(merged, rows=tuple(r for r in merged.rows if r.slot not in gone), splits=splits)
-            report.dropped[:] = sorted(gone)
-        report.labels = sorted(name for name, info in splits.items()  # new or changed labels
-                               if info.labels and not (latest and name in latest.splits
-                                                       and latest.splits[name].labels == info.labels))
-        if latest is not None and latest.label_column:  # labels of a split gone, or of a label column gone
-            report.dropped += [(name, latest.label_column, "labels") for name, info in sorted(latest.splits.items())
-                               if info.labels and not (name in merged.splits and merged.splits[name].labels)]
-        if latest is None or replace(merged, updated=latest.updated) != latest:  # a no-op writes nothing
-            store.write_catalog(merged)
-
-
-def commit_finished(build_plan: BuildPlan, store: Store, report: BuildReport) -> None:
-    """Catalogue the columns a failed build finished whose entries are all published (a write
-    may have failed): `ls` and `open` see them and gc keeps them. Never raises: the build's own
-    error is the one to report."""
-    try:
-        report.rows[:] = [r for r in report.rows if store.has_entry(r.key)]
-        if report.rows:
-            commit_catalog(build_plan, store, report)
-    except Exception as e:  # noqa: BLE001 (the disk may be full: the build's error says so)
-        log.warning("could not catalogue the %d entries the build finished (%s); the next build reuses them, "
-                    "unless a gc runs before it", len(report.rows), e)
-
-
 def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, CatalogRow]:
     """The catalogued entries of `unit` that its column might extend (see `extends`)."""
     olds = {f.spec: (before.get((unit.split, unit.layer, f.spec)), f) for f in build_plan.featurizers}
@@ -361,7 +239,7 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     split = build_plan.source.splits[unit.split]
     layout, parts, hashed = unit.layout, None, None
     if known_digest is None or extendable:
-        with _timed(report, "hash"):
+        with timed(report, "hash"):
             layout, parts = split.parts(unit.layer)
             hashed = column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape),
                                     {old.shape[0] for old in extendable.values()}, split.file_rows or ())
@@ -378,7 +256,7 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
         if device != "cpu":  # overlaps the Triton kernel's first-launch costs with importing torch
             prefetch_triton()
         target = devices.resolve(device)  # the first call imports torch: not part of reading
-        with _timed(report, "read"):
+        with timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
             ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), target)
     if parts is not None:
@@ -434,7 +312,7 @@ def _compute_joined(build_plan: BuildPlan, group: list[_Prepared], report: Build
             continue
         shape = (len(x), *f.output_shape(first.unit.layout.value_shape))
         try:
-            with _timed(report, "compute"):
+            with timed(report, "compute"):
                 out = compute(f, x, shape, first.unit.layer, splits, report.device)
         except FeaturizerError:
             continue
@@ -444,7 +322,7 @@ def _compute_joined(build_plan: BuildPlan, group: list[_Prepared], report: Build
 
 
 def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildReport) -> int:
-    with _timed(report, "write"):
+    with timed(report, "write"):
         return out.nbytes if store.write_entry(info, out) else 0
 
 
@@ -479,14 +357,14 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             if out is None:
                 if tensor is None:
                     tensor = _on_device(ready, report.device)
-                with _timed(report, "compute"):
+                with timed(report, "compute"):
                     out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device,
                                   first=start)
             if extended:
                 out = np.concatenate([store.read_entry(extended.key, known=extended), out])
                 reason = f"{unit.layout.rows - start} rows appended to {start}"
             created[key] = now()
-            write(_entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
+            write(entry_info(key, ready.digest, f.identity, out, created[key], report.device, f.dtype), out)
             status = "computed"
         elif key not in created:  # an entry first made for another dataset
             created[key] = store.entry_info(key).created
@@ -511,56 +389,3 @@ def _on_device(ready: _Prepared, device: str):
         log.warning("column %r (split %s, %.1f MB) does not fit in the free memory of %s: its batches go there one "
                     "at a time", ready.unit.layer, ready.unit.split, ready.host.nbytes / 1e6, device)
         return ready.host
-
-
-def _labels(store: Store, source: Source, split_name: str, report: BuildReport) -> str | None:
-    """The key of the split's labels entry, written if the store lacks it (its bytes counted in `report`)."""
-    if not source.splits[split_name].has_labels(source.label_column):
-        return None
-    values = source.splits[split_name].labels(source.label_column)
-    digest = array_digest(values)
-    key = entry_key(digest, LABELS_IDENTITY)
-    if not store.has_entry(key) and store.write_entry(_entry_info(key, digest, LABELS_IDENTITY, values, now(), "cpu"),
-                                                      values):
-        report.bytes_written += values.nbytes
-    return key
-
-
-def _entry_info(key, digest, identity, out: np.ndarray, created: str, device: str, dtype: str = "") -> EntryInfo:
-    return EntryInfo(
-        key=key,
-        input_digest=digest,
-        featurizer=identity,
-        shape=tuple(out.shape),
-        dtype=dtype or out.dtype.name,
-        output_digest=array_digest(out),
-        created=created,
-        device=device,
-        versions=_versions(),
-    )
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    """What made an entry. From package metadata: importing `datasets` only for its version cost a
-    fresh build 0.44 s on its critical path (2 cores)."""
-    from importlib.metadata import version
-
-    import featstore
-
-    return {"featstore": featstore.__version__, "torch": devices.torch_version(), "zarr": version("zarr"),
-            "datasets": version("datasets"), "numpy": np.__version__}
-
-
-_timing_lock = threading.Lock()
-
-
-@contextmanager
-def _timed(report: BuildReport, phase: str):
-    """Add the block's seconds to `report.seconds[phase]` (from any thread)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        with _timing_lock:
-            report.seconds[phase] += time.perf_counter() - start

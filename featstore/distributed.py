@@ -20,11 +20,13 @@ from typing import Any
 
 from featstore import builder, planning
 from featstore import device as devs
+from featstore.commit import commit_catalog, commit_finished
 from featstore.digest_cache import cached_digests
 from featstore.errors import FeatstoreError
 from featstore.featurizers import import_modules, parse_spec
 from featstore.interrupts import deferred_ctrl_c
 from featstore.progress import progress_bar
+from featstore.report import BuildReport
 from featstore.sources import DEFAULT_LABEL_COLUMN, load_source
 from featstore.store import Store
 
@@ -42,7 +44,7 @@ def _use_device(device: str) -> str:
 
 def _build_layers(dataset: Any, layers: tuple[str, ...], label_column: str | None, specs: tuple[str, ...],
                   identities: tuple[dict, ...], modules: tuple[str, ...], location: str, device: str,
-                  rehash: bool) -> builder.BuildReport:
+                  rehash: bool) -> BuildReport:
     """One task: every split and featurizer of `layers`, entries only (the client commits), on
     the worker's own device if it has one. Several layers per task, so that the build's pipeline
     reads the next layer while it computes this one (one layer per task was 4x slower on a GPU).
@@ -79,7 +81,7 @@ def _peak_rss() -> int:
 def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str | None, location: str,
           device: str = "auto", rehash: bool = False, progress: bool = False, workers: int = 0,
           scheduler: str | None = None, devices: tuple[str, ...] = (),
-          default_label: str = DEFAULT_LABEL_COLUMN) -> builder.BuildReport:
+          default_label: str = DEFAULT_LABEL_COLUMN) -> BuildReport:
     """Like `featstore.build`, with Dask tasks of a few layers each; with `devices`, on a
     LocalCluster of one single-threaded worker per device, each with its own buffers and streams."""
     try:
@@ -100,7 +102,7 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
     started = time.perf_counter()
     build_plan = planning.plan(source, bound)  # every check first, on the client
     store = Store.open(location, create=True)
-    report = builder.BuildReport(source.name, store.location, device)
+    report = BuildReport(source.name, store.location, device)
     report.cache = cached_digests(store, source, rehash)
     specs = tuple(f.spec for f in bound)
     # One task at a time per worker; a device's worker gets its share of the cores for the build's
@@ -127,11 +129,11 @@ def build(dataset: Any, bound: tuple, layers: tuple[str, ...], label_column: str
             except BaseException:  # a failed task, Ctrl-C: catalogue the tasks that finished, so that gc keeps them
                 with suppress(Exception):  # what they returned, while the client can fetch it
                     _add(report, [f.result() for f in futures if f.status == "finished"])
-                builder.commit_finished(build_plan, store, report)
+                commit_finished(build_plan, store, report)
                 raise
         report.worker_peak_rss = client.run(_peak_rss)
         _add(report, parts)
-    builder.commit_catalog(build_plan, store, report)
+    commit_catalog(build_plan, store, report)
     report.seconds["plan"] = build_plan.seconds
     report.seconds["total"] = time.perf_counter() - started
     return report
@@ -173,7 +175,7 @@ def _quiet_dask_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def _add(report: builder.BuildReport, parts: list[builder.BuildReport]) -> None:
+def _add(report: BuildReport, parts: list[BuildReport]) -> None:
     """Sum the tasks' reports into the build's."""
     used = sorted({part.device for part in parts if part.computed})
     report.device = ",".join(used) or report.device

@@ -17,16 +17,23 @@ functions named on the command line as `module.path:function`. Every spec also t
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from featstore.errors import SpecError, UnknownFeaturizer, did_you_mean
+from featstore.featurizers.modules import (
+    defining,
+    described,
+    import_module,
+    import_modules,
+    is_yours,
+    module_of,
+    origin,
+)
 from featstore.keys import canonical_json, featurizer_identity
 
 __all__ = ["STORED_DTYPES", "BoundFeaturizer", "Featurizer", "available", "featurizer", "get", "import_module",
@@ -102,8 +109,8 @@ class BoundFeaturizer:
         """The module that defines the function, by the name another process imports it as:
         importing it registers the featurizer (Dask workers and `status --lock` import it to know
         a decorated featurizer by its name). For a script run as `__main__`, the name of its file
-        (`_script_module`), or `__main__` where it has none (a notebook, an interactive session)."""
-        return _module_of(self.featurizer.fn)
+        (`script_module`), or `__main__` where it has none (a notebook, an interactive session)."""
+        return module_of(self.featurizer.fn)
 
     def output_shape(self, value_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The declared output shape of one row, or the shape a one-row probe of zeros gives."""
@@ -149,17 +156,17 @@ def register(fn: Callable[..., Any], name: str, *, version: str | None = None,
         _check_hashable(fn, name)
     if not name or any(c in name for c in "/\\\0,=") or len(name) > 200:
         raise SpecError(f"featurizer name {name!r}: use 1-200 characters other than / \\ , = and NUL")
-    module = _module_of(fn) or ""
+    module = module_of(fn) or ""
     if name in BUILTINS and not module.startswith(__name__ + "."):
         raise SpecError(f"featurizer name {name!r} is featstore's built-in {name}; register "
                         f"{module}.{getattr(fn, '__qualname__', fn)} under another name")
     old = _REGISTRY.get(name)
-    if old is not None and _origin(old.fn) != _origin(fn):  # the same function again (reloaded) replaces it
-        raise SpecError(f"featurizer name {name!r} is taken by {_origin(old.fn)}; {_origin(fn)} registers it too: "
+    if old is not None and origin(old.fn) != origin(fn):  # the same function again (reloaded) replaces it
+        raise SpecError(f"featurizer name {name!r} is taken by {origin(old.fn)}; {origin(fn)} registers it too: "
                         "give one of them another name")
     params = _signature_params(fn, name)
     pinned = str(version) if version is not None else code_parts(fn)
-    entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(_defining(fn)) or "")
+    entry = Featurizer(name, fn, params, pinned, output_shape, per_row, inspect.getdoc(defining(fn)) or "")
     _REGISTRY[name] = entry
     return entry
 
@@ -304,78 +311,6 @@ def _probe_shape(bound: BoundFeaturizer, value_shape: tuple[int, ...]) -> tuple[
     return tuple(out.shape[1:])
 
 
-def is_yours(module: str | None) -> bool:
-    """Whether featurizers of `module` are a user's, for another process to import by that name:
-    not featstore's own, nor a notebook's `__main__` (which no other process can import)."""
-    return bool(module) and module != "__main__" and module.partition(".")[0] != "featstore"
-
-
-def _module_of(fn) -> str | None:
-    """The module that defines `fn`, as another process imports it: for a script run as
-    `__main__` (or re-run as `__mp_main__` in a multiprocessing child, as Dask's local workers
-    are), the name of its file (`_script_module`), else `__main__` (a notebook)."""
-    fn = _defining(fn)
-    module = getattr(fn, "__module__", None)
-    return (_script_module(fn) or "__main__") if module in ("__main__", "__mp_main__") else module
-
-
-def _defining(fn):
-    """What defines `fn`'s module, name and docs: for a partial (pinned by a version), its function
-    (a partial's own `__module__` is functools, its doc functools.partial's)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return fn
-
-
-def _origin(fn) -> str:
-    """module.qualname of `fn` (module as `_module_of`): two registrations of one name from the
-    same origin are one function, edited or reloaded; from two origins, a clash."""
-    return f"{_module_of(fn)}.{getattr(_defining(fn), '__qualname__', type(fn).__name__)}"
-
-
-def _script_module(fn) -> str | None:
-    """The name the running script's file imports as, if `fn` is defined in it: its `python -m`
-    name, or its path from the current directory (`python scripts/train.py` -> `scripts.train`,
-    which `import_module` finds from there, as it does `--featurizer scripts.train:fn`); None for
-    a function from anywhere else, or a script outside the current directory."""
-    main = sys.modules.get("__main__")
-    path, code = getattr(main, "__file__", None), getattr(inspect.unwrap(fn), "__code__", None)
-    if not path or code is None or os.path.realpath(code.co_filename) != os.path.realpath(path):
-        return None
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        return spec.name
-    relative = os.path.relpath(os.path.realpath(path), os.path.realpath(os.getcwd()))
-    parts = relative.removesuffix(".py").split(os.sep)
-    return ".".join(parts) if relative.endswith(".py") and all(p.isidentifier() for p in parts) else None
-
-
-def import_module(name: str):
-    """Import a module that defines featurizers, from the installed packages or else the current
-    directory (where a user keeps their script: the `featstore` command, unlike `python -m`, does
-    not put it on `sys.path`). Appended last, the directory never shadows an installed package."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        cwd = os.getcwd()
-        if e.name != name.partition(".")[0] or cwd in sys.path or "" in sys.path:
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(name)
-
-
-def import_modules(modules, hint: str) -> None:
-    """Import the modules that define featurizers (`import_module`), so that each decorated one is
-    known by its name (Dask workers, `status --lock`); one that fails is named, with `hint`."""
-    for module in modules:
-        try:
-            import_module(module)
-        except ImportError as e:
-            raise SpecError(f"cannot import {module!r}, which defines featurizers ({e}); {hint}") from e
-        except Exception as e:  # the module's own code failed (a syntax error, a name clash): say where
-            raise SpecError(f"importing {module!r}, which defines featurizers, failed: {_described(e)}") from e
-
-
 def _import_target(target: str) -> None:
     """Import `module.path:function` (`import_module`); register the function under that name
     unless the module registered it under its own name."""
@@ -387,7 +322,7 @@ def _import_target(target: str) -> None:
         where = f" (looked in the installed packages and in {os.getcwd()})" if missing else ""
         raise SpecError(f"cannot load featurizer {target!r}: {e}{where}") from e
     except Exception as e:  # the module's own code failed (a syntax error, a name clash): say where
-        raise SpecError(f"cannot load featurizer {target!r}: importing {module_name!r} failed: {_described(e)}") from e
+        raise SpecError(f"cannot load featurizer {target!r}: importing {module_name!r} failed: {described(e)}") from e
     try:
         fn = getattr(module, function)
     except AttributeError as e:
@@ -396,11 +331,6 @@ def _import_target(target: str) -> None:
         register(fn, target)
     else:
         _REGISTRY.setdefault(target, next(f for f in _REGISTRY.values() if f.fn is fn))
-
-
-def _described(e: Exception) -> str:
-    """`SyntaxError: expected ':' (feats.py, line 3)`: the kind of error and its message."""
-    return f"{type(e).__name__}: {e}"
 
 
 _plugins_loaded = False

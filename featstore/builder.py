@@ -4,11 +4,12 @@
 straight from its Arrow buffers (unless the digest cache vouches for it: `digest_cache`) and,
 only if the store lacks one of its entries, copy it out (pinned for a GPU); the missing entries
 are computed (`compute`: on a GPU by the main thread; on the CPU by compute lanes, a column per
-core); writer threads publish them, each atomically; the dataset's
-catalog is written last (`commit`), with the columns that finished even when a later one fails. A few
-columns are in flight at a time (those read ahead within READ_AHEAD_BYTES), so memory stays
-bounded by a few columns: memory-mapped pages are released every 64 MB of columns read
-(split.RELEASE_BYTES).
+core; `grouping` says what one call covers); writer threads publish them, each atomically; the
+dataset's catalog is written last (`commit`), with the columns that finished even when a later one
+fails. A few columns are in flight at a time (those read ahead within READ_AHEAD_BYTES; a column
+over grouping.BLOCK_BYTES counts as one block of its rows, the most of it copied out at once), so
+memory stays bounded by a few columns whatever their size: memory-mapped pages are released every
+64 MB of columns read (split.RELEASE_BYTES).
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from featstore import device as devices
-from featstore.columns import join_parts
 from featstore.commit import LOCK_TIMEOUT, commit_catalog, commit_finished, entry_info
 from featstore.compute import compute
 from featstore.digest_cache import cached_digests
-from featstore.errors import FeaturizerError
+from featstore.grouping import (
+    Prepared,
+    block_rows,
+    compute_blocks,
+    compute_joined,
+    copied,
+    copy_out,
+    joinable,
+    joins,
+    on_device,
+)
 from featstore.interrupts import deferred_ctrl_c, waited
 from featstore.keys import column_digests, entry_key
 from featstore.manifest import CatalogRow, EntryInfo, now
@@ -47,30 +56,10 @@ PENDING_BYTES = 256 << 20  # features computed but not yet written, at most
 # stay as many ahead as there are readers.
 READ_AHEAD_BYTES = 1 << 30
 COMPUTE_BYTES = 1 << 30  # columns (as float32) being computed at once on the CPU, at most
-# A GPU computes the splits of one layer in one call per featurizer while they fit in this: a
-# small column leaves most of it idle. 1k svd on an H200, all 128 layers: the Jacobi kernel took
-# 0.695 s as 800- and 200-row calls, 0.496 s as one 1000-row call per layer, and cold builds 0.95
-# against 1.29 s (benchmarks/probe_gpu_compute.py, ab_build.py --device cuda, medians).
-JOIN_BYTES = 256 << 20
 # Writer threads; 0: as many as reader threads. Several writers made a cold 1k `stats` build 1.35x
 # faster on 2 cores (small entries are bound by fsync and rename); on an H100 host 1 and 4 writers
 # tie within noise (benchmarks/bench_gpu_build.py).
 WRITERS = 0
-
-
-@dataclass
-class _Prepared:
-    """A unit after hashing: its entry keys, the featurizers the store lacks, and (if any) the
-    column as a host tensor."""
-
-    unit: Unit
-    digest: str
-    keys: dict[str, str]  # featurizer spec -> entry key
-    missing: set[str]
-    host: object = None  # the column's rows from `offset` on
-    offset: int = 0
-    appends: dict[str, CatalogRow] = field(default_factory=dict)  # spec -> the entry its rows extend
-    segments: list[str] | None = None  # the digest of each data file's rows, when the column was hashed
 
 
 def execute(build_plan: BuildPlan, store: Store, device: str = "auto", progress: bool = False,
@@ -118,25 +107,26 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
             ThreadPoolExecutor(writing_at_once, "featstore-write") as writers, \
             ThreadPoolExecutor(devices.cpu_count(), "featstore-compute") as computers:  # threads start on use
         pools = (readers, computers, writers)  # a second Ctrl-C in a script stops what they have queued
-        prepared: deque = deque()  # (unit, the future of its _Prepared, bytes it may copy), in build order
+        prepared: deque = deque()  # (unit, the future of its Prepared, bytes it may copy), in build order
         upcoming = deque(build_plan.units)
 
         def read_ahead() -> None:
             """Start reading the next columns: as many as there are readers, and one more, within
             READ_AHEAD_BYTES (but always one)."""
             while upcoming and len(prepared) <= workers and (
-                    not prepared or sum(p[2] for p in prepared) + upcoming[0].layout.nbytes <= READ_AHEAD_BYTES):
+                    not prepared or sum(p[2] for p in prepared) + copied(upcoming[0].layout, build_plan.featurizers)
+                    <= READ_AHEAD_BYTES):
                 unit = upcoming.popleft()
                 known = trusted.get(unit.split, {}).get(unit.layer)
                 extends = _extendable(build_plan, unit, before)
                 keys = {f.spec: entry_key(known, f.identity) for f in build_plan.featurizers} if known else {}
                 if keys and not extends and all(map(store.has_entry, keys.values())):  # nothing to read
                     done: Future = Future()
-                    done.set_result(_Prepared(unit, known, keys, set()))
+                    done.set_result(Prepared(unit, known, keys, set()))
                     prepared.append((unit, done, 0))
                 else:
                     prepared.append((unit, readers.submit(_prepare, build_plan, unit, store, report, device, known,
-                                                          extends), unit.layout.nbytes))
+                                                          extends), copied(unit.layout, build_plan.featurizers)))
 
         writes: deque = deque()
         writing = threading.Lock()  # compute lanes write too
@@ -179,7 +169,7 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     return
                 waited(running, interrupted, FIRST_COMPLETED, pools)
 
-        def take() -> _Prepared:
+        def take() -> Prepared:
             read = prepared.popleft()[1]  # its bytes: the compute's now (bounded by the lanes)
             waited([read], interrupted, pools=pools)
             ready = read.result()
@@ -200,10 +190,10 @@ def _execute(build_plan: BuildPlan, store: Store, device: str, progress: bool, r
                     lanes = _cpu_lanes(build_plan)
                     devices.intra_op_threads(1 if lanes > 1 else devices.cpu_count())
             group = [ready]
-            while lanes == 1 and _joins(report.device) and prepared and _joinable(build_plan, group, *prepared[0][:2]):
+            while lanes == 1 and joins(report.device) and prepared and joinable(build_plan, group, *prepared[0][:2]):
                 group.append(take())
             settle(max(lanes, 1))
-            joined = _compute_joined(build_plan, group, report) if len(group) > 1 else [{}]
+            joined = compute_joined(build_plan, group, report) if len(group) > 1 else [{}]
             for ready, outs in zip(group, joined):
                 args = (build_plan, ready, store, report, created, before, write, outs)
                 if lanes > 1 and ready.missing:
@@ -231,7 +221,7 @@ def _extendable(build_plan: BuildPlan, unit: Unit, before: dict) -> dict[str, Ca
 
 
 def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildReport, device: str,
-             known_digest: str | None, extendable: dict[str, CatalogRow]) -> _Prepared:
+             known_digest: str | None, extendable: dict[str, CatalogRow]) -> Prepared:
     """Hash the column from its Arrow buffers (unless the digest cache vouches for it), with the
     digests of the prefixes that `extendable` entries were computed from and of each data file's
     rows, in the same pass; copy it out only if an entry is missing, and only its new rows if
@@ -245,7 +235,7 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
                                     {old.shape[0] for old in extendable.values()}, split.file_rows or ())
             known_digest = hashed.digest
     keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
-    ready = _Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
+    ready = Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
     prefixes = hashed.prefixes if hashed else {}
     ready.segments = hashed.segments if hashed and hashed.segments else None
     ready.appends = {spec: old for spec, old in extendable.items() if spec in ready.missing
@@ -258,67 +248,13 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
         target = devices.resolve(device)  # the first call imports torch: not part of reading
         with timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
-            ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), target)
+            if block_rows(layout, build_plan.featurizers) < layout.rows:
+                ready.column = layout, parts  # released block by block
+                return ready
+            ready.host = copy_out(build_plan, unit, layout, parts, target, ready.offset)
     if parts is not None:
         split.release(parts)
     return ready
-
-
-def _joins(device: str) -> bool:
-    """Whether a build on `device` computes the splits of a layer together (`_joinable`): on a GPU,
-    where a small column leaves most of it idle. On the CPU, columns are computed side by side."""
-    return device.startswith("cuda")
-
-
-def _joinable(build_plan: BuildPlan, group: list[_Prepared], unit: Unit, read: Future) -> bool:
-    """Whether the next column (`unit`, being read by `read`) joins `group` (columns of one layer)
-    to be computed in one call per featurizer on a GPU: another split of the same layer, values of
-    the same shape and dtype, the same featurizers missing, all per-row, nothing appended, and the
-    columns together within JOIN_BYTES. Waits for `read` only when the rest holds."""
-    first = group[0]
-    layout = first.unit.layout
-    if not (first.missing and unit.layer == first.unit.layer and unit.layout.value_shape == layout.value_shape
-            and unit.layout.dtype == layout.dtype
-            and sum(g.unit.layout.nbytes for g in group) + unit.layout.nbytes <= JOIN_BYTES
-            and not any(g.appends or g.offset for g in group)
-            and all(f.featurizer.per_row for f in build_plan.featurizers if f.spec in first.missing)):
-        return False
-    if read.exception() is not None:  # raised when its turn comes, after the group is done
-        return False
-    ready = read.result()
-    return ready.missing == first.missing and not ready.appends and not ready.offset
-
-
-def _compute_joined(build_plan: BuildPlan, group: list[_Prepared], report: BuildReport) -> list[dict[str, np.ndarray]]:
-    """The missing features of the columns of `group` (see `_joinable`), one call per featurizer
-    over their rows joined, split back per column. A call that fails leaves that featurizer to each
-    column's own call (`_build_unit`), whose error names its split and rows."""
-    import torch
-
-    first = group[0]
-    rows = [g.unit.layout.rows for g in group]
-    outs: list[dict[str, np.ndarray]] = [{} for _ in group]
-    try:
-        x = torch.empty((sum(rows), *first.unit.layout.value_shape), dtype=first.host.dtype, device=report.device)
-    except Exception as e:
-        if devices.is_out_of_memory(e):  # the columns one by one need half the room
-            return outs
-        raise
-    for g, start in zip(group, np.cumsum([0, *rows[:-1]])):
-        x[start : start + g.unit.layout.rows].copy_(g.host, non_blocking=True)
-    splits = "+".join(g.unit.split for g in group)
-    for f in build_plan.featurizers:
-        if f.spec not in first.missing:
-            continue
-        shape = (len(x), *f.output_shape(first.unit.layout.value_shape))
-        try:
-            with timed(report, "compute"):
-                out = compute(f, x, shape, first.unit.layer, splits, report.device)
-        except FeaturizerError:
-            continue
-        for i, part in enumerate(np.split(out, np.cumsum(rows[:-1]))):
-            outs[i][f.spec] = part
-    return outs
 
 
 def _write_entry(store: Store, info: EntryInfo, out: np.ndarray, report: BuildReport) -> int:
@@ -334,16 +270,18 @@ def _cpu_lanes(build_plan: BuildPlan) -> int:
     in each, beat torch's intra-op threads on one column at a time for every featurizer measured:
     on 16 cores, 80 columns of 1k, `randproj:dim=1024` (matmul-heavy) 0.64 s against 2.22 s,
     `stats` 0.32 against 0.78, `svd` 0.85 against 1.09 (benchmarks/bench_cpu_build.py)."""
-    column = max(u.layout.rows * int(np.prod(u.layout.value_shape)) * max(4, u.layout.dtype.itemsize)
+    column = max(copied(u.layout, build_plan.featurizers) * max(4, u.layout.dtype.itemsize) // u.layout.dtype.itemsize
                  for u in build_plan.units)
     return max(1, min(devices.cpu_count(), COMPUTE_BYTES // max(column, 1)))
 
 
-def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: BuildReport, created: dict,
+def _build_unit(build_plan: BuildPlan, ready: Prepared, store: Store, report: BuildReport, created: dict,
                 before: dict, write, joined: dict[str, np.ndarray]) -> tuple[list[EntryResult], list[CatalogRow]]:
     """Compute and write what `ready` lacks (in a compute lane on the CPU), or take it from `joined`
-    (`_compute_joined`); its entries and catalog rows."""
+    (`compute_joined`); its entries and catalog rows."""
     unit, tensor, entries, rows = ready.unit, None, [], []
+    if ready.column is not None:
+        joined = compute_blocks(build_plan, ready, report)
     for f in build_plan.featurizers:
         key = ready.keys[f.spec]
         shape = (unit.layout.rows, *f.output_shape(unit.layout.value_shape))
@@ -356,7 +294,7 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
             out = joined.get(f.spec)
             if out is None:
                 if tensor is None:
-                    tensor = _on_device(ready, report.device)
+                    tensor = on_device(ready.host, unit, report.device)
                 with timed(report, "compute"):
                     out = compute(f, tensor[start - ready.offset :], shape, unit.layer, unit.split, report.device,
                                   first=start)
@@ -376,16 +314,3 @@ def _build_unit(build_plan: BuildPlan, ready: _Prepared, store: Store, report: B
         rows.append(CatalogRow(unit.split, unit.layer, f.spec, key, shape, f.dtype, nbytes, created[key],
                                ready.digest, f.identity, *layout))
     return entries, rows
-
-
-def _on_device(ready: _Prepared, device: str):
-    """The column of `ready` on `device`; where a GPU has no room for all of it, its pinned host
-    copy, which `compute` moves there a batch at a time."""
-    try:
-        return ready.host.to(device, non_blocking=True)
-    except Exception as e:
-        if not devices.is_out_of_memory(e):
-            raise
-        log.warning("column %r (split %s, %.1f MB) does not fit in the free memory of %s: its batches go there one "
-                    "at a time", ready.unit.layer, ready.unit.split, ready.host.nbytes / 1e6, device)
-        return ready.host

@@ -69,18 +69,20 @@ def column_parts(ds, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
     return layout, [p for p in parts if len(p)] or parts[:1]
 
 
-def join_parts(layout: ColumnLayout, parts: list[np.ndarray], start: int = 0) -> np.ndarray:
-    """One array from `column_parts` (its rows from `start` on): the part itself if there is one,
-    else one copy."""
-    if len(parts) == 1:
-        return parts[0].reshape((layout.rows, *layout.value_shape))[start:]
-    out = np.empty((layout.rows - start, *layout.value_shape), dtype=layout.dtype)
-    done = 0  # rows of the column before `part`
-    for part in parts:
-        keep = part[max(0, start - done) :]
-        at = max(0, done - start)
+def join_parts(layout: ColumnLayout, parts: list[np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
+    """One array from `column_parts` (its rows `start:stop`): a view of the part if they lie in
+    one, else one copy."""
+    stop = layout.rows if stop is None else min(stop, layout.rows)
+    bounds = np.cumsum([0, *(len(p) for p in parts)])  # the column's row where each part starts
+    inside = [(part, lo) for part, lo, hi in zip(parts, bounds, bounds[1:]) if lo < stop and hi > start]
+    if len(inside) <= 1:
+        part, lo = inside[0] if inside else (parts[0], 0)
+        return part.reshape((-1, *layout.value_shape))[start - lo : stop - lo]
+    out = np.empty((stop - start, *layout.value_shape), dtype=layout.dtype)
+    for part, lo in inside:
+        keep = part[max(0, start - lo) : stop - lo]
+        at = max(0, lo - start)
         out[at : at + len(keep)] = keep
-        done += len(part)
     return out
 
 

@@ -578,7 +578,7 @@ def joins_on_the_cpu(monkeypatch):
     """The GPU's join of a layer's splits into one call per featurizer, in a one-lane CPU build
     (CI has no GPU; test_gpu_build_joins_a_layers_splits runs it on one)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr("featstore.builder._joins", lambda device: True)
+    monkeypatch.setattr("featstore.builder.joins", lambda device: True)
     _batches_seen.clear()
 
 
@@ -589,7 +589,7 @@ def test_a_layers_splits_joined_in_one_call_give_the_entries_of_separate_calls(s
     assert _batches_seen == [320] * 8  # one call per layer: train's 256 rows and test's 64
     joined = featstore.open("sanity", store=str(tmp_path / "joined"))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr("featstore.builder._joins", lambda device: False)
+        m.setattr("featstore.builder.joins", lambda device: False)
         featstore.build("sanity", specs, store=str(tmp_path / "apart"), device="cpu")
     apart = featstore.open("sanity", store=str(tmp_path / "apart"))
     assert {(r.split, r.layer, r.featurizer, r.key, r.shape) for r in joined.catalog.rows} == \

@@ -61,6 +61,11 @@ def test_several_chunks_are_joined_in_order(tmp_path):
     assert parts_digest(parts, layout.dtype, out.shape) == array_digest(out)
     for start in (0, 2, 3, 4, 7, 11, 12):  # a tail of the rows, starting inside or at a part's edge
         np.testing.assert_array_equal(join_parts(layout, parts, start), out[start:])
+    for start, stop in ((0, 3), (1, 2), (2, 5), (3, 7), (4, 6), (2, 12), (7, 12), (5, 5), (10, 40)):  # a block of rows
+        block = join_parts(layout, parts, start, stop)
+        np.testing.assert_array_equal(block, out[start:stop])
+        inside_one = start >= 7 or stop <= 3 or 3 <= start and stop <= 7
+        assert (not block.flags.writeable) == (inside_one or stop == start)  # a view of one part, else a copy
 
 
 def test_indices_mapping_select_shuffle_filter(tmp_path):

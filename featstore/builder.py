@@ -8,8 +8,9 @@ core; `grouping` says what one call covers); writer threads publish them, each a
 dataset's catalog is written last (`commit`), with the columns that finished even when a later one
 fails. A few columns are in flight at a time (those read ahead within READ_AHEAD_BYTES; a column
 over grouping.BLOCK_BYTES counts as one block of its rows, the most of it copied out at once), so
-memory stays bounded by a few columns whatever their size: memory-mapped pages are released every
-64 MB of columns read (split.RELEASE_BYTES).
+memory stays bounded by a few columns (or blocks) whatever their size: memory-mapped pages are
+released every 64 MB of columns read (split.RELEASE_BYTES), and of a blocked column while it is
+hashed (`Split.streamed`).
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     if known_digest is None or extendable:
         with timed(report, "hash"):
             layout, parts = split.parts(unit.layer)
-            hashed = column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape),
+            blocked = block_rows(layout, build_plan.featurizers) < layout.rows  # then its pages go as hashed
+            hashed = column_digests(split.streamed(parts) if blocked else parts, layout.dtype, (layout.rows, *layout.value_shape),
                                     {old.shape[0] for old in extendable.values()}, split.file_rows or ())
             known_digest = hashed.digest
     keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
@@ -249,9 +251,9 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
         with timed(report, "read"):
             layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
             if block_rows(layout, build_plan.featurizers) < layout.rows:
-                ready.column = layout, parts  # released block by block
-                return ready
-            ready.host = copy_out(build_plan, unit, layout, parts, target, ready.offset)
+                ready.column = layout, parts  # copied out a block at a time; its pages, hashed, let go of below
+            else:
+                ready.host = copy_out(build_plan, unit, layout, parts, target, ready.offset)
     if parts is not None:
         split.release(parts)
     return ready

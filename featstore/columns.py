@@ -26,6 +26,7 @@ __all__ = [
     "mapped_ranges",
     "read_column",
     "release_ranges",
+    "release_within",
 ]
 
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
@@ -110,6 +111,16 @@ def release_ranges(ranges: list[tuple[int, int]]) -> None:
     of the 21 GB `10k` preset (measured)."""
     for lo, hi in ranges:
         _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+
+
+def release_within(values: np.ndarray, ranges: list[tuple[int, int]]) -> None:
+    """`release_ranges` for the whole pages of `values` (a view of a mapped file) that lie in
+    `ranges`: those of one piece of a column, not every page of the split. Memory outside
+    `ranges` (anonymous: a copy) is never touched."""
+    page = mmap.PAGESIZE
+    lo = values.__array_interface__["data"][0]
+    lo, hi = -(-lo // page) * page, (lo + values.nbytes) // page * page
+    release_ranges([(max(lo, a), min(hi, b)) for a, b in ranges if max(lo, a) < min(hi, b)])
 
 
 def _chunks(ds, name: str) -> list[tuple[pa.Array, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from featstore.columns import (
     join_parts,
     mapped_ranges,
     release_ranges,
+    release_within,
 )
 from featstore.errors import DatasetError, brief
 from featstore.keys import parts_digest
@@ -180,6 +182,21 @@ class Split:
             return None
         return self._stats or _stats(self.files)
 
+    def streamed(self, parts: list[np.ndarray]) -> Iterator[np.ndarray]:
+        """`parts` cut into runs of rows of about RELEASE_BYTES, each let go of from memory (as
+        `release` does) once the next is asked for: one pass over a column (hashing one too large
+        to copy out whole) keeps a run of it resident, not all of it."""
+        for part in parts:
+            rows = max(1, RELEASE_BYTES // max(part[:1].nbytes, 1))
+            for begin in range(0, len(part), rows):
+                yield part[begin : begin + rows]
+                release_within(part[begin : begin + rows], self._mapped_ranges())
+
+    def _mapped_ranges(self) -> list[tuple[int, int]]:
+        if self._mapped is None:
+            self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
+        return self._mapped
+
     def release(self, parts: list[np.ndarray] | None = None) -> None:
         """Let go of every memory-mapped page of the split's files (they stay in the page cache;
         see columns.release_ranges): now, or, given `parts` (a column just read, from any
@@ -191,9 +208,7 @@ class Split:
                 if self._unreleased < RELEASE_BYTES:
                     return
                 self._unreleased = 0
-        if self._mapped is None:
-            self._mapped = [] if isinstance(self._data, list) else mapped_ranges(self.files)
-        release_ranges(self._mapped)
+        release_ranges(self._mapped_ranges())
 
 
 def is_text(arrow_type: pa.DataType) -> bool:

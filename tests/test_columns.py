@@ -171,6 +171,32 @@ def test_mapped_pages_are_let_go_of_every_release_bytes_and_fault_back_in(tmp_pa
     assert mapped_ranges([]) == []  # nothing but the files' own mappings is ever released
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the resident set from /proc")
+def test_a_streamed_column_keeps_one_run_of_rows_resident(tmp_path, monkeypatch):
+    from featstore import sources
+    from featstore.columns import release_within
+
+    values = matrices(4096, (32, 32))  # 16.8 MB, 4 KB a row
+    features = datasets.Features({"a": datasets.Array2D((32, 32), "float32")})
+    datasets.Dataset.from_dict({"a": values}, features=features).save_to_disk(str(tmp_path / "saved"))
+    split = sources.load_source(str(tmp_path / "saved")).splits["train"]
+    monkeypatch.setattr("featstore.split.RELEASE_BYTES", 512 * 4096)
+    _, parts = split.parts("a")
+    pieces, resident = [], []
+    for piece in split.streamed(parts):
+        pieces.append(float(piece.sum()))  # its pages in
+        resident.append(_resident(split.files[0]))
+    assert sum(pieces) == pytest.approx(float(values.sum()), rel=1e-4)
+    # a run of rows or two (the kernel maps pages around the one faulted in), never the whole column
+    assert max(resident) < values.nbytes / 2
+    assert _resident(split.files[0]) < values.nbytes / 8  # the last run let go of too
+    np.testing.assert_array_equal(np.concatenate(list(split.streamed(parts))), values)  # in order, and
+    assert max(len(p) for p in split.streamed(parts)) == 512  # a run of rows at most (parts are Arrow chunks)
+    copy = np.array(parts[0])
+    release_within(copy, mapped_ranges(split.files))  # anonymous memory: outside the file's ranges
+    np.testing.assert_array_equal(copy, values[: len(copy)])
+
+
 @pytest.mark.parametrize("list_type", [pa.list_, pa.large_list])
 def test_list_and_large_list_offsets_sliced(list_type):
     values = matrices(10, (2, 3))

@@ -83,7 +83,7 @@ fi
 python3 -m pytest -q -p no:cacheprovider -x tests/test_svdvals.py tests/test_featurizers.py tests/test_builder.py \
     tests/test_api.py tests/test_torch.py tests/test_examples.py tests/test_incremental.py tests/test_stateful.py \
     tests/test_sources.py tests/test_presets.py tests/test_crash.py tests/test_columns.py tests/test_keys.py \
-    tests/test_identity.py tests/test_safety.py -k "not test_safety or forget or outlive" 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
+    tests/test_identity.py tests/test_grouping.py tests/test_safety.py -k "not test_safety or forget or outlive" 2>&1 | tail -8 | tee "$OUT/gpu-tests.txt"
 [ "${1:-}" = tests ] && exit
 if [ "${1:-}" = build ]; then  # the test files, then the cold-build table alone
     python3 -m featstore.cli datasets make 1k > /dev/null

@@ -161,7 +161,7 @@ def centred_mean(x):
     return (x - x.mean(0)).mean((1, 2))[:, None]
 
 specs = sys.argv[3].split(",")
-with tempfile.TemporaryDirectory() as tmp:  # what a build costs without its column: imports, threads, workspace
+with tempfile.TemporaryDirectory() as tmp:  # what a build costs without a large column: imports, threads, workspace
     featstore.build(sys.argv[1] + "-tiny", specs, store=tmp, device="cpu", progress=False)
 used = int(re.search(r"VmData:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) << 10
 limit = used + (128 << 20)
@@ -176,12 +176,13 @@ print(report.computed)
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA and /proc are Linux's")
 def test_a_column_larger_than_the_memory_a_build_may_use_is_built_in_blocks(tmp_path, monkeypatch):
-    """A 256 MB column, and room for half of it beyond what a build of its first rows used: per-row
+    """A 256 MB column, and room for half of it beyond what a build of a smaller column used: per-row
     featurizers compute it in blocks (of 8 MB) into the entries an unlimited build makes; a
     featurizer of the whole column cannot, and the error says so."""
     path = str(tmp_path / "d")
     saved_layers_dataset(path, layers=1, rows=1000, dim=256)
-    saved_layers_dataset(path + "-tiny", layers=1, rows=4, dim=256)
+    # a first build of 4 blocks: the threads (8 MB of stack each) and pools a blocked build starts on every core
+    saved_layers_dataset(path + "-tiny", layers=1, rows=128, dim=256)
 
     def build(store: str, specs: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", CHILD, path, str(tmp_path / store), specs],

@@ -1,12 +1,15 @@
 """Peak memory of a cold build whose columns are large: a full-rank matrix per row (a merged
 LoRA delta, 1024x1024 float32 = 4 MB), so that one layer column is ~0.8-1.3 GB.
 
-    python benchmarks/bench_wide_columns.py [--rows 300 --dim 1024 --layers 6] [--old DIR] [--rounds 2]
+    python benchmarks/bench_wide_columns.py [--rows 300 --dim 1024 --layers 6] [--format arrow|parquet]
+                                            [--old DIR] [--rounds 2]
 
 Each build runs in a fresh process (a new store each time) and reports its wall time and peak RSS
 (VmHWM); with --old (a checkout, e.g. `git worktree add /tmp/old <commit>`), that version's builds
 alternate with this tree's. The dataset is generated once, under $FEATSTORE_HOME/bench/ (or
-~/.cache/featstore/bench/). Writes results/wide-columns.txt.
+~/.cache/featstore/bench/): a save_to_disk directory, or with --format parquet, one train.parquet
+file written from it by `datasets` (in row groups of 5 rows, 21 MB of a column, by default). Writes
+results/wide-columns.txt (wide-columns-parquet.txt).
 """
 
 from __future__ import annotations
@@ -55,12 +58,24 @@ def make_dataset(path: Path, rows: int, dim: int, layers: int) -> None:
         ds.save_to_disk(str(path))
 
 
+def as_parquet(saved: Path) -> Path:
+    import datasets
+
+    path = saved.with_name(saved.name + "-parquet")
+    if not (path / "train.parquet").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        datasets.load_from_disk(str(saved)).to_parquet(str(path / "train.tmp"))
+        (path / "train.tmp").rename(path / "train.parquet")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--featurizers", default="stats")
+    parser.add_argument("--format", choices=["arrow", "parquet"], default="arrow")
     parser.add_argument("--old", default=None, help="a checkout of the version to compare with")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -68,6 +83,8 @@ def main() -> None:
     home = Path(os.environ.get("FEATSTORE_HOME", Path.home() / ".cache" / "featstore"))
     data = home / "bench" / f"wide-{args.rows}x{args.dim}x{args.dim}x{args.layers}"
     make_dataset(data, args.rows, args.dim, args.layers)
+    if args.format == "parquet":
+        data = as_parquet(data)
     column = args.rows * args.dim * args.dim * 4
     trees = {"this tree": str(Path(__file__).resolve().parents[1])}
     if args.old:
@@ -81,7 +98,7 @@ def main() -> None:
             runs[name].append(json.loads(out.stdout.splitlines()[-1]))
             print(f"{name}: {runs[name][-1]}", flush=True)
     title = (f"bench_wide_columns: {args.layers} layer columns of {args.rows} rows of {args.dim}x{args.dim} float32 "
-             f"({column / 1e9:.2f} GB a column), `{args.featurizers}`, cold CPU builds in fresh processes; "
+             f"({column / 1e9:.2f} GB a column) in {args.format} files, `{args.featurizers}`, cold CPU builds in fresh processes; "
              f"{os.cpu_count()} cores, {platform.machine()}")
     lines = [title, f"{'tree':<10} {'wall (median)':>14} {'peak RSS (median)':>18} {'peak / one column':>18}"]
     for name, measured in runs.items():
@@ -91,7 +108,8 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "wide-columns.txt").write_text(table + "\n")
+    name = "wide-columns.txt" if args.format == "arrow" else f"wide-columns-{args.format}.txt"
+    (Path(args.out) / name).write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ dataset's catalog is written last (`commit`), with the columns that finished eve
 fails. A few columns are in flight at a time (those read ahead within READ_AHEAD_BYTES; a column
 over grouping.BLOCK_BYTES counts as one block of its rows, the most of it copied out at once), so
 memory stays bounded by a few columns (or blocks) whatever their size: memory-mapped pages are
-released every 64 MB of columns read (split.RELEASE_BYTES), and of a blocked column while it is
-hashed (`Split.streamed`).
+released every 64 MB of columns read (split.RELEASE_BYTES), and a blocked column is hashed and
+copied out a piece at a time (`Split.pieces`, `Split.blocks`), from parquet files too.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 import numpy as np
 
 from featstore import device as devices
+from featstore.columns import join_parts
 from featstore.commit import LOCK_TIMEOUT, commit_catalog, commit_finished, entry_info
 from featstore.compute import compute
 from featstore.digest_cache import cached_digests
@@ -34,7 +35,7 @@ from featstore.grouping import (
     compute_blocks,
     compute_joined,
     copied,
-    copy_out,
+    copying_out,
     joinable,
     joins,
     on_device,
@@ -229,13 +230,19 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
     every missing entry extends an old one. Runs in a reader thread."""
     split = build_plan.source.splits[unit.split]
     layout, parts, hashed = unit.layout, None, None
+    step = block_rows(layout, build_plan.featurizers)  # fewer than its rows: copied out a block at a time
     if known_digest is None or extendable:
-        with timed(report, "hash"):
-            layout, parts = split.parts(unit.layer)
-            blocked = block_rows(layout, build_plan.featurizers) < layout.rows  # then its pages go as hashed
-            hashed = column_digests(split.streamed(parts) if blocked else parts, layout.dtype, (layout.rows, *layout.value_shape),
-                                    {old.shape[0] for old in extendable.values()}, split.file_rows or ())
-            known_digest = hashed.digest
+        hashed = None if extendable else split.checked_digests(unit.layer)  # parquet: hashed as planned
+        if hashed is None:
+            with timed(report, "hash"), copying_out(build_plan, unit, layout, layout.rows):  # parquet: decoded
+                if step < layout.rows:  # a piece at a time, each let go of: no pass holds all of it
+                    layout, pieces = split.pieces(unit.layer)
+                else:
+                    layout, parts = split.parts(unit.layer)
+                    pieces = parts
+                hashed = column_digests(pieces, layout.dtype, (layout.rows, *layout.value_shape),
+                                        {old.shape[0] for old in extendable.values()}, split.file_rows or ())
+        known_digest = hashed.digest
     keys = {f.spec: entry_key(known_digest, f.identity) for f in build_plan.featurizers}
     ready = Prepared(unit, known_digest, keys, {spec for spec, key in keys.items() if not store.has_entry(key)})
     prefixes = hashed.prefixes if hashed else {}
@@ -248,13 +255,13 @@ def _prepare(build_plan: BuildPlan, unit: Unit, store: Store, report: BuildRepor
         if device != "cpu":  # overlaps the Triton kernel's first-launch costs with importing torch
             prefetch_triton()
         target = devices.resolve(device)  # the first call imports torch: not part of reading
-        with timed(report, "read"):
-            layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
-            if block_rows(layout, build_plan.featurizers) < layout.rows:
-                ready.column = layout, parts  # copied out a block at a time; its pages, hashed, let go of below
-            else:
-                ready.host = copy_out(build_plan, unit, layout, parts, target, ready.offset)
-    if parts is not None:
+        if step < layout.rows:  # read when computed (`compute_blocks`)
+            ready.column = layout, split.blocks(unit.layer, step, ready.offset)
+        else:
+            with timed(report, "read"), copying_out(build_plan, unit, layout, layout.rows - ready.offset):
+                layout, parts = (layout, parts) if parts is not None else split.parts(unit.layer)
+                ready.host = devices.host_tensor(join_parts(layout, parts, ready.offset), target)
+    if parts is not None or step < layout.rows:  # a column in blocks: every mapped page, once hashed
         split.release(parts)
     return ready
 

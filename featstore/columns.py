@@ -22,6 +22,7 @@ __all__ = [
     "ColumnLayout",
     "column_layout",
     "column_parts",
+    "join_layouts",
     "join_parts",
     "mapped_ranges",
     "read_column",
@@ -61,12 +62,13 @@ def column_layout(ds, name: str) -> ColumnLayout:
     return column_parts(ds, name)[0]
 
 
-def column_parts(ds, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
+def column_parts(ds, name: str, first_row: int = 0) -> tuple[ColumnLayout, list[np.ndarray]]:
     """The column's layout and its values as zero-copy arrays, one per Arrow chunk, in row order.
-    Hashing the parts in order equals hashing the joined column, with no copy."""
-    chunks = _chunks(ds, name)
+    Hashing the parts in order equals hashing the joined column, with no copy. Errors name rows
+    from `first_row` on (`ds` being a piece of a column that starts there)."""
+    chunks = [(chunk, first_row + row) for chunk, row in _chunks(ds, name)]
     parts = [_chunk_values(chunk, name, first_row) for chunk, first_row in chunks]
-    layout = _join_layouts(name, [(p.shape[1:], p.dtype, len(p), r) for p, (_, r) in zip(parts, chunks)])
+    layout = join_layouts(name, [(p.shape[1:], p.dtype, len(p), r) for p, (_, r) in zip(parts, chunks)])
     return layout, [p for p in parts if len(p)] or parts[:1]
 
 
@@ -215,7 +217,9 @@ def _chunk_values(arr: pa.Array, name: str, first_row: int) -> np.ndarray:
     return flat.reshape((len(arr), *shape))
 
 
-def _join_layouts(name: str, parts: list[tuple[tuple[int, ...], np.dtype, int, int]]) -> ColumnLayout:
+def join_layouts(name: str, parts: list[tuple[tuple[int, ...], np.dtype, int, int]]) -> ColumnLayout:
+    """The layout of a column made of `parts` ((value shape, dtype, rows, first row) each), or a
+    ColumnError at the first row whose values differ from the first part's."""
     shape, dtype = parts[0][0], parts[0][1]
     for part_shape, part_dtype, rows, first_row in parts[1:]:
         if rows and (part_shape != shape or part_dtype != dtype):

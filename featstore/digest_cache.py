@@ -89,13 +89,14 @@ def known_layouts(cache: tuple | None) -> dict[tuple[str, str], ColumnLayout]:
 
 
 def column_digest(split, layer: str, prefixes: Iterable[int] = ()) -> ColumnDigests:
-    """Hash one column straight from its Arrow buffers: its digest, and from the same pass those
-    of its first rows for each of `prefixes` (keys.column_digests)."""
-    layout, parts = split.parts(layer)
-    try:
-        return column_digests(parts, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
-    finally:
-        split.release(parts)
+    """Hash one column straight from its Arrow buffers (or parquet batches), a piece at a time
+    (`Split.pieces`), unless its layout check hashed it (`Split.checked_digests`): its digest, and
+    from the same pass those of its first rows for each of `prefixes` (keys.column_digests)."""
+    hashed = None if prefixes else split.checked_digests(layer)
+    if hashed is not None:
+        return hashed
+    layout, pieces = split.pieces(layer)
+    return column_digests(pieces, layout.dtype, (layout.rows, *layout.value_shape), prefixes)
 
 
 def updated_digests(cache: tuple, seen: dict[tuple[str, str], str], segments: dict[tuple[str, str], list[str]],

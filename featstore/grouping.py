@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from featstore import device as devices
-from featstore.columns import ColumnLayout, join_parts
+from featstore.columns import ColumnLayout
 from featstore.compute import compute
 from featstore.errors import ColumnError, FeaturizerError
 from featstore.featurizers import BoundFeaturizer
@@ -45,7 +46,7 @@ class Prepared:
     keys: dict[str, str]  # featurizer spec -> entry key
     missing: set[str]
     host: object = None  # the column's rows from `offset` on
-    column: tuple | None = None  # or (layout, parts), copied out a block at a time (`block_rows`)
+    column: tuple | None = None  # or (layout, its `Split.blocks`), copied out a block at a time (`block_rows`)
     offset: int = 0
     appends: dict[str, CatalogRow] = field(default_factory=dict)  # spec -> the entry its rows extend
     segments: list[str] | None = None  # the digest of each data file's rows, when the column was hashed
@@ -64,17 +65,16 @@ def copied(layout: ColumnLayout, featurizers: Iterable[BoundFeaturizer]) -> int:
     return min(layout.rows, block_rows(layout, featurizers)) * (layout.nbytes // max(layout.rows, 1))
 
 
-def copy_out(build_plan: BuildPlan, unit: Unit, layout: ColumnLayout, parts: list[np.ndarray], device: str,
-             start: int = 0, stop: int | None = None):
-    """Rows `start:stop` of a column (from `column_parts`) as a host tensor for `device`
-    (`device.host_tensor`). No memory left for them is a ColumnError that says why they are copied
-    out at once and what to do."""
+@contextmanager
+def copying_out(build_plan: BuildPlan, unit: Unit, layout: ColumnLayout, rows: int):
+    """Around copying `rows` rows of a column out (into a host tensor, `device.host_tensor`):
+    no memory left for them is a ColumnError that says why they are copied out at once and what
+    to do."""
     try:
-        return devices.host_tensor(join_parts(layout, parts, start, stop), device)
+        yield
     except Exception as e:
         if not devices.is_out_of_memory(e):
             raise
-        rows = min(layout.rows if stop is None else stop, layout.rows) - start
         whole = [f.spec for f in build_plan.featurizers if not f.featurizer.per_row]
         why = f"featurizer {', '.join(whole)} computes a column whole (per_row=False)" if whole else \
             f"a column is copied out {BLOCK_BYTES / 1e6:.0f} MB of rows at a time at most"
@@ -145,16 +145,19 @@ def compute_blocks(build_plan: BuildPlan, ready: Prepared, report: BuildReport) 
     rows at a time: each block is copied (pinned, for a GPU), computed by every missing featurizer
     (from the row its old entry ends at, if it extends one, as `builder._build_unit` does), and let go of
     before the next. Only the features stay, each in one array filled block by block."""
-    layout, parts = ready.column
+    layout, blocks = ready.column
     ready.column = None
     unit, step = ready.unit, block_rows(layout, build_plan.featurizers)
     missing = [(f, ready.appends[f.spec].shape[0] if f.spec in ready.appends else 0)  # (featurizer, its first row)
                for f in build_plan.featurizers if f.spec in ready.missing]
     outs: dict[str, np.ndarray] = {}
-    for begin in range(ready.offset, layout.rows, step):
-        end = min(begin + step, layout.rows)
-        with timed(report, "read"):
-            host = copy_out(build_plan, unit, layout, parts, report.device, begin, end)
+    while True:
+        with timed(report, "read"), copying_out(build_plan, unit, layout, min(step, layout.rows - ready.offset)):
+            begin, values = next(blocks, (None, None))
+            host = None if values is None else devices.host_tensor(values, report.device)
+        if host is None:
+            return outs
+        end = begin + len(host)
         tensor = on_device(host, unit, report.device)
         for f, start in missing:
             first = max(start, begin)
@@ -166,9 +169,7 @@ def compute_blocks(build_plan: BuildPlan, ready: Prepared, report: BuildReport) 
             if f.spec not in outs:  # its first block
                 outs[f.spec] = np.empty((layout.rows - start, *out.shape[1:]), out.dtype)
             outs[f.spec][first - start : end - start] = out
-        del host, tensor
-        build_plan.source.splits[unit.split].release(parts)
-    return outs
+        del values, host, tensor
 
 
 def on_device(host, unit: Unit, device: str):

@@ -99,7 +99,6 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport, module: st
     """Compute `row` again from its dataset on the CPU and compare with what the store holds;
     `module`: the one that registered its featurizer, when it is the user's."""
     from featstore import device, planning
-    from featstore.columns import join_parts
     from featstore.compute import compute
     from featstore.digest_cache import column_digest
     from featstore.featurizers import parse_spec
@@ -120,11 +119,9 @@ def _recompute(store: Store, dataset: str, row, report: VerifyReport, module: st
     if why:
         report.skipped[row.key] = f"{what}: stale ({why}), nothing to compare with"
         return
-    layout, parts = split.parts(row.layer)
-    step = block_rows(layout, [f])  # a column too large to copy out whole, a block at a time
-    fresh = np.concatenate([compute(f, device.host_tensor(join_parts(layout, parts, start, start + step)),
-                                    (min(step, layout.rows - start), *row.shape[1:]), row.layer, row.split, "cpu",
-                                    first=start) for start in range(0, max(layout.rows, 1), step)])
+    step = block_rows(split.pieces(row.layer)[0], [f])  # a column too large to copy out whole, a block at a time
+    fresh = np.concatenate([compute(f, device.host_tensor(values), (len(values), *row.shape[1:]), row.layer, row.split,
+                                    "cpu", first=start) for start, values in split.blocks(row.layer, step)])
     stored = store.read_entry(row.key)
     a = device.from_stored(fresh, row.dtype).double().numpy()
     b = device.from_stored(stored, row.dtype).double().numpy()

@@ -8,6 +8,7 @@ few columns. `sources` decides which files make up which split.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -21,15 +22,19 @@ from featstore.columns import (
     ColumnLayout,
     column_layout,
     column_parts,
+    join_layouts,
     join_parts,
     mapped_ranges,
     release_ranges,
     release_within,
 )
 from featstore.errors import DatasetError, brief
-from featstore.keys import parts_digest
+from featstore.keys import ColumnDigests, column_digests, parts_digest
 
 RELEASE_BYTES = 64 << 20  # column bytes read between two releases of a split's mapped pages
+# Values of a parquet column decoded at once: pyarrow's reader peaks at ~9x a batch's bytes
+# (nested lists' levels and builders), 44-57 MB for batches of 0.8-1.6M float32 values here.
+PARQUET_BATCH_VALUES = 1 << 20
 
 
 class Split:
@@ -58,6 +63,8 @@ class Split:
         # file, whose change is the split's
         file_rows = file_rows or ([t.num_rows for t in file_tables] if file_tables else None)
         self.file_rows = file_rows if file_rows and len(file_rows) > 1 else None
+        self._footers: dict = {}  # parquet: each file's metadata when the split was opened
+        self._hashed: dict[str, ColumnDigests] = {}  # parquet: columns hashed as `layout` checked them
         self._unreleased = 0  # bytes of columns read since the mapped pages were last let go of
         self._releasing = threading.Lock()
 
@@ -83,15 +90,18 @@ class Split:
         import pyarrow.parquet as pq
 
         arrow_fs = _arrow_filesystem(filesystem)
-        rows = []
+        footers = []
         for f in files:
             try:
-                rows.append(pq.ParquetFile(f, filesystem=arrow_fs).metadata.num_rows)
+                footers.append(pq.ParquetFile(f, filesystem=arrow_fs).metadata)
             except (OSError, pa.ArrowException) as e:
                 raise _unreadable(f, e) from e
+        rows = [footer.num_rows for footer in footers]
         schema = pq.read_schema(files[0], filesystem=arrow_fs)
-        return cls(files, schema, sum(rows), _label_names(schema, label_column), files, filesystem,
-                   file_rows=None if filesystem else rows)
+        split = cls(files, schema, sum(rows), _label_names(schema, label_column), files, filesystem,
+                    file_rows=None if filesystem else rows)
+        split._footers = dict(zip(files, footers))
+        return split
 
     @property
     def column_names(self) -> list[str]:
@@ -109,9 +119,79 @@ class Split:
             try:
                 return pq.read_table(files, columns=[name], memory_map=self.filesystem is None,
                                      filesystem=_arrow_filesystem(self.filesystem))
+            except MemoryError:
+                raise
             except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
                 raise _unreadable(f"column {name!r} of {brief(files, 3)}", e) from e
         return self._data
+
+    def _parquet_batches(self, name: str, files: list[str] | None = None) -> Iterator[np.ndarray]:
+        """Column `name` of the parquet `files` (all the split's), decoded PARQUET_BATCH_VALUES
+        values at a time and checked as `column_parts` checks a column (errors name the split's
+        rows): each batch's values, in row order. pyarrow streams each file through a 1 MB buffer,
+        so memory holds a batch, never the column: a 512 MB column read whole by `pq.read_table`
+        peaked at 2.1 GB and took 2.3-5.3 s here, in batches at 58 MB and 1.4 s."""
+        import pyarrow.parquet as pq
+
+        if not self.has_column(name):
+            column_parts(self.schema.empty_table(), name)  # its ColumnError, naming the columns there are
+        first, row = None, 0
+        for path in files or self._data:
+            try:
+                f = pq.ParquetFile(path, filesystem=_arrow_filesystem(self.filesystem), buffer_size=1 << 20,
+                                   pre_buffer=False)
+                if not f.metadata.equals(self._footers[path]):  # what `layout` checked and hashed is what is read
+                    raise DatasetError(f"{path} changed while featstore read it; run it again once the file is "
+                                       "written")
+                for batch in f.iter_batches(_batch_rows(f.metadata, name), columns=[name], use_threads=False):
+                    layout, parts = column_parts(pa.Table.from_batches([batch]), name, row)
+                    first = first or (layout.value_shape, layout.dtype, layout.rows, row)
+                    join_layouts(name, [first, (layout.value_shape, layout.dtype, layout.rows, row)])
+                    row += layout.rows
+                    yield parts[0].reshape((layout.rows, *layout.value_shape))
+            except MemoryError:  # pyarrow's too: no room to decode, not a bad file
+                raise
+            except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt
+                raise _unreadable(f"column {name!r} of {path}", e) from e
+
+    def pieces(self, name: str, files: list[str] | None = None) -> tuple[ColumnLayout, Iterator[np.ndarray]]:
+        """Column `name` (of parquet `files` only, if given) as its layout and its values in row
+        order, a piece at a time, each let go of before the next is read (see `streamed`): one
+        pass over a column of any size (hashing it) holds a piece of it, not all of it."""
+        if not isinstance(self._data, list):
+            layout, parts = self.parts(name)
+            return layout, self.streamed(parts)
+        batches = self._parquet_batches(name, files)
+        first = next(batches, None)
+        if first is None:  # no rows: the layout of the empty column
+            return column_layout(self._table(name, files), name), iter(())
+        rows = sum(self._footers[f].num_rows for f in files or self._data)
+        return ColumnLayout(rows, first.shape[1:], first.dtype), itertools.chain([first], batches)
+
+    def blocks(self, name: str, rows: int, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """Rows `start:` of column `name` as (first row, values) blocks of `rows` rows (the last
+        may have fewer; a column of no rows is one empty block), each let go of once the next is
+        asked for: a column too large to copy out whole, computed a block at a time."""
+        if not isinstance(self._data, list):
+            layout, parts = self.parts(name)
+            for begin in range(start, max(layout.rows, 1), rows):
+                yield begin, join_parts(layout, parts, begin, begin + rows)
+                self.release(parts)
+            return
+        layout, batches = self.pieces(name)
+        block, begin, filled, row = None, start, 0, 0  # the block being filled, its first row, rows in it
+        for values in batches:
+            values, row = values[max(0, start - row) :], row + len(values)
+            while len(values):
+                if block is None:
+                    block = np.empty((min(rows, layout.rows - begin), *layout.value_shape), layout.dtype)
+                n = min(len(block) - filled, len(values))
+                block[filled : filled + n], values, filled = values[:n], values[n:], filled + n
+                if filled == len(block):
+                    yield begin, block
+                    block, begin, filled = None, begin + filled, 0
+        if layout.rows == 0:
+            yield 0, np.empty((0, *layout.value_shape), layout.dtype)
 
     def read(self, name: str) -> np.ndarray:
         return join_parts(*self.parts(name))
@@ -153,22 +233,44 @@ class Split:
 
     def layout(self, name: str) -> ColumnLayout:
         """Check the column (see columns.column_layout). For Arrow-backed splits the zero-copy parts
-        are kept for the next `parts(name)`, so a build walks each column's chunks once."""
-        if isinstance(self._data, list):  # parquet: parts would hold the decoded column
-            return column_layout(self._table(name), name)
+        are kept for the next `parts(name)`, so a build walks each column's chunks once. Parquet
+        columns are decoded a batch at a time, checked and hashed in the same pass (see
+        `checked_digests`), and let go of."""
+        if isinstance(self._data, list):
+            layout, batches = self.pieces(name)
+            self._hashed[name] = column_digests(batches, layout.dtype, (layout.rows, *layout.value_shape),
+                                                segments=self.file_rows or ())
+            return layout
+
         self._checked[name] = column_parts(self._data, name)
         return self._checked[name][0]
 
+    def checked_digests(self, name: str) -> ColumnDigests | None:
+        """The digests (keys.column_digests, with a digest per data file: `file_rows`) that `layout`
+        took of a parquet column while it checked it, once: a column decoded once to be checked
+        need not be decoded again to be hashed. Files that changed since are refused when read."""
+        return self._hashed.pop(name, None)
+
     def parts(self, name: str) -> tuple[ColumnLayout, list[np.ndarray]]:
+        """The column's layout and its values (`column_parts`): zero-copy views of Arrow files, or
+        for parquet, the column decoded into one array, a batch at a time."""
+        if isinstance(self._data, list):
+            layout, batches = self.pieces(name)
+            out, row = np.empty((layout.rows, *layout.value_shape), layout.dtype), 0
+            for values in batches:
+                out[row : row + len(values)], row = values, row + len(values)
+            return layout, [out]
         checked = self._checked.pop(name, None)
-        return checked if checked is not None else column_parts(self._table(name), name)
+        return checked if checked is not None else column_parts(self._data, name)
 
     def file_digest(self, index: int, name: str) -> str:
         """The digest of the rows that file `index` holds of column `name` (checked like `layout`),
         for splits with `file_rows`: what a build compares with the digests it took of each file's
         rows, so that a changed file vouches for the columns it did not change."""
-        table = self._table(name, [self._data[index]]) if isinstance(self._data, list) else self._file_tables[index]
-        layout, parts = column_parts(table, name)
+        if isinstance(self._data, list):
+            layout, pieces = self.pieces(name, [self._data[index]])
+            return parts_digest(pieces, layout.dtype, (layout.rows, *layout.value_shape))
+        layout, parts = column_parts(self._file_tables[index], name)
         try:
             return parts_digest(parts, layout.dtype, (layout.rows, *layout.value_shape))
         finally:
@@ -215,6 +317,15 @@ def is_text(arrow_type: pa.DataType) -> bool:
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _batch_rows(metadata, name: str) -> int:
+    """Rows of column `name` that hold about PARQUET_BATCH_VALUES values, by a parquet file's
+    metadata (values counted as stored, before lists are rebuilt from them)."""
+    values = sum(column.num_values for group in map(metadata.row_group, range(metadata.num_row_groups))
+                 for column in map(group.column, range(group.num_columns))
+                 if column.path_in_schema == name or column.path_in_schema.startswith(name + "."))
+    return max(1, PARQUET_BATCH_VALUES * metadata.num_rows // values) if values else 1 << 16
 
 
 def _stats(files: list[str]) -> list[list]:

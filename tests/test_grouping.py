@@ -1,6 +1,8 @@
 """What one compute call covers: a column over grouping.BLOCK_BYTES is copied out and computed a
 block of rows at a time, with the entries (and errors) of a call over the whole column."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -175,14 +177,21 @@ print(report.computed)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA and /proc are Linux's")
-def test_a_column_larger_than_the_memory_a_build_may_use_is_built_in_blocks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("files", ["arrow", "parquet"])
+def test_a_column_larger_than_the_memory_a_build_may_use_is_built_in_blocks(tmp_path, monkeypatch, files):
     """A 256 MB column, and room for half of it beyond what a build of a smaller column used: per-row
-    featurizers compute it in blocks (of 8 MB) into the entries an unlimited build makes; a
+    featurizers compute it in blocks (of 8 MB) into the entries an unlimited build makes, from
+    Arrow files (mapped) or parquet (decoded: in batches, one row group of 256 MB here); a
     featurizer of the whole column cannot, and the error says so."""
     path = str(tmp_path / "d")
-    saved_layers_dataset(path, layers=1, rows=1000, dim=256)
     # a first build of 4 blocks: the threads (8 MB of stack each) and pools a blocked build starts on every core
-    saved_layers_dataset(path + "-tiny", layers=1, rows=128, dim=256)
+    for at, rows in ((path, 1000), (path + "-tiny", 128)):
+        saved_layers_dataset(at, layers=1, rows=rows, dim=256)
+        if files == "parquet":  # a directory of one train.parquet, in place of the save_to_disk one
+            datasets.load_from_disk(at).to_parquet(at + ".parquet", batch_size=rows)
+            shutil.rmtree(at)
+            os.makedirs(at)
+            os.rename(at + ".parquet", os.path.join(at, "train.parquet"))
 
     def build(store: str, specs: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", CHILD, path, str(tmp_path / store), specs],

@@ -259,8 +259,8 @@ def test_a_rewritten_parquet_file_is_read_not_the_split(tmp_path, store_dir, mon
     data["layer_0"][25, 1, 1] += 1.0
     write(2)
     read = []
-    real = Split._table
-    monkeypatch.setattr(Split, "_table", lambda self, name, files=None: read.append((name, files))
+    real = Split._parquet_batches
+    monkeypatch.setattr(Split, "_parquet_batches", lambda self, name, files=None: read.append((name, files))
                         or real(self, name, files))
     rebuilt = featstore.build(path, ["raw"], store=store_dir)
     assert computed(rebuilt) == {("layer_0", "raw")}

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import array2d_dataset, matrices
+from conftest import array2d_dataset, list_column, matrices
 
 from featstore import DatasetError
 from featstore.sources import dataset_id, load_source
@@ -374,3 +374,79 @@ def test_datasets_it_cannot_open_are_errors_that_name_the_file_and_the_fix(tmp_p
         given = {"list": [[1.0]], "uneven": uneven}.get(dataset, dataset)
         with pytest.raises(DatasetError, match=message):
             load_source(given)
+
+
+def _parquet_files(tmp_path, columns: list[pa.Array], row_group_size: int) -> list[str]:
+    """One parquet file of column `w` per array of `columns`, in row groups of `row_group_size`."""
+    (tmp_path / "pq").mkdir()
+    files = [str(tmp_path / "pq" / f"part-{i}.parquet") for i in range(len(columns))]
+    for f, column in zip(files, columns):
+        pq.write_table(pa.table({"w": column}), f, row_group_size=row_group_size)
+    return files
+
+
+def test_a_parquet_column_is_decoded_in_batches_across_row_groups_and_files(tmp_path, monkeypatch):
+    from featstore.columns import ColumnLayout
+    from featstore.digest_cache import column_digest
+    from featstore.keys import array_digest
+    from featstore.split import Split
+
+    monkeypatch.setattr("featstore.split.PARQUET_BATCH_VALUES", 7 * 9)  # batches of 7 rows of 3x3
+    values = matrices(50, (3, 3))
+    split = Split.from_parquet(_parquet_files(tmp_path, [list_column(values[:30]), list_column(values[30:])], 12), None)
+    batches = []
+    real = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, *a, **k: (
+        batches.append(b.num_rows) or b for b in real(self, *a, **k)))
+    layout, parts = split.parts("w")
+    assert layout == ColumnLayout(50, (3, 3), np.dtype(np.float32)) and batches == [7] * 4 + [2] + [7] * 2 + [6]
+    np.testing.assert_array_equal(parts[0], values)
+    assert column_digest(split, "w").digest == array_digest(values)
+    batches.clear()
+    assert split.layout("w") == layout and len(batches) == 8  # decoded once to check it, and hashed then
+    assert column_digest(split, "w").digest == array_digest(values) and len(batches) == 8  # not decoded again
+    assert split.checked_digests("w") is None  # taken once
+    split.layout("w")
+    assert split.checked_digests("w").segments == [array_digest(values[:30]), array_digest(values[30:])]
+    assert split.file_digest(1, "w") == array_digest(values[30:])
+    blocks = list(split.blocks("w", 11, start=4))
+    assert [begin for begin, _ in blocks] == [4, 15, 26, 37, 48] and [len(b) for _, b in blocks] == [11] * 4 + [2]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), values[4:])
+
+
+def test_a_bad_value_in_a_later_parquet_batch_names_its_row_of_the_split(tmp_path, monkeypatch):
+    from featstore import ColumnError
+    from featstore.split import Split
+
+    monkeypatch.setattr("featstore.split.PARQUET_BATCH_VALUES", 7 * 9)
+    values = matrices(30, (3, 3))
+    nested = pa.list_(pa.list_(pa.float32()))
+    with_null = pa.array([None if i == 7 else v.tolist() for i, v in enumerate(values[20:])], nested)
+    split = Split.from_parquet(_parquet_files(tmp_path, [list_column(values[:20]), with_null], 12), None)
+    with pytest.raises(ColumnError, match=r"^column 'w' has a null at row 27;"):
+        split.layout("w")
+    (tmp_path / "pq").rename(tmp_path / "with-null")
+    split = Split.from_parquet(_parquet_files(tmp_path, [list_column(values[:20]), list_column(values[20:, :2, :2])],
+                                              12), None)
+    with pytest.raises(ColumnError, match=r"^column 'w' is ragged: row 20 has values of shape \(2, 2\) \(float32\) "
+                                          r"where earlier rows have \(3, 3\) \(float32\)"):
+        split.parts("w")
+    with pytest.raises(ColumnError, match=r"^column 'x' not found; columns: w$"):
+        split.layout("x")
+
+
+def test_a_parquet_file_rewritten_after_its_split_was_opened_is_refused_when_read(tmp_path):
+    from featstore.keys import array_digest
+    from featstore.split import Split
+
+    values = matrices(20, (3, 3))
+    files = _parquet_files(tmp_path, [list_column(values)], 8)
+    split = Split.from_parquet(files, None)
+    split.layout("w")
+    digests = split.checked_digests("w")
+    pq.write_table(pa.table({"w": list_column(values * 2)}), files[0], row_group_size=8)  # same rows, other values
+    with pytest.raises(DatasetError, match=rf"^{files[0]} changed while featstore read it; run it again once"):
+        split.parts("w")  # the features of these values would be filed under the digest of those
+    reopened = Split.from_parquet(files, None)
+    reopened.layout("w")
+    assert reopened.checked_digests("w").digest == array_digest(values * 2) != digests.digest

@@ -186,7 +186,8 @@ class Split:
                 if block is None:
                     block = np.empty((min(rows, layout.rows - begin), *layout.value_shape), layout.dtype)
                 n = min(len(block) - filled, len(values))
-                block[filled : filled + n], values, filled = values[:n], values[n:], filled + n
+                block[filled : filled + n] = values[:n]
+                values, filled = values[n:], filled + n
                 if filled == len(block):
                     yield begin, block
                     block, begin, filled = None, begin + filled, 0
@@ -241,7 +242,6 @@ class Split:
             self._hashed[name] = column_digests(batches, layout.dtype, (layout.rows, *layout.value_shape),
                                                 segments=self.file_rows or ())
             return layout
-
         self._checked[name] = column_parts(self._data, name)
         return self._checked[name][0]
 
@@ -258,7 +258,8 @@ class Split:
             layout, batches = self.pieces(name)
             out, row = np.empty((layout.rows, *layout.value_shape), layout.dtype), 0
             for values in batches:
-                out[row : row + len(values)], row = values, row + len(values)
+                out[row : row + len(values)] = values
+                row += len(values)
             return layout, [out]
         checked = self._checked.pop(name, None)
         return checked if checked is not None else column_parts(self._data, name)

@@ -117,8 +117,11 @@ class Split:
 
             files = files or self._data
             try:
+                # no thread pool: with `datasets` imported, read_table on pyarrow's threads aborted
+                # the interpreter at exit in about half of the runs ("terminate called without an
+                # active exception", exit 134), pyarrow 26; the columns read here are small
                 return pq.read_table(files, columns=[name], memory_map=self.filesystem is None,
-                                     filesystem=_arrow_filesystem(self.filesystem))
+                                     filesystem=_arrow_filesystem(self.filesystem), use_threads=False)
             except MemoryError:
                 raise
             except (OSError, pa.ArrowException) as e:  # a data page cut short or corrupt

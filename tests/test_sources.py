@@ -450,3 +450,30 @@ def test_a_parquet_file_rewritten_after_its_split_was_opened_is_refused_when_rea
     reopened = Split.from_parquet(files, None)
     reopened.layout("w")
     assert reopened.checked_digests("w").digest == array_digest(values * 2) != digests.digest
+
+
+READS = """
+import sys
+from featstore.sources import load_source
+split = load_source(sys.argv[1]).splits["train"]
+split.layout("w"), split.parts("w"), split.labels("category_label")
+"""
+
+
+def test_reading_parquet_leaves_no_pyarrow_thread_to_abort_the_exit(tmp_path):
+    """`pq.read_table` on pyarrow's thread pool, of a file with `datasets`' Array2D columns (an
+    Arrow extension type `datasets` registers), aborted the interpreter at exit in about half of
+    the runs (pyarrow 26: "terminate called without an active exception", exit 134): a build that
+    succeeded would have failed its CI job. Three runs here: a 1/8 chance of missing a regression
+    of that rate."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pq").mkdir()
+    features = datasets.Features({"w": datasets.Array2D((16, 16), "float32"), "category_label": datasets.Value("string")})
+    datasets.Dataset.from_dict({"w": matrices(64, (16, 16)), "category_label": ["a", "b"] * 32},
+                               features=features).to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", READS, str(tmp_path / "pq")], capture_output=True, text=True,
+                             check=False)
+        assert (run.returncode, run.stderr[-500:]) == (0, "")

@@ -325,11 +325,14 @@ def is_text(arrow_type: pa.DataType) -> bool:
 
 def _batch_rows(metadata, name: str) -> int:
     """Rows of column `name` that hold about PARQUET_BATCH_VALUES values, by a parquet file's
-    metadata (values counted as stored, before lists are rebuilt from them)."""
-    values = sum(column.num_values for group in map(metadata.row_group, range(metadata.num_row_groups))
-                 for column in map(group.column, range(group.num_columns))
-                 if column.path_in_schema == name or column.path_in_schema.startswith(name + "."))
-    return max(1, PARQUET_BATCH_VALUES * metadata.num_rows // values) if values else 1 << 16
+    metadata: its first row group's values (as stored, before lists are rebuilt from them) per
+    row. Every row has the same shape (or the read stops at the first that differs)."""
+    if not metadata.num_row_groups or not metadata.row_group(0).num_rows:
+        return 1 << 16
+    group, schema = metadata.row_group(0), metadata.schema
+    values = sum(group.column(j).num_values for j in range(metadata.num_columns)
+                 if schema.column(j).path == name or schema.column(j).path.startswith(name + "."))
+    return max(1, PARQUET_BATCH_VALUES * group.num_rows // values) if values else 1 << 16
 
 
 def _stats(files: list[str]) -> list[list]:

@@ -154,7 +154,6 @@ class Split:
         rows): each batch's values, in row order. pyarrow streams each file through a 1 MB buffer,
         so memory holds a batch, never the column: a 512 MB column read whole by `pq.read_table`
         peaked at 2.1 GB and took 2.3-5.3 s here, in batches at 58 MB and 1.4 s."""
-
         if not self.has_column(name):
             column_parts(self.schema.empty_table(), name)  # its ColumnError, naming the columns there are
         first, row = None, 0
